@@ -1,0 +1,43 @@
+# jellydemon — developer entry points. `make demo` and `make test` work on a fresh Debian/Ubuntu
+# machine as root: they install what they need first.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build deps test test-rust test-luci test-package demo bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# ---- deps: system packages and toolchains the tests need (idempotent) ----
+deps:
+	tests/deps.sh
+
+# ---- test: everything, as CI runs it ----
+test: deps test-rust test-luci test-package
+
+test-rust:
+	$(CARGO) build --examples
+	$(CARGO) test --all-targets
+
+test-luci:
+	@echo "(luci tests: to be written)"
+
+test-package:
+	@echo "(package tests: to be written)"
+
+# ---- demo: the real daemon in an emulated home network ----
+demo: deps
+	$(CARGO) build --release --example homenet
+	$(CARGO) build --release
+	target/release/examples/homenet demo --daemon target/release/jellydemon
+
+# ---- bench ----
+bench: deps
+	@echo "(bench: to be written)"
+
+clean:
+	$(CARGO) clean
+	rm -rf dist build

@@ -1,0 +1,3 @@
+fn main() {
+    println!("jellydemon {}", env!("CARGO_PKG_VERSION"));
+}

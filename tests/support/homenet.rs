@@ -1,0 +1,2 @@
+//! Test support binary: the emulated home network (to be written).
+fn main() {}
