@@ -1,1 +1,1142 @@
-//! (to be written)
+//! The imperative shell: one synchronous loop that observes, calls the pure `decide`, and acts
+//! through the adapters. It also owns start-up recovery, reload on SIGHUP and clean-up on
+//! SIGTERM/SIGINT.
+
+use crate::backup::Backup;
+use crate::config::Config;
+use crate::conntrack::{self, ConnectWatch, FlowCounter, FlowSource};
+use crate::decide::{self, Plan};
+use crate::jellyfin::{self, MediaServer, PlayRequest, Session};
+use crate::monitor::Monitor;
+use crate::observe::{self, RateMeter};
+use crate::publish::{self, Event, Webhook};
+use crate::shaper::{self, Shaper};
+use crate::status::{self, Status, StreamStatus};
+use crate::wol;
+use log::{debug, error, info, warn};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The ifb device the shaper owns. No "ifb" in the name, so sqm-scripts never mistakes it
+/// for its own.
+pub const SHAPER_DEVICE: &str = "jdshape0";
+/// Where the kernel's interface counters live.
+pub const SYS_ROOT: &str = "/sys";
+/// sqm-scripts' configuration, the capacity fallback.
+pub const SQM_CONFIG: &str = "/etc/config/sqm";
+/// Jellyfin's limit is an int32 in b/s.
+const MAX_LIMIT: i64 = i32::MAX as i64;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    pub dry_run: bool,
+    pub once: bool,
+}
+
+/// Signals arrive through self-pipes so the loop can wait on them with `poll`.
+pub struct Signals {
+    term: UnixStream,
+    hup: UnixStream,
+}
+
+impl Signals {
+    /// Installs the handlers. Call first thing in `main`: SIGHUP's default action would kill
+    /// the process, and procd may send one right after start.
+    pub fn install() -> std::io::Result<Signals> {
+        let (term_r, term_w) = UnixStream::pair()?;
+        let (hup_r, hup_w) = UnixStream::pair()?;
+        term_r.set_nonblocking(true)?;
+        hup_r.set_nonblocking(true)?;
+        let term_w2 = term_w.try_clone()?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, term_w)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, term_w2)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, hup_w)?;
+        Ok(Signals {
+            term: term_r,
+            hup: hup_r,
+        })
+    }
+}
+
+fn drain(s: &mut UnixStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let mut got = false;
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got = true;
+    }
+    got
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The bitrate policy for `decide`, from the configuration and the known capacity.
+pub fn policy(cfg: &Config, capacity_bps: Option<u64>) -> decide::Policy {
+    let mbps = |m: f64| (m * 1_000_000.0).max(0.0) as u64;
+    decide::Policy {
+        capacity_bps,
+        target_pct: cfg.bandwidth.target_pct,
+        reserve_bps: mbps(cfg.bandwidth.reserve_mbps),
+        algorithm: match cfg.bandwidth.algorithm {
+            crate::config::Algorithm::Equal => decide::Algorithm::Equal,
+            crate::config::Algorithm::Priority => decide::Algorithm::Priority,
+            crate::config::Algorithm::Demand => decide::Algorithm::Demand,
+        },
+        min_bps: mbps(cfg.bandwidth.min_stream_mbps),
+        max_bps: mbps(cfg.bandwidth.max_stream_mbps),
+        burst_pct: cfg.shaping.burst_pct,
+        internal: cfg.network.internal.clone(),
+        users: cfg
+            .users
+            .iter()
+            .map(|u| decide::UserRule {
+                name: u.name.clone(),
+                weight: u.priority,
+                min_bps: u.min_mbps.map(mbps),
+                max_bps: u.max_mbps.map(mbps),
+                exempt: u.exempt,
+            })
+            .collect(),
+        restart_playback: cfg.jellyfin.restart_playback,
+        restart_min_interval_s: cfg.jellyfin.restart_min_interval as f64,
+    }
+}
+
+/// The WAN device: `wan_device` when set, else the device netifd reports for `wan_interface`.
+pub fn wan_device(cfg: &Config) -> Result<String, String> {
+    match &cfg.network.wan_device {
+        Some(d) => Ok(d.clone()),
+        None => observe::resolve_interface(&cfg.network.wan_interface),
+    }
+}
+
+/// The uplink capacity: `upload_mbps`, else SQM's configured upload on the WAN device.
+pub fn capacity(cfg: &Config, wan_dev: Option<&str>, sqm_path: &Path) -> Option<u64> {
+    if let Some(m) = cfg.bandwidth.upload_mbps {
+        return Some((m * 1_000_000.0) as u64);
+    }
+    let dev = wan_dev?;
+    let text = std::fs::read(sqm_path).ok()?;
+    observe::sqm_upload_bps(&text, dev)
+}
+
+/// A Jellyfin client for the configured server, or why there is none.
+pub fn server_for(cfg: &Config, timeout: Duration) -> Result<Box<dyn MediaServer>, String> {
+    let url = cfg
+        .jellyfin
+        .url
+        .as_deref()
+        .ok_or("jellyfin.url is not set")?;
+    if cfg.jellyfin.api_key.is_empty() {
+        return Err("jellyfin.api_key is not set (Dashboard > API Keys)".into());
+    }
+    jellyfin::Client::new(url, &cfg.jellyfin.api_key, timeout, env!("CARGO_PKG_VERSION"))
+        .map(|c| Box::new(c) as Box<dyn MediaServer>)
+        .map_err(|e| e.to_string())
+}
+
+/// A stream as this tick saw it, with what the status and the events need.
+struct Seen {
+    session: Session,
+    external: bool,
+    stream_bps: Option<u64>,
+    source_bps: Option<u64>,
+}
+
+pub struct Daemon {
+    cfg: Config,
+    opts: Options,
+    started: Instant,
+    server: Option<Box<dyn MediaServer>>,
+    server_error: Option<String>,
+    shaper: Option<Box<dyn Shaper>>,
+    shaper_error: Option<String>,
+    flows: Option<(Box<dyn FlowSource>, FlowCounter)>,
+    connect: Option<ConnectWatch>,
+    webhook: Option<Webhook>,
+    backup: Result<Backup, String>,
+    state: decide::State,
+    monitor: Monitor,
+    wan_meter: RateMeter,
+    wan_dev: Result<String, String>,
+    capacity_bps: Option<u64>,
+    /// user id → the limit this process last wrote.
+    applied: HashMap<String, i64>,
+    reachable: Option<bool>,
+    server_version: Option<String>,
+    last_logged_error: Option<String>,
+    item_bitrates: HashMap<(String, String), Option<u64>>,
+    scheduler: wol::Scheduler,
+    wol_status: status::WolStatus,
+    known: BTreeMap<String, (String, String, String)>,
+    last_plan: Plan,
+    last_seen: Vec<Seen>,
+    status: Status,
+}
+
+impl Daemon {
+    pub fn new(cfg: Config, opts: Options) -> Daemon {
+        let mut d = Daemon {
+            cfg: cfg.clone(),
+            opts,
+            started: Instant::now(),
+            server: None,
+            server_error: None,
+            shaper: None,
+            shaper_error: None,
+            flows: None,
+            connect: None,
+            webhook: None,
+            backup: Err("not loaded".into()),
+            state: decide::State::default(),
+            monitor: Monitor::new(cfg.main.interval),
+            wan_meter: RateMeter::default(),
+            wan_dev: Err("not resolved".into()),
+            capacity_bps: None,
+            applied: HashMap::new(),
+            reachable: None,
+            server_version: None,
+            last_logged_error: None,
+            item_bitrates: HashMap::new(),
+            scheduler: wol::Scheduler::new(&cfg.wol),
+            wol_status: status::WolStatus::default(),
+            known: BTreeMap::new(),
+            last_plan: Plan::default(),
+            last_seen: Vec::new(),
+            status: Status::default(),
+        };
+        d.configure(cfg);
+        d
+    }
+
+    fn dry(&self) -> bool {
+        self.opts.dry_run || self.cfg.main.dry_run
+    }
+
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// (Re)builds the adapters for a configuration. Used at start and on SIGHUP.
+    fn configure(&mut self, cfg: Config) {
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        let cfg = &self.cfg;
+        let timeout = Duration::from_secs(cfg.jellyfin.timeout as u64);
+        match server_for(cfg, timeout) {
+            Ok(s) => {
+                self.server = Some(s);
+                self.server_error = None;
+            }
+            Err(e) => {
+                error!("{e}; Jellyfin limits are not managed");
+                self.server = None;
+                self.server_error = Some(e);
+            }
+        }
+        self.wan_dev = wan_device(cfg);
+        if let Err(e) = &self.wan_dev {
+            error!("{e}");
+        }
+        self.capacity_bps = capacity(cfg, self.wan_dev.as_deref().ok(), Path::new(SQM_CONFIG));
+        if self.capacity_bps.is_none() {
+            error!("uplink capacity unknown: set bandwidth.upload_mbps (or configure SQM on the WAN device); limits are not managed");
+        }
+        self.backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string());
+        if let Err(e) = &self.backup {
+            error!("{e}; Jellyfin limits are not managed until it is fixed");
+        }
+        self.webhook = cfg
+            .publish
+            .webhook_url
+            .as_deref()
+            .map(|u| Webhook::new(u, Duration::from_secs(cfg.jellyfin.timeout as u64)));
+        self.scheduler = wol::Scheduler::new(&cfg.wol);
+        self.wol_status.enabled = cfg.wol.enabled;
+
+        // Shaping: own tc objects on the LAN side. A changed LAN device means the old tree
+        // must go first.
+        let lan_changed = old.network.lan_device != cfg.network.lan_device;
+        if lan_changed {
+            if let Some(s) = self.shaper.as_mut() {
+                let _ = s.remove();
+            }
+            self.shaper = None;
+        }
+        if self.shaper.is_none() && !self.dry() {
+            match cfg.server_ip() {
+                None => {
+                    self.shaper_error = Some(
+                        "jellyfin.server_ip unknown (set it, or use an IP address in jellyfin.url); no per-viewer shaping"
+                            .into(),
+                    )
+                }
+                Some(_) => {
+                    let s = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+                    self.shaper = Some(Box::new(s));
+                    self.shaper_error = None;
+                }
+            }
+        }
+        if self.flows.is_none() {
+            self.flows = conntrack::best_source().map(|s| (s, FlowCounter::default()));
+        }
+        if cfg.wol.enabled && cfg.wol.on_connect && self.connect.is_none() {
+            match ConnectWatch::new() {
+                Ok(w) => self.connect = Some(w),
+                Err(e) => warn!("cannot watch new connections for Wake-on-LAN ({e}); waking on sessions only"),
+            }
+        }
+        if !(cfg.wol.enabled && cfg.wol.on_connect) {
+            self.connect = None;
+        }
+        if let Some(e) = &self.shaper_error {
+            warn!("{e}");
+        }
+    }
+
+    /// After a crash or a kill -9, users may still carry limits from the last run: put every
+    /// backed-up original back before managing anything. Limits only matter when playback
+    /// starts, so this costs running streams nothing.
+    pub fn recover(&mut self) {
+        if self.dry() {
+            return;
+        }
+        let pending = match &self.backup {
+            Ok(b) if !b.is_empty() => b.entries(),
+            _ => return,
+        };
+        info!(
+            "restoring {} original limit(s) left by a previous run",
+            pending.len()
+        );
+        for (uid, _) in pending {
+            self.restore_user(&uid, true);
+        }
+    }
+
+    /// One observe → decide → act round.
+    pub fn tick(&mut self) {
+        let now = self.now();
+        let mut errors: Vec<String> = Vec::new();
+
+        // Observe: the WAN counter.
+        let wan_bps = match &self.wan_dev {
+            Ok(dev) => match observe::read_tx_bytes(Path::new(SYS_ROOT), dev) {
+                Ok(c) => self.wan_meter.update(now, c),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    None
+                }
+            },
+            Err(e) => {
+                errors.push(e.clone());
+                None
+            }
+        };
+
+        // Observe: per-viewer Jellyfin bytes — own tc class counters, else conntrack.
+        let counters = self.viewer_counters(&mut errors);
+        if let Some(c) = &counters {
+            self.monitor.update(now, c);
+        }
+
+        // Observe: who is streaming.
+        let sessions = match self.server.as_mut() {
+            Some(s) => s.sessions().map_err(|e| e.to_string()),
+            None => Err(self
+                .server_error
+                .clone()
+                .unwrap_or_else(|| "no Jellyfin server configured".into())),
+        };
+        let sessions = match sessions {
+            Ok(s) => {
+                self.set_reachable(true, None);
+                Some(s)
+            }
+            Err(e) => {
+                self.set_reachable(false, Some(e));
+                None
+            }
+        };
+
+        if let Some(sessions) = sessions {
+            let seen = self.classify(sessions);
+            let jellyfin_bps = counters.as_ref().map(|_| {
+                seen.iter()
+                    .filter(|s| s.external)
+                    .filter_map(|s| s.session.remote_ip)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .iter()
+                    .map(|ip| self.monitor.current(ip))
+                    .sum::<u64>()
+            });
+            let input = decide::Input {
+                now,
+                wan_tx_bps: wan_bps,
+                jellyfin_bps,
+                streams: seen
+                    .iter()
+                    .map(|s| decide::StreamIn {
+                        session_id: s.session.id.clone(),
+                        user_id: s.session.user_id.clone().unwrap_or_default(),
+                        user_name: s.session.user_name.clone().unwrap_or_default(),
+                        remote_ip: s.session.remote_ip,
+                        paused: s.session.play_state.is_paused,
+                        transcoding: s.session.transcoding.is_some(),
+                        stream_bps: s.stream_bps,
+                        source_bps: s.source_bps,
+                        supports_remote_control: s.session.supports_remote_control,
+                    })
+                    .collect(),
+            };
+            let pol = policy(&self.cfg, self.capacity_bps);
+            let (plan, next) = decide::decide(&self.state, &input, &pol);
+            self.state = next;
+            // The shaper reads the plan in force, so it is stored before acting.
+            self.last_plan = plan.clone();
+            self.act(&plan, &seen, &mut errors);
+            self.events(&seen);
+            self.last_seen = seen;
+        } else {
+            // Jellyfin is away: keep the last applied state (limits and classes) as it is.
+            self.reconcile_shaper(&mut errors);
+        }
+        if self.capacity_bps.is_none() {
+            errors.push(
+                "uplink capacity unknown: set bandwidth.upload_mbps or enable SQM on the WAN device"
+                    .into(),
+            );
+        }
+        if let Err(e) = &self.backup {
+            errors.push(e.clone());
+        }
+        if let Some(e) = &self.shaper_error {
+            errors.push(e.clone());
+        }
+        let playing = self.last_seen.iter().any(|s| !s.session.play_state.is_paused);
+        self.wol_step(playing, 0);
+        self.publish(wan_bps, errors);
+    }
+
+    fn set_reachable(&mut self, ok: bool, err: Option<String>) {
+        let was = self.reachable;
+        self.reachable = Some(ok);
+        if ok {
+            if was != Some(true) {
+                if let Some(s) = self.server.as_mut() {
+                    if let Ok(info) = s.system_info() {
+                        self.server_version = Some(info.version.clone());
+                    }
+                }
+                info!(
+                    "Jellyfin reachable (version {})",
+                    self.server_version.as_deref().unwrap_or("unknown")
+                );
+                if was == Some(false) {
+                    self.notify(Event::JellyfinBack {
+                        version: self.server_version.clone().unwrap_or_default(),
+                    });
+                }
+            }
+            self.last_logged_error = None;
+        } else if let Some(e) = err {
+            // Log once per state change, not every tick.
+            if self.last_logged_error.as_deref() != Some(e.as_str()) {
+                warn!("Jellyfin unavailable: {e}; keeping the last applied limits");
+                if was != Some(false) {
+                    self.notify(Event::JellyfinUnreachable { error: e.clone() });
+                }
+                self.last_logged_error = Some(e);
+            }
+        }
+    }
+
+    fn viewer_counters(&mut self, errors: &mut Vec<String>) -> Option<HashMap<IpAddr, u64>> {
+        if let Some(s) = self.shaper.as_mut() {
+            match s.counters() {
+                Ok(c) => return Some(c),
+                Err(e) => debug!("tc counters unavailable: {e}"),
+            }
+        }
+        let server = self.cfg.server_ip()?;
+        let (src, counter) = self.flows.as_mut()?;
+        let mut flows = Vec::new();
+        match src.flows(&[server], &self.cfg.jellyfin.ports, &mut flows) {
+            Ok(()) => Some(counter.update(&flows).clone()),
+            Err(e) => {
+                errors.push(format!("conntrack unreadable: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Keeps playing sessions and estimates each one's bitrate (TranscodingInfo.Bitrate,
+    /// else the selected source streams, else the item's media source).
+    fn classify(&mut self, sessions: Vec<Session>) -> Vec<Seen> {
+        let mut out = Vec::new();
+        for s in sessions {
+            let Some(np) = s.now_playing.as_ref() else { continue };
+            let external = s
+                .remote_ip
+                .is_some_and(|ip| decide::is_external(ip, &self.cfg.network.internal));
+            let mut source = s.source_bitrate();
+            if source.is_none() {
+                if let (Some(uid), Some(server)) = (s.user_id.clone(), self.server.as_mut()) {
+                    let msid = s.play_state.media_source_id.clone().unwrap_or_default();
+                    let key = (np.id.clone(), msid.clone());
+                    source = *self.item_bitrates.entry(key).or_insert_with(|| {
+                        server
+                            .item_bitrate(&uid, &np.id, Some(msid.as_str()).filter(|m| !m.is_empty()))
+                            .ok()
+                            .flatten()
+                    });
+                }
+            }
+            let stream = s
+                .transcoding
+                .as_ref()
+                .and_then(|t| t.bitrate)
+                .or(source);
+            out.push(Seen {
+                external,
+                stream_bps: stream,
+                source_bps: source,
+                session: s,
+            });
+        }
+        if self.item_bitrates.len() > 256 {
+            self.item_bitrates.clear();
+        }
+        out
+    }
+
+    fn act(&mut self, plan: &Plan, seen: &[Seen], errors: &mut Vec<String>) {
+        let dry = self.dry();
+        if plan.managing && self.cfg.jellyfin.manage_limits {
+            if !plan.user_limits.is_empty() || !plan.restore_users.is_empty() {
+                self.apply_limits(plan, errors);
+            }
+            for r in &plan.restarts {
+                let Some(s) = seen.iter().find(|s| s.session.id == r.session_id) else {
+                    continue;
+                };
+                if dry {
+                    info!(
+                        "[dry run] would restart {}'s playback so the {:.1} Mbit/s limit applies",
+                        r.user_name,
+                        r.limit_bps as f64 / 1e6
+                    );
+                    continue;
+                }
+                self.restart(&s.session, r.limit_bps);
+            }
+        }
+        self.reconcile_shaper(errors);
+    }
+
+    fn apply_limits(&mut self, plan: &Plan, errors: &mut Vec<String>) {
+        let dry = self.dry();
+        let Some(server) = self.server.as_mut() else { return };
+        let users = match server.users() {
+            Ok(u) => u,
+            Err(e) => {
+                errors.push(format!("cannot read Jellyfin users: {e}"));
+                return;
+            }
+        };
+        let by_id: HashMap<&str, &jellyfin::User> = users.iter().map(|u| (u.id.as_str(), u)).collect();
+        let Ok(backup) = self.backup.as_mut() else { return };
+        for want in &plan.user_limits {
+            let Some(user) = by_id.get(want.user_id.as_str()) else { continue };
+            let desired = (want.limit_bps as i64).min(MAX_LIMIT);
+            let current = user.remote_limit;
+            if dry {
+                if current != desired {
+                    info!(
+                        "[dry run] would set {}'s remote limit to {:.1} Mbit/s (now {})",
+                        user.name,
+                        desired as f64 / 1e6,
+                        fmt_limit(current)
+                    );
+                }
+                continue;
+            }
+            match (backup.get(&want.user_id), self.applied.get(&want.user_id)) {
+                (None, _) => {
+                    // Save the original durably before the first change, or change nothing.
+                    if let Err(e) = backup.set_original(&want.user_id, &user.name, current) {
+                        errors.push(format!("cannot save {}'s original limit: {e}", user.name));
+                        continue;
+                    }
+                }
+                (Some(_), Some(&mine)) if mine != current => {
+                    info!(
+                        "{}'s limit was changed by hand to {}; that is now the original to restore",
+                        user.name,
+                        fmt_limit(current)
+                    );
+                    if let Err(e) = backup.set_original(&want.user_id, &user.name, current) {
+                        errors.push(format!("cannot save {}'s original limit: {e}", user.name));
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if current == desired {
+                self.applied.insert(want.user_id.clone(), desired);
+                continue;
+            }
+            match server.set_policy(&want.user_id, &user.policy_with_limit(desired)) {
+                Ok(()) => {
+                    info!(
+                        "{}: remote limit {} -> {:.1} Mbit/s",
+                        user.name,
+                        fmt_limit(current),
+                        desired as f64 / 1e6
+                    );
+                    self.applied.insert(want.user_id.clone(), desired);
+                    if let Some(w) = self.webhook.as_mut() {
+                        w.notify(Event::LimitChanged {
+                            user: user.name.clone(),
+                            old_bps: current.max(0) as u64,
+                            new_bps: desired as u64,
+                        });
+                    }
+                }
+                Err(e) => errors.push(format!("cannot set {}'s limit: {e}", user.name)),
+            }
+        }
+        for uid in &plan.restore_users {
+            self.restore_user(uid, false);
+        }
+    }
+
+    /// Puts one user's original limit back, unless an admin changed it meanwhile (then the
+    /// admin's value stays). Returns false when the server could not be asked.
+    fn restore_user(&mut self, uid: &str, after_crash: bool) -> bool {
+        let Some(server) = self.server.as_mut() else { return false };
+        let Ok(backup) = self.backup.as_mut() else { return false };
+        let Some(entry) = backup.get(uid).cloned() else { return true };
+        let user = match server.user(uid) {
+            Ok(u) => u,
+            Err(jellyfin::Error::NotFound) => {
+                let _ = backup.remove(uid);
+                return true;
+            }
+            Err(e) => {
+                warn!("cannot restore {}'s limit now ({e}); will retry", entry.name);
+                return false;
+            }
+        };
+        let mine = self.applied.get(uid).copied();
+        let ours = after_crash || mine == Some(user.remote_limit) || mine.is_none();
+        if ours && user.remote_limit != entry.original {
+            if let Err(e) = server.set_policy(uid, &user.policy_with_limit(entry.original)) {
+                warn!("cannot restore {}'s limit ({e}); will retry", entry.name);
+                return false;
+            }
+            info!(
+                "{}: original remote limit {} restored",
+                entry.name,
+                fmt_limit(entry.original)
+            );
+        }
+        let _ = backup.remove(uid);
+        self.applied.remove(uid);
+        true
+    }
+
+    fn restart(&mut self, s: &Session, limit_bps: u64) {
+        let Some(server) = self.server.as_mut() else { return };
+        let Some(np) = s.now_playing.as_ref() else { return };
+        let who = s.user_name.as_deref().unwrap_or("?");
+        if self.cfg.jellyfin.notify_viewer && s.can_message() {
+            let text = format!(
+                "Adjusting quality to the available bandwidth ({:.1} Mbit/s); playback resumes where it was.",
+                limit_bps as f64 / 1e6
+            );
+            if let Err(e) = server.message(&s.id, "Bandwidth", &text, 5000) {
+                debug!("message to {who} failed: {e}");
+            }
+        }
+        let req = PlayRequest {
+            item_id: np.id.clone(),
+            start_position_ticks: s.play_state.position_ticks.unwrap_or(0).max(0),
+            media_source_id: s.play_state.media_source_id.clone(),
+            audio_stream_index: s.play_state.audio_stream_index,
+            subtitle_stream_index: s.play_state.subtitle_stream_index,
+        };
+        let result = server.stop(&s.id).and_then(|_| server.play_now(&s.id, &req));
+        match result {
+            Ok(()) => {
+                info!(
+                    "restarted {who}'s playback of {} at {}s so the {:.1} Mbit/s limit applies",
+                    s.title(),
+                    req.start_position_ticks / 10_000_000,
+                    limit_bps as f64 / 1e6
+                );
+                self.notify(Event::PlaybackRestarted {
+                    user: who.to_string(),
+                    session_id: s.id.clone(),
+                    limit_bps,
+                });
+            }
+            Err(e) => warn!("could not restart {who}'s playback: {e}"),
+        }
+    }
+
+    fn reconcile_shaper(&mut self, errors: &mut Vec<String>) {
+        if self.dry() {
+            return;
+        }
+        let Some(server_ip) = self.cfg.server_ip() else { return };
+        let Some(sh) = self.shaper.as_mut() else { return };
+        let viewers: Vec<shaper::ViewerClass> = self
+            .last_plan
+            .viewers
+            .iter()
+            .map(|v| shaper::ViewerClass {
+                ip: v.ip,
+                rate_bps: v.rate_bps,
+                ceil_bps: v.ceil_bps,
+            })
+            .collect();
+        let sum: u64 = viewers.iter().map(|v| v.rate_bps).sum();
+        let spec = shaper::Spec {
+            lan_device: self.cfg.network.lan_device.clone(),
+            server_ip,
+            server_ip6: None,
+            ports: self.cfg.jellyfin.ports.clone(),
+            total_bps: self.last_plan.budget_bps.max(sum).max(1_000_000),
+            viewers,
+            enforce: self.cfg.shaping.enabled,
+        };
+        match sh.reconcile(&spec) {
+            Ok(()) => {
+                if self.status.shaping.error.is_some() {
+                    info!("shaping active again");
+                }
+                self.status.shaping.active = true;
+                self.status.shaping.error = None;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.status.shaping.error.as_deref() != Some(msg.as_str()) {
+                    warn!("shaping unavailable: {msg}; running on without it");
+                }
+                self.status.shaping.active = false;
+                self.status.shaping.error = Some(msg.clone());
+                errors.push(format!("shaping: {msg}"));
+            }
+        }
+    }
+
+    /// Wake-on-LAN: sessions playing or new connections, through the pure scheduler.
+    fn wol_step(&mut self, playing: bool, new_connections: usize) {
+        if !self.cfg.wol.enabled {
+            return;
+        }
+        let actions = self.scheduler.step(unix_now(), playing, new_connections);
+        for a in actions {
+            match a {
+                wol::Action::Wake(reason) => self.wake(reason),
+                wol::Action::RunIdle => self.run_idle(),
+            }
+        }
+    }
+
+    fn wake(&mut self, reason: wol::Reason) {
+        let Some(mac) = self.cfg.wol.mac else { return };
+        let why = match reason {
+            wol::Reason::Session => "session",
+            wol::Reason::Connect => "connect",
+        };
+        if self.dry() {
+            info!("[dry run] would send a Wake-on-LAN packet ({why})");
+            return;
+        }
+        let sender = wol::Sender::new(&self.cfg.wol.interface, self.cfg.wol.broadcast);
+        match sender.send(mac, self.cfg.wol.password.as_deref()) {
+            Ok(_) => {
+                info!("Wake-on-LAN packet sent ({why})");
+                self.wol_status.last_wake = Some(unix_now());
+                self.wol_status.last_reason = Some(why.into());
+                self.wol_status.wakes += 1;
+                self.notify(Event::ServerWoken { reason: why.into() });
+            }
+            Err(e) => warn!("Wake-on-LAN failed: {e}"),
+        }
+    }
+
+    fn run_idle(&mut self) {
+        let argv = self.cfg.wol.idle_command.clone();
+        if argv.is_empty() {
+            return;
+        }
+        if self.dry() {
+            info!("[dry run] would run the idle command");
+            return;
+        }
+        // Off the loop: a slow ssh must not delay ticks.
+        std::thread::spawn(move || match wol::run_idle_command(&argv, Duration::from_secs(60)) {
+            Ok((code, out)) => info!("idle command exited {code}: {}", out.trim()),
+            Err(e) => warn!("idle command failed: {e}"),
+        });
+    }
+
+    /// New connections from outside to the Jellyfin port (Wake-on-LAN on_connect).
+    fn on_connections(&mut self) {
+        let Some(w) = self.connect.as_mut() else { return };
+        let mut conns = Vec::new();
+        w.drain(&mut conns);
+        let internal = &self.cfg.network.internal;
+        let ports = &self.cfg.jellyfin.ports;
+        let n = conns
+            .iter()
+            .filter(|c| decide::is_external(c.src, internal) && ports.contains(&c.dport))
+            .count();
+        if n > 0 {
+            debug!("{n} new connection(s) to Jellyfin from outside");
+            self.wol_step(false, n);
+        }
+    }
+
+    fn notify(&mut self, e: Event) {
+        if let Some(w) = self.webhook.as_mut() {
+            w.notify(e);
+        }
+    }
+
+    fn events(&mut self, seen: &[Seen]) {
+        let mut now: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+        for s in seen.iter().filter(|s| s.external) {
+            now.insert(
+                s.session.id.clone(),
+                (
+                    s.session.user_name.clone().unwrap_or_default(),
+                    s.session.remote_ip.map(|i| i.to_string()).unwrap_or_default(),
+                    s.session.title(),
+                ),
+            );
+        }
+        let started: Vec<_> = now
+            .iter()
+            .filter(|(k, _)| !self.known.contains_key(*k))
+            .map(|(_, v)| v.clone())
+            .collect();
+        let stopped: Vec<_> = self
+            .known
+            .iter()
+            .filter(|(k, _)| !now.contains_key(*k))
+            .map(|(_, v)| v.clone())
+            .collect();
+        for (user, ip, title) in started {
+            info!("{user} started streaming {title} from {ip}");
+            self.notify(Event::StreamStarted {
+                user,
+                remote_ip: ip,
+                title,
+            });
+        }
+        for (user, ip, title) in stopped {
+            info!("{user} stopped streaming {title} from {ip}");
+            self.notify(Event::StreamStopped {
+                user,
+                remote_ip: ip,
+                title,
+            });
+        }
+        self.known = now;
+    }
+
+    fn publish(&mut self, wan_bps: Option<u64>, errors: Vec<String>) {
+        let now = self.now();
+        let plan = &self.last_plan;
+        let jellyfin_bps: u64 = {
+            let mut ips: Vec<IpAddr> = self
+                .last_seen
+                .iter()
+                .filter(|s| s.external)
+                .filter_map(|s| s.session.remote_ip)
+                .collect();
+            ips.sort();
+            ips.dedup();
+            ips.iter().map(|ip| self.monitor.current(ip)).sum()
+        };
+        let mut streams: Vec<StreamStatus> = self
+            .last_seen
+            .iter()
+            .map(|s| {
+                let ip = s.session.remote_ip;
+                let share = plan
+                    .viewers
+                    .iter()
+                    .find(|v| Some(v.ip) == ip.map(decide::canonical))
+                    .map(|v| v.rate_bps)
+                    .unwrap_or(0);
+                let limit = s
+                    .session
+                    .user_id
+                    .as_ref()
+                    .and_then(|u| self.applied.get(u))
+                    .copied()
+                    .unwrap_or(0)
+                    .max(0) as u64;
+                StreamStatus {
+                    session_id: s.session.id.clone(),
+                    user: s.session.user_name.clone().unwrap_or_default(),
+                    client: s.session.client.clone().unwrap_or_default(),
+                    device: s.session.device_name.clone().unwrap_or_default(),
+                    remote_ip: ip.map(|i| i.to_string()).unwrap_or_default(),
+                    external: s.external,
+                    play_method: s
+                        .session
+                        .play_state
+                        .play_method
+                        .clone()
+                        .unwrap_or_default(),
+                    title: s.session.title(),
+                    paused: s.session.play_state.is_paused,
+                    source_bps: s.source_bps,
+                    limit_bps: limit,
+                    shaped_bps: if self.status.shaping.active && self.cfg.shaping.enabled {
+                        share
+                    } else {
+                        0
+                    },
+                    measured_bps: ip
+                        .map(|i| self.monitor.averages(&decide::canonical(i), now))
+                        .unwrap_or_default(),
+                    restarts: self
+                        .state
+                        .streams
+                        .get(&s.session.id)
+                        .map(|m| m.restarts)
+                        .unwrap_or(0),
+                }
+            })
+            .collect();
+        streams.sort_by(|a, b| b.external.cmp(&a.external).then(a.user.cmp(&b.user)));
+        let st = Status {
+            version: status::STATUS_VERSION,
+            updated: unix_now(),
+            interval: self.cfg.main.interval,
+            dry_run: self.dry(),
+            jellyfin: status::JellyfinStatus {
+                reachable: self.reachable == Some(true),
+                server_version: self.server_version.clone(),
+                error: if self.reachable == Some(true) {
+                    None
+                } else {
+                    self.last_logged_error.clone().or(self.server_error.clone())
+                },
+            },
+            wan: status::WanStatus {
+                device: self.wan_dev.as_ref().ok().cloned(),
+                capacity_bps: self.capacity_bps,
+                tx_bps: wan_bps.unwrap_or(0),
+                jellyfin_bps,
+                other_bps: wan_bps.unwrap_or(0).saturating_sub(jellyfin_bps),
+            },
+            budget_bps: plan.budget_bps,
+            streams,
+            wol: self.wol_status.clone(),
+            shaping: status::ShapingStatus {
+                enabled: self.cfg.shaping.enabled,
+                active: self.status.shaping.active,
+                error: self.status.shaping.error.clone(),
+            },
+            errors,
+        };
+        let path = self.cfg.main.run_dir.join("status.json");
+        match serde_json::to_vec_pretty(&st) {
+            Ok(json) => {
+                if let Err(e) = publish::write_atomic(&path, &json) {
+                    warn!("cannot write {}: {e}", path.display());
+                }
+            }
+            Err(e) => warn!("cannot encode the status: {e}"),
+        }
+        if let Some(p) = &self.cfg.publish.prometheus_file {
+            if let Err(e) = publish::write_atomic(p, publish::render_prometheus(&st).as_bytes()) {
+                warn!("cannot write {}: {e}", p.display());
+            }
+        }
+        self.status = st;
+    }
+
+    /// Everything back as it was: own tc state removed, every original limit restored.
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.shaper.as_mut() {
+            if let Err(e) = s.remove() {
+                warn!("could not remove all shaping state: {e}");
+            }
+        }
+        if !self.dry() {
+            // A short timeout: procd kills us 5 s after SIGTERM.
+            if let Ok(s) = server_for(&self.cfg, Duration::from_secs(2)) {
+                self.server = Some(s);
+            }
+            let pending = match &self.backup {
+                Ok(b) => b.entries(),
+                Err(_) => Vec::new(),
+            };
+            for (uid, _) in pending {
+                if !self.restore_user(&uid, false) {
+                    warn!("Jellyfin unreachable: the remaining original limits stay in the backup for `jellydemon restore` or the next start");
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.cfg.main.run_dir.join("status.json"));
+    }
+
+    /// SIGHUP: a new configuration, or the old one kept when the file is bad.
+    pub fn reload(&mut self, path: &Path) {
+        match crate::config::load(path) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    warn!("{w}");
+                }
+                info!("configuration reloaded");
+                crate::set_log_level(loaded.config.main.log_level);
+                self.configure(loaded.config);
+            }
+            Err(e) => error!("{e}; keeping the running configuration"),
+        }
+    }
+}
+
+fn fmt_limit(bps: i64) -> String {
+    if bps <= 0 {
+        "none".into()
+    } else {
+        format!("{:.1} Mbit/s", bps as f64 / 1e6)
+    }
+}
+
+/// The daemon: runs until SIGTERM/SIGINT (then cleans up), or one tick with `once`.
+pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -> i32 {
+    let mut signals = signals;
+    let mut d = Daemon::new(cfg, opts);
+    d.recover();
+    let mut next = Instant::now();
+    loop {
+        d.tick();
+        if opts.once {
+            return 0;
+        }
+        next += Duration::from_secs(d.cfg.main.interval as u64);
+        let now = Instant::now();
+        if next < now {
+            next = now;
+        }
+        // Wait for the next tick, a signal, or a new connection (Wake-on-LAN within a second).
+        loop {
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            let term_fd = signals.term.as_fd();
+            let hup_fd = signals.hup.as_fd();
+            let mut fds = vec![
+                nix::poll::PollFd::new(term_fd, nix::poll::PollFlags::POLLIN),
+                nix::poll::PollFd::new(hup_fd, nix::poll::PollFlags::POLLIN),
+            ];
+            let conn_fd = d.connect.as_ref().map(|c| c.as_raw_fd());
+            let borrowed;
+            if let Some(fd) = conn_fd {
+                // SAFETY: the watch outlives this poll call; nothing closes it meanwhile.
+                borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                fds.push(nix::poll::PollFd::new(borrowed, nix::poll::PollFlags::POLLIN));
+            }
+            let timeout = nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    error!("poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            let term_ready = fds[0].any().unwrap_or(false);
+            let hup_ready = fds[1].any().unwrap_or(false);
+            let conn_ready = fds.get(2).and_then(|f| f.any()).unwrap_or(false);
+            drop(fds);
+            if term_ready && drain(&mut signals.term) {
+                info!("stopping: restoring limits and removing shaping");
+                d.shutdown();
+                return 0;
+            }
+            if hup_ready && drain(&mut signals.hup) {
+                d.reload(&config_path);
+            }
+            if conn_ready {
+                d.on_connections();
+            }
+        }
+    }
+}
+
+/// `jellydemon restore`: every backed-up original limit back, all own tc state removed.
+/// Works without a running daemon (after a crash, or to undo `run --once`).
+pub fn restore_all(cfg: &Config) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let mut sh = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+    if let Err(e) = sh.remove_on(&cfg.network.lan_device) {
+        problems.push(format!("shaping state: {e}"));
+    }
+    let mut backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string())?;
+    if backup.is_empty() {
+        println!("no backed-up limits to restore");
+    } else {
+        let mut server = server_for(cfg, Duration::from_secs(cfg.jellyfin.timeout as u64))?;
+        for (uid, entry) in backup.entries() {
+            let user = match server.user(&uid) {
+                Ok(u) => u,
+                Err(jellyfin::Error::NotFound) => {
+                    let _ = backup.remove(&uid);
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(format!("{}: {e}", entry.name));
+                    continue;
+                }
+            };
+            if user.remote_limit != entry.original {
+                if let Err(e) = server.set_policy(&uid, &user.policy_with_limit(entry.original)) {
+                    problems.push(format!("{}: {e}", entry.name));
+                    continue;
+                }
+            }
+            println!(
+                "{}: remote limit {} restored",
+                entry.name,
+                fmt_limit(entry.original)
+            );
+            backup.remove(&uid).map_err(|e| e.to_string())?;
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "not everything could be restored (the rest stays backed up): {}",
+            problems.join("; ")
+        ))
+    }
+}

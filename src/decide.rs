@@ -1,1 +1,880 @@
-//! (to be written)
+//! The pure core: from one tick's observations and the previous tick's memory, decide every
+//! stream's share, each user's Jellyfin limit, which streams to restart and each viewer's tc
+//! class. No I/O here; everything is plain data so it can be tested exhaustively.
+
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+/// Limits are rounded down to this step so tiny measurement noise never rewrites a policy.
+pub const LIMIT_STEP_BPS: u64 = 100_000;
+/// A raise must be at least this large (relative) to be worth applying.
+pub const RAISE_MIN_PCT: u64 = 10;
+/// A raise must hold for this many consecutive ticks before it is applied.
+pub const RAISE_HOLD_TICKS: u32 = 3;
+/// A stream whose bitrate exceeds its new limit by more than this renegotiates.
+pub const EXCEED_TOLERANCE_PCT: u64 = 5;
+/// A transcode renegotiates upward only when the limit is this much above its bitrate.
+pub const UPGRADE_FACTOR_PCT: u64 = 150;
+/// Users who stopped streaming get their original limit back after this long.
+pub const RESTORE_AFTER_S: f64 = 300.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    Equal,
+    Priority,
+    Demand,
+}
+
+/// Per-user rules from `config user` sections.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserRule {
+    pub name: String,
+    pub weight: f64,
+    pub min_bps: Option<u64>,
+    pub max_bps: Option<u64>,
+    pub exempt: bool,
+}
+
+/// The settings the decision needs, in bits per second.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// `None`: capacity unknown, so nothing is managed.
+    pub capacity_bps: Option<u64>,
+    pub target_pct: f64,
+    pub reserve_bps: u64,
+    pub algorithm: Algorithm,
+    pub min_bps: u64,
+    pub max_bps: u64,
+    pub burst_pct: u32,
+    pub internal: Vec<IpNet>,
+    pub users: Vec<UserRule>,
+    pub restart_playback: bool,
+    pub restart_min_interval_s: f64,
+}
+
+impl Policy {
+    fn rule(&self, user: &str) -> Option<&UserRule> {
+        self.users.iter().find(|u| u.name.eq_ignore_ascii_case(user))
+    }
+}
+
+/// One Jellyfin session that is playing something.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StreamIn {
+    pub session_id: String,
+    pub user_id: String,
+    pub user_name: String,
+    pub remote_ip: Option<IpAddr>,
+    pub paused: bool,
+    pub transcoding: bool,
+    /// What the stream uses now: the transcode target, else the source bitrate.
+    pub stream_bps: Option<u64>,
+    /// The source file's bitrate (what it would use unlimited).
+    pub source_bps: Option<u64>,
+    pub supports_remote_control: bool,
+}
+
+/// One tick's observations.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Input {
+    /// Monotonic seconds.
+    pub now: f64,
+    /// WAN upload rate; `None` until two samples exist.
+    pub wan_tx_bps: Option<u64>,
+    /// Measured Jellyfin upload to external viewers; `None` when nothing measures it.
+    pub jellyfin_bps: Option<u64>,
+    pub streams: Vec<StreamIn>,
+}
+
+/// What the decision remembers about a stream between ticks.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StreamMemory {
+    /// The share in force.
+    pub applied_bps: u64,
+    /// Consecutive ticks a higher share has been available, and the smallest such share.
+    pub raise_ticks: u32,
+    pub raise_floor_bps: u64,
+    pub last_restart: Option<f64>,
+    pub restarts: u32,
+    /// The user limit this stream last (re)negotiated under, if known.
+    pub negotiated_limit_bps: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct State {
+    pub streams: HashMap<String, StreamMemory>,
+    /// user id → (name, monotonic second it was last seen streaming externally).
+    pub users_seen: HashMap<String, (String, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Share {
+    pub session_id: String,
+    pub bps: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserLimit {
+    pub user_id: String,
+    pub user_name: String,
+    pub limit_bps: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewerShare {
+    pub ip: IpAddr,
+    pub rate_bps: u64,
+    pub ceil_bps: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Restart {
+    pub session_id: String,
+    pub user_name: String,
+    pub limit_bps: u64,
+    pub reason: RestartReason,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartReason {
+    /// The stream's bitrate is above its new limit.
+    Exceeds,
+    /// A transcode can have a much better bitrate now.
+    Upgrade,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Plan {
+    /// Whether limits are managed at all this tick (capacity known).
+    pub managing: bool,
+    pub budget_bps: u64,
+    pub other_bps: u64,
+    pub shares: Vec<Share>,
+    /// Desired Jellyfin limit per user with external streams.
+    pub user_limits: Vec<UserLimit>,
+    /// Users who stopped streaming long enough ago to get their original limit back.
+    pub restore_users: Vec<String>,
+    pub restarts: Vec<Restart>,
+    /// One tc class per external viewer address.
+    pub viewers: Vec<ViewerShare>,
+}
+
+/// True when `ip` is outside every internal range. IPv4-mapped IPv6 counts as IPv4.
+pub fn is_external(ip: IpAddr, internal: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    if ip.is_loopback() || ip.is_unspecified() {
+        return false;
+    }
+    !internal.iter().any(|net| net.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) becomes plain IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// budget = capacity × target − max(measured other traffic, reserve), never negative.
+pub fn budget(capacity_bps: u64, target_pct: f64, other_bps: u64, reserve_bps: u64) -> u64 {
+    let usable = (capacity_bps as f64 * target_pct.clamp(0.0, 100.0) / 100.0) as u64;
+    usable.saturating_sub(other_bps.max(reserve_bps))
+}
+
+/// One claimant in the max-min fair division.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Claim {
+    pub weight: f64,
+    pub min: u64,
+    pub max: u64,
+}
+
+/// Weighted max-min fair shares of `budget` within each claim's `[min, max]`.
+///
+/// When the minimums alone exceed the budget every claim gets its minimum (the floor is a
+/// promise to viewers); otherwise the total never exceeds the budget. Deterministic.
+pub fn max_min_fair(budget: u64, claims: &[Claim]) -> Vec<u64> {
+    let floors: Vec<u64> = claims.iter().map(|c| c.min.min(c.max)).collect();
+    let floor: u64 = floors.iter().sum();
+    if floor >= budget {
+        return floors;
+    }
+    let cap: u64 = claims.iter().map(|c| c.max.max(c.min)).sum();
+    if cap <= budget {
+        return claims.iter().map(|c| c.max.max(c.min)).collect();
+    }
+    // Find the water level λ where Σ clamp(wᵢ·λ, minᵢ, maxᵢ) = budget. The sum is monotone in
+    // λ, so bisection converges; 200 rounds reach f64 precision for any realistic input.
+    let share = |c: &Claim, level: f64| -> f64 {
+        (c.weight.max(1e-9) * level).clamp(c.min as f64, c.max.max(c.min) as f64)
+    };
+    let total = |level: f64| -> f64 { claims.iter().map(|c| share(c, level)).sum() };
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while total(hi) < budget as f64 && hi < 1e18 {
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = (lo + hi) / 2.0;
+        if total(mid) <= budget as f64 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    // Floors keep the total within the budget; each share stays within its bounds.
+    claims
+        .iter()
+        .map(|c| (share(c, lo).floor() as u64).clamp(c.min.min(c.max), c.max.max(c.min)))
+        .collect()
+}
+
+fn round_down(bps: u64) -> u64 {
+    (bps / LIMIT_STEP_BPS) * LIMIT_STEP_BPS
+}
+
+/// The decision for one tick. Pure: the same inputs give the same plan and memory.
+pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
+    let mut plan = Plan::default();
+    let mut next = State::default();
+
+    // External, playing, non-exempt streams compete for the budget. Exempt ones are never
+    // limited but their traffic still comes out of it.
+    let mut competing: Vec<&StreamIn> = Vec::new();
+    let mut exempt_bps: u64 = 0;
+    for s in &input.streams {
+        let Some(ip) = s.remote_ip else { continue };
+        if !is_external(ip, &policy.internal) {
+            continue;
+        }
+        let rule = policy.rule(&s.user_name);
+        if rule.is_some_and(|r| r.exempt) {
+            if !s.paused {
+                exempt_bps = exempt_bps.saturating_add(s.stream_bps.unwrap_or(0));
+            }
+            continue;
+        }
+        competing.push(s);
+    }
+    // Sort so the division never depends on the order Jellyfin lists sessions in.
+    competing.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+
+    let estimated_jf: u64 = competing
+        .iter()
+        .filter(|s| !s.paused)
+        .map(|s| s.stream_bps.unwrap_or(0))
+        .sum::<u64>()
+        .saturating_add(exempt_bps);
+    let jf = input.jellyfin_bps.unwrap_or(estimated_jf);
+    plan.other_bps = input.wan_tx_bps.unwrap_or(0).saturating_sub(jf);
+
+    let Some(capacity) = policy.capacity_bps else {
+        // Without a capacity nothing can be divided; remember users so they are restored.
+        next.users_seen = prev.users_seen.clone();
+        return (plan, next);
+    };
+    plan.managing = true;
+    plan.budget_bps = budget(capacity, policy.target_pct, plan.other_bps, policy.reserve_bps)
+        .saturating_sub(exempt_bps);
+
+    let claims: Vec<Claim> = competing
+        .iter()
+        .map(|s| {
+            let rule = policy.rule(&s.user_name);
+            let min = rule.and_then(|r| r.min_bps).unwrap_or(policy.min_bps);
+            let mut max = rule.and_then(|r| r.max_bps).unwrap_or(policy.max_bps).max(min);
+            if policy.algorithm == Algorithm::Demand {
+                if let Some(src) = s.source_bps.or(s.stream_bps) {
+                    max = max.min(src).max(min);
+                }
+            }
+            let weight = match policy.algorithm {
+                Algorithm::Priority => rule.map(|r| r.weight).unwrap_or(1.0),
+                _ => 1.0,
+            };
+            // A paused stream uses nothing now; it keeps only its floor so it can resume.
+            let max = if s.paused { min } else { max };
+            Claim { weight, min, max }
+        })
+        .collect();
+    let targets = max_min_fair(plan.budget_bps, &claims);
+
+    let mut per_user: BTreeMap<&str, (String, u64)> = BTreeMap::new();
+    let mut per_ip: BTreeMap<IpAddr, u64> = BTreeMap::new();
+    for ((s, &target), claim) in competing.iter().zip(&targets).zip(&claims) {
+        let target = round_down(target).max(claim.min).max(LIMIT_STEP_BPS);
+        let mut mem = prev.streams.get(&s.session_id).cloned().unwrap_or_default();
+        let fresh = mem.applied_bps == 0;
+        if s.paused && !fresh {
+            // Keep a paused stream's share as it was: it neither needs less nor more.
+        } else if fresh || target <= mem.applied_bps {
+            mem.applied_bps = target;
+            mem.raise_ticks = 0;
+        } else if target * 100 >= mem.applied_bps * (100 + RAISE_MIN_PCT) {
+            mem.raise_floor_bps = if mem.raise_ticks == 0 {
+                target
+            } else {
+                mem.raise_floor_bps.min(target)
+            };
+            mem.raise_ticks += 1;
+            if mem.raise_ticks >= RAISE_HOLD_TICKS {
+                mem.applied_bps = mem.raise_floor_bps;
+                mem.raise_ticks = 0;
+            }
+        } else {
+            mem.raise_ticks = 0;
+        }
+        let share = mem.applied_bps;
+        plan.shares.push(Share {
+            session_id: s.session_id.clone(),
+            bps: share,
+        });
+        let e = per_user
+            .entry(s.user_id.as_str())
+            .or_insert((s.user_name.clone(), u64::MAX));
+        e.1 = e.1.min(share);
+        if let Some(ip) = s.remote_ip {
+            let v = per_ip.entry(canonical(ip)).or_insert(0);
+            *v = v.saturating_add(share);
+        }
+        next.streams.insert(s.session_id.clone(), mem);
+    }
+
+    for (uid, (name, limit)) in &per_user {
+        plan.user_limits.push(UserLimit {
+            user_id: uid.to_string(),
+            user_name: name.clone(),
+            limit_bps: *limit,
+        });
+        next.users_seen.insert(uid.to_string(), (name.clone(), input.now));
+    }
+    for (uid, (name, seen)) in &prev.users_seen {
+        if next.users_seen.contains_key(uid) {
+            continue;
+        }
+        if input.now - seen >= RESTORE_AFTER_S {
+            plan.restore_users.push(uid.clone());
+        } else {
+            next.users_seen.insert(uid.clone(), (name.clone(), *seen));
+        }
+    }
+    plan.restore_users.sort();
+
+    // Restarts: a stream renegotiates only when it must (above its new limit) or when a much
+    // better bitrate is available to a transcode; never paused, never without remote control,
+    // never more often than the minimum interval.
+    for s in &competing {
+        let Some(limit) = plan
+            .user_limits
+            .iter()
+            .find(|u| u.user_id == s.user_id)
+            .map(|u| u.limit_bps)
+        else {
+            continue;
+        };
+        let Some(mem) = next.streams.get_mut(&s.session_id) else { continue };
+        if !policy.restart_playback || s.paused || !s.supports_remote_control {
+            continue;
+        }
+        if let Some(last) = mem.last_restart {
+            if input.now - last < policy.restart_min_interval_s {
+                continue;
+            }
+        }
+        let Some(rate) = s.stream_bps else { continue };
+        let reason = if rate * 100 > limit * (100 + EXCEED_TOLERANCE_PCT) {
+            Some(RestartReason::Exceeds)
+        } else if s.transcoding
+            && limit * 100 >= rate * UPGRADE_FACTOR_PCT
+            && s.source_bps.is_some_and(|src| src * 100 >= rate * UPGRADE_FACTOR_PCT)
+            && mem.negotiated_limit_bps.is_some_and(|n| n < limit)
+        {
+            Some(RestartReason::Upgrade)
+        } else {
+            None
+        };
+        if mem.negotiated_limit_bps.is_none() {
+            mem.negotiated_limit_bps = Some(limit);
+        }
+        if let Some(reason) = reason {
+            mem.last_restart = Some(input.now);
+            mem.restarts += 1;
+            mem.negotiated_limit_bps = Some(limit);
+            plan.restarts.push(Restart {
+                session_id: s.session_id.clone(),
+                user_name: s.user_name.clone(),
+                limit_bps: limit,
+                reason,
+            });
+        }
+    }
+    // Carry restart history of streams that paused or vanished briefly? No: a vanished
+    // session id is a new playback when it returns, which renegotiates by itself.
+
+    for (ip, rate) in per_ip {
+        let ceil = rate.saturating_mul(policy.burst_pct as u64) / 100;
+        plan.viewers.push(ViewerShare {
+            ip,
+            rate_bps: rate,
+            ceil_bps: ceil.max(rate),
+        });
+    }
+    (plan, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const M: u64 = 1_000_000;
+
+    fn policy() -> Policy {
+        Policy {
+            capacity_bps: Some(20 * M),
+            target_pct: 90.0,
+            reserve_bps: 2 * M,
+            algorithm: Algorithm::Equal,
+            min_bps: M,
+            max_bps: 20 * M,
+            burst_pct: 115,
+            internal: ["192.168.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "fc00::/7"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            users: vec![],
+            restart_playback: true,
+            restart_min_interval_s: 600.0,
+        }
+    }
+
+    fn stream(id: &str, user: &str, ip: &str, bps: u64) -> StreamIn {
+        StreamIn {
+            session_id: id.into(),
+            user_id: format!("uid-{user}"),
+            user_name: user.into(),
+            remote_ip: Some(ip.parse().unwrap()),
+            paused: false,
+            transcoding: true,
+            stream_bps: Some(bps),
+            source_bps: Some(bps),
+            supports_remote_control: true,
+        }
+    }
+
+    fn input(now: f64, wan: u64, jf: u64, streams: Vec<StreamIn>) -> Input {
+        Input {
+            now,
+            wan_tx_bps: Some(wan),
+            jellyfin_bps: Some(jf),
+            streams,
+        }
+    }
+
+    #[test]
+    fn external_classification() {
+        let p = policy();
+        let ext = |s: &str| is_external(s.parse().unwrap(), &p.internal);
+        assert!(ext("203.0.113.7"));
+        assert!(ext("2001:db8::1"));
+        assert!(ext("100.64.0.1"), "CGNAT is remote, as Jellyfin treats it");
+        assert!(!ext("192.168.1.20"));
+        assert!(!ext("10.1.2.3"));
+        assert!(!ext("172.20.0.1"));
+        assert!(!ext("fd00::5"));
+        assert!(!ext("127.0.0.1"));
+        assert!(!ext("::1"));
+        assert!(!ext("::ffff:192.168.1.9"), "mapped IPv4 counts as IPv4");
+        assert!(ext("::ffff:203.0.113.9"));
+        assert!(!ext("0.0.0.0"));
+    }
+
+    #[test]
+    fn budget_formula() {
+        assert_eq!(budget(20 * M, 90.0, 0, 2 * M), 16 * M);
+        assert_eq!(budget(20 * M, 90.0, 5 * M, 2 * M), 13 * M);
+        assert_eq!(budget(20 * M, 90.0, 30 * M, 2 * M), 0);
+        assert_eq!(budget(20 * M, 100.0, 0, 0), 20 * M);
+        assert_eq!(budget(0, 90.0, 0, 0), 0);
+    }
+
+    #[test]
+    fn fair_equal_split() {
+        let c = Claim { weight: 1.0, min: M, max: 20 * M };
+        assert_eq!(max_min_fair(16 * M, &[c, c]), vec![8 * M, 8 * M]);
+    }
+
+    #[test]
+    fn fair_respects_max_and_redistributes() {
+        let a = Claim { weight: 1.0, min: M, max: 3 * M };
+        let b = Claim { weight: 1.0, min: M, max: 20 * M };
+        assert_eq!(max_min_fair(16 * M, &[a, b]), vec![3 * M, 13 * M]);
+    }
+
+    #[test]
+    fn fair_minimums_force_overcommit() {
+        let c = Claim { weight: 1.0, min: 2 * M, max: 20 * M };
+        assert_eq!(max_min_fair(3 * M, &[c, c, c]), vec![2 * M, 2 * M, 2 * M]);
+    }
+
+    #[test]
+    fn fair_weights() {
+        let a = Claim { weight: 3.0, min: 0, max: 100 * M };
+        let b = Claim { weight: 1.0, min: 0, max: 100 * M };
+        let out = max_min_fair(16 * M, &[a, b]);
+        assert_eq!(out, vec![12 * M, 4 * M]);
+    }
+
+    #[test]
+    fn fair_all_saturated_leaves_budget_unused() {
+        let c = Claim { weight: 1.0, min: M, max: 2 * M };
+        assert_eq!(max_min_fair(16 * M, &[c, c]), vec![2 * M, 2 * M]);
+    }
+
+    #[test]
+    fn fair_empty_and_zero_budget() {
+        assert!(max_min_fair(10 * M, &[]).is_empty());
+        let c = Claim { weight: 1.0, min: 0, max: 5 * M };
+        assert_eq!(max_min_fair(0, &[c]), vec![0]);
+    }
+
+    #[test]
+    fn one_external_stream_gets_a_limit_at_once() {
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 4 * M, 4 * M, vec![stream("s1", "alice", "203.0.113.7", 4 * M)]),
+            &policy(),
+        );
+        assert!(plan.managing);
+        assert_eq!(plan.budget_bps, 16 * M);
+        assert_eq!(plan.user_limits.len(), 1);
+        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.viewers[0].ip, "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(plan.viewers[0].ceil_bps, 16 * M * 115 / 100);
+        assert!(plan.restarts.is_empty(), "a 4 Mbit stream under a 16 Mbit limit stays");
+    }
+
+    #[test]
+    fn internal_streams_are_never_limited() {
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 0, 0, vec![stream("s1", "carol", "192.168.1.20", 8 * M)]),
+            &policy(),
+        );
+        assert!(plan.user_limits.is_empty());
+        assert!(plan.viewers.is_empty());
+        assert!(plan.shares.is_empty());
+    }
+
+    #[test]
+    fn two_external_streams_split_the_budget() {
+        let (plan, _) = decide(
+            &State::default(),
+            &input(
+                0.0,
+                8 * M,
+                8 * M,
+                vec![
+                    stream("s1", "alice", "203.0.113.7", 4 * M),
+                    stream("s2", "bob", "198.51.100.9", 4 * M),
+                ],
+            ),
+            &policy(),
+        );
+        let limits: Vec<u64> = plan.user_limits.iter().map(|u| u.limit_bps).collect();
+        assert_eq!(limits, vec![8 * M, 8 * M]);
+    }
+
+    #[test]
+    fn rising_household_upload_lowers_limits_and_restarts_only_exceeding_streams() {
+        let p = policy();
+        let streams = vec![
+            stream("s1", "alice", "203.0.113.7", 6 * M),
+            stream("s2", "bob", "198.51.100.9", 2 * M),
+        ];
+        let (plan, st) = decide(&State::default(), &input(0.0, 8 * M, 8 * M, streams.clone()), &p);
+        assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+        assert!(plan.restarts.is_empty());
+        // The household starts a 10 Mbit/s upload: budget 18 - 10 = 8, 4 each.
+        let (plan, _) = decide(&st, &input(5.0, 18 * M, 8 * M, streams), &p);
+        assert_eq!(plan.budget_bps, 8 * M);
+        let limits: Vec<u64> = plan.user_limits.iter().map(|u| u.limit_bps).collect();
+        assert_eq!(limits, vec![4 * M, 4 * M]);
+        assert_eq!(plan.restarts.len(), 1);
+        assert_eq!(plan.restarts[0].session_id, "s1");
+        assert_eq!(plan.restarts[0].reason, RestartReason::Exceeds);
+    }
+
+    #[test]
+    fn restarts_respect_min_interval_pause_and_remote_control() {
+        let p = policy();
+        let mut s = stream("s1", "alice", "203.0.113.7", 12 * M);
+        // 12 Mbit stream, budget 16 → fine.
+        let (plan, st) = decide(&State::default(), &input(0.0, 12 * M, 12 * M, vec![s.clone()]), &p);
+        assert!(plan.restarts.is_empty());
+        // Household takes 10: budget 8 → restart.
+        let (plan, st) = decide(&st, &input(5.0, 22 * M, 12 * M, vec![s.clone()]), &p);
+        assert_eq!(plan.restarts.len(), 1);
+        // The stream still reports 12 (ignores the limit): no second restart within 600 s.
+        let (plan, st2) = decide(&st, &input(10.0, 22 * M, 12 * M, vec![s.clone()]), &p);
+        assert!(plan.restarts.is_empty());
+        let (plan, _) = decide(&st2, &input(700.0, 22 * M, 12 * M, vec![s.clone()]), &p);
+        assert_eq!(plan.restarts.len(), 1, "after the interval it may try again");
+
+        s.paused = true;
+        let (plan, _) = decide(&State::default(), &input(0.0, 22 * M, 12 * M, vec![s.clone()]), &p);
+        assert!(plan.restarts.is_empty(), "never restart a paused session");
+        s.paused = false;
+        s.supports_remote_control = false;
+        let (plan, _) = decide(&State::default(), &input(0.0, 22 * M, 12 * M, vec![s.clone()]), &p);
+        assert!(plan.restarts.is_empty(), "never restart without remote control");
+        let mut p2 = p.clone();
+        p2.restart_playback = false;
+        s.supports_remote_control = true;
+        let (plan, _) = decide(&State::default(), &input(0.0, 22 * M, 12 * M, vec![s]), &p2);
+        assert!(plan.restarts.is_empty());
+    }
+
+    #[test]
+    fn decrease_is_immediate_increase_needs_hold() {
+        let p = policy();
+        let s = vec![stream("s1", "alice", "203.0.113.7", 3 * M)];
+        // other = 10 → budget 8.
+        let (plan, st) = decide(&State::default(), &input(0.0, 13 * M, 3 * M, s.clone()), &p);
+        assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+        // other drops to 0 → budget 16, but it must hold for RAISE_HOLD_TICKS ticks.
+        let mut st = st;
+        for tick in 1..RAISE_HOLD_TICKS {
+            let (plan, n) = decide(&st, &input(tick as f64, 3 * M, 3 * M, s.clone()), &p);
+            assert_eq!(plan.user_limits[0].limit_bps, 8 * M, "tick {tick}");
+            st = n;
+        }
+        let (plan, st) = decide(&st, &input(9.0, 3 * M, 3 * M, s.clone()), &p);
+        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        // A fall applies at once.
+        let (plan, _) = decide(&st, &input(10.0, 15 * M, 3 * M, s), &p);
+        assert_eq!(plan.user_limits[0].limit_bps, 6 * M);
+    }
+
+    #[test]
+    fn interrupted_raise_starts_over() {
+        let p = policy();
+        let s = vec![stream("s1", "alice", "203.0.113.7", 3 * M)];
+        let (_, mut st) = decide(&State::default(), &input(0.0, 13 * M, 3 * M, s.clone()), &p);
+        for i in 0..10 {
+            // Budget alternates: 16 then 8 — the raise never holds.
+            let wan = if i % 2 == 0 { 3 * M } else { 13 * M };
+            let (plan, n) = decide(&st, &input(i as f64, wan, 3 * M, s.clone()), &p);
+            assert_eq!(plan.user_limits[0].limit_bps, 8 * M, "no flapping at {i}");
+            st = n;
+        }
+    }
+
+    #[test]
+    fn small_raises_are_ignored() {
+        let p = policy();
+        let s = vec![stream("s1", "alice", "203.0.113.7", 3 * M)];
+        let (_, mut st) = decide(&State::default(), &input(0.0, 13 * M, 3 * M, s.clone()), &p);
+        for i in 1..10 {
+            // Budget 8.5 vs applied 8: under 10 %, never applied.
+            let (plan, n) = decide(&st, &input(i as f64, 12_500_000, 3 * M, s.clone()), &p);
+            assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+            st = n;
+        }
+    }
+
+    #[test]
+    fn per_user_limit_is_the_smallest_share_and_viewers_sum_by_address() {
+        let mut p = policy();
+        p.algorithm = Algorithm::Demand;
+        let mut a = stream("s1", "alice", "203.0.113.7", 2 * M);
+        a.source_bps = Some(2 * M);
+        let b = stream("s2", "alice", "203.0.113.7", 10 * M);
+        let (plan, _) = decide(&State::default(), &input(0.0, 12 * M, 12 * M, vec![a, b]), &p);
+        assert_eq!(plan.user_limits.len(), 1);
+        assert_eq!(plan.user_limits[0].limit_bps, 2 * M);
+        assert_eq!(plan.viewers.len(), 1, "one address, one class");
+        assert_eq!(plan.viewers[0].rate_bps, 12 * M);
+    }
+
+    #[test]
+    fn demand_gives_unused_share_to_others() {
+        let mut p = policy();
+        p.algorithm = Algorithm::Demand;
+        let (plan, _) = decide(
+            &State::default(),
+            &input(
+                0.0,
+                0,
+                0,
+                vec![
+                    stream("s1", "alice", "203.0.113.7", 3 * M),
+                    stream("s2", "bob", "198.51.100.9", 30 * M),
+                ],
+            ),
+            &p,
+        );
+        let l: Vec<u64> = plan.shares.iter().map(|s| s.bps).collect();
+        assert_eq!(l, vec![3 * M, 13 * M]);
+    }
+
+    #[test]
+    fn priority_weights_and_user_overrides() {
+        let mut p = policy();
+        p.algorithm = Algorithm::Priority;
+        p.users = vec![
+            UserRule { name: "Alice".into(), weight: 3.0, min_bps: None, max_bps: None, exempt: false },
+            UserRule { name: "bob".into(), weight: 1.0, min_bps: Some(2 * M), max_bps: Some(3 * M), exempt: false },
+        ];
+        let (plan, _) = decide(
+            &State::default(),
+            &input(
+                0.0,
+                0,
+                0,
+                vec![
+                    stream("s1", "alice", "203.0.113.7", 3 * M),
+                    stream("s2", "bob", "198.51.100.9", 3 * M),
+                    stream("s3", "dave", "198.51.100.10", 3 * M),
+                ],
+            ),
+            &p,
+        );
+        let l: Vec<u64> = plan.shares.iter().map(|s| s.bps).collect();
+        // bob capped at 3; alice:dave = 3:1 of the remaining 13 → 9.75 / 3.25 (rounded down).
+        assert_eq!(l, vec![9_700_000, 3 * M, 3_200_000]);
+    }
+
+    #[test]
+    fn exempt_users_are_not_limited_but_count() {
+        let mut p = policy();
+        p.users = vec![UserRule { name: "alice".into(), weight: 1.0, min_bps: None, max_bps: None, exempt: true }];
+        let (plan, _) = decide(
+            &State::default(),
+            &input(
+                0.0,
+                10 * M,
+                10 * M,
+                vec![
+                    stream("s1", "alice", "203.0.113.7", 6 * M),
+                    stream("s2", "bob", "198.51.100.9", 4 * M),
+                ],
+            ),
+            &p,
+        );
+        assert_eq!(plan.user_limits.len(), 1);
+        assert_eq!(plan.user_limits[0].user_name, "bob");
+        assert_eq!(plan.user_limits[0].limit_bps, 10 * M);
+    }
+
+    #[test]
+    fn unknown_capacity_manages_nothing() {
+        let mut p = policy();
+        p.capacity_bps = None;
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 0, 0, vec![stream("s1", "alice", "203.0.113.7", 4 * M)]),
+            &p,
+        );
+        assert!(!plan.managing);
+        assert!(plan.user_limits.is_empty());
+        assert!(plan.viewers.is_empty());
+    }
+
+    #[test]
+    fn users_who_stop_are_restored_after_a_while() {
+        let p = policy();
+        let (_, st) = decide(
+            &State::default(),
+            &input(0.0, 0, 0, vec![stream("s1", "alice", "203.0.113.7", 4 * M)]),
+            &p,
+        );
+        let (plan, st) = decide(&st, &input(10.0, 0, 0, vec![]), &p);
+        assert!(plan.restore_users.is_empty());
+        let (plan, st) = decide(&st, &input(RESTORE_AFTER_S + 1.0, 0, 0, vec![]), &p);
+        assert_eq!(plan.restore_users, vec!["uid-alice".to_string()]);
+        let (plan, _) = decide(&st, &input(RESTORE_AFTER_S + 5.0, 0, 0, vec![]), &p);
+        assert!(plan.restore_users.is_empty(), "restored once");
+    }
+
+    #[test]
+    fn upgrade_restart_when_much_more_is_available() {
+        let p = policy();
+        let mut s = stream("s1", "alice", "203.0.113.7", 4 * M);
+        s.source_bps = Some(15 * M);
+        // Congested: budget 4 → limit 4 recorded as negotiated.
+        let (plan, mut st) = decide(&State::default(), &input(0.0, 18 * M, 4 * M, vec![s.clone()]), &p);
+        assert_eq!(plan.user_limits[0].limit_bps, 4 * M);
+        assert!(plan.restarts.is_empty());
+        let mut restarted = 0;
+        for t in 1..=5 {
+            let (plan, n) = decide(&st, &input(t as f64, 4 * M, 4 * M, vec![s.clone()]), &p);
+            restarted += plan.restarts.len();
+            if let Some(r) = plan.restarts.first() {
+                assert_eq!(r.reason, RestartReason::Upgrade);
+            }
+            st = n;
+        }
+        assert_eq!(restarted, 1, "one upgrade once the raise held");
+    }
+
+    #[test]
+    fn deterministic_regardless_of_session_order() {
+        let p = policy();
+        let a = stream("s1", "alice", "203.0.113.7", 4 * M);
+        let b = stream("s2", "bob", "198.51.100.9", 4 * M);
+        let (p1, _) = decide(&State::default(), &input(0.0, 0, 0, vec![a.clone(), b.clone()]), &p);
+        let (p2, _) = decide(&State::default(), &input(0.0, 0, 0, vec![b, a]), &p);
+        assert_eq!(p1, p2);
+    }
+
+    proptest! {
+        #[test]
+        fn fair_shares_within_bounds(budget in 0u64..200_000_000,
+                                     claims in prop::collection::vec((0.1f64..10.0, 0u64..10_000_000, 0u64..50_000_000), 0..12)) {
+            let claims: Vec<Claim> = claims.into_iter()
+                .map(|(w, a, b)| Claim { weight: w, min: a.min(b), max: a.max(b) })
+                .collect();
+            let out = max_min_fair(budget, &claims);
+            prop_assert_eq!(out.len(), claims.len());
+            let floor: u64 = claims.iter().map(|c| c.min).sum();
+            let total: u64 = out.iter().sum();
+            for (o, c) in out.iter().zip(&claims) {
+                prop_assert!(*o >= c.min && *o <= c.max);
+            }
+            if floor <= budget {
+                prop_assert!(total <= budget, "total {} > budget {}", total, budget);
+                let cap: u64 = claims.iter().map(|c| c.max).sum();
+                // Work-conserving: either everyone is at max or the budget is (nearly) used.
+                prop_assert!(total >= budget.min(cap).saturating_sub(claims.len() as u64 * 2));
+            } else {
+                prop_assert_eq!(total, floor);
+            }
+            prop_assert_eq!(out, max_min_fair(budget, &claims));
+        }
+
+        #[test]
+        fn decide_never_exceeds_budget_unless_minimums_force_it(
+            wan in 0u64..40_000_000, n in 0usize..8, rates in prop::collection::vec(0u64..30_000_000, 8)) {
+            let p = policy();
+            let streams: Vec<StreamIn> = (0..n)
+                .map(|i| stream(&format!("s{i}"), &format!("u{i}"), &format!("203.0.113.{}", i + 1), rates[i]))
+                .collect();
+            let (plan, _) = decide(&State::default(), &input(0.0, wan, 0, streams), &p);
+            let total: u64 = plan.shares.iter().map(|s| s.bps).sum();
+            let floor = n as u64 * p.min_bps;
+            if floor <= plan.budget_bps {
+                prop_assert!(total <= plan.budget_bps);
+            } else {
+                prop_assert!(total <= floor);
+            }
+            for s in &plan.shares {
+                prop_assert!(s.bps >= p.min_bps && s.bps <= p.max_bps);
+            }
+        }
+    }
+}

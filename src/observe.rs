@@ -1,1 +1,189 @@
-//! (to be written)
+//! Observation adapters for the WAN link: interface byte counters, rates over real elapsed
+//! time, the WAN device behind a logical interface, and the capacity SQM was configured with.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Reads a device's transmitted bytes from sysfs (`<sys>/class/net/<dev>/statistics/tx_bytes`).
+pub fn read_tx_bytes(sys_root: &Path, dev: &str) -> io::Result<u64> {
+    if dev.is_empty() || dev.contains('/') || dev == "." || dev == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("'{dev}' is not a device name"),
+        ));
+    }
+    let p = sys_root
+        .join("class/net")
+        .join(dev)
+        .join("statistics/tx_bytes");
+    let text = fs::read_to_string(&p).map_err(|e| {
+        io::Error::new(e.kind(), format!("WAN device {dev} not readable: {e}"))
+    })?;
+    text.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} holds no number", p.display()),
+        )
+    })
+}
+
+/// Turns a cumulative byte counter into bits per second over real elapsed time.
+#[derive(Clone, Debug, Default)]
+pub struct RateMeter {
+    last: Option<(f64, u64)>,
+}
+
+impl RateMeter {
+    /// Feeds a sample at monotonic time `now` (seconds). Returns the rate since the previous
+    /// sample, or `None` for the first sample and after a counter reset (device re-created).
+    /// A 32-bit counter that wrapped is recognised and counted across the wrap.
+    pub fn update(&mut self, now: f64, counter: u64) -> Option<u64> {
+        let prev = self.last.replace((now, counter));
+        let (t0, c0) = prev?;
+        let dt = now - t0;
+        if dt <= 0.0 {
+            self.last = Some((t0, c0));
+            return None;
+        }
+        let delta = if counter >= c0 {
+            counter - c0
+        } else if c0 <= u32::MAX as u64 && counter <= u32::MAX as u64 {
+            let wrapped = (u32::MAX as u64 - c0) + counter + 1;
+            // A wrap is only plausible if it implies a sane rate; otherwise it was a reset.
+            if (wrapped as f64 * 8.0 / dt) < 100e9 {
+                wrapped
+            } else {
+                return None;
+            }
+        } else {
+            return None;
+        };
+        Some((delta as f64 * 8.0 / dt) as u64)
+    }
+}
+
+/// Resolves a netifd logical interface (e.g. `wan`) to its layer-3 device with
+/// `ubus call network.interface.<name> status`, run without a shell.
+pub fn resolve_interface(name: &str) -> Result<String, String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("'{name}' is not a netifd interface name"));
+    }
+    let out = Command::new("ubus")
+        .args(["call", &format!("network.interface.{name}"), "status"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!("cannot run ubus to find the device of interface '{name}' ({e}); set network.wan_device")
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "ubus knows no interface '{name}'; set network.wan_interface or network.wan_device"
+        ));
+    }
+    parse_ubus_status(&out.stdout)
+        .ok_or_else(|| format!("interface '{name}' has no device (is it up?); set network.wan_device"))
+}
+
+/// The device in a `network.interface.X status` reply: `l3_device`, else `device`.
+pub fn parse_ubus_status(json: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    ["l3_device", "device"]
+        .iter()
+        .filter_map(|k| v.get(k).and_then(|d| d.as_str()))
+        .find(|d| !d.is_empty())
+        .map(str::to_string)
+}
+
+/// The upload rate (bit/s) sqm-scripts is configured with for `device`: the `upload` option
+/// (kbit/s) of an enabled `config queue` whose `interface` is that device.
+pub fn sqm_upload_bps(sqm_config: &[u8], device: &str) -> Option<u64> {
+    let pkg = crate::uci::parse(sqm_config).ok()?;
+    pkg.sections
+        .iter()
+        .filter(|s| s.stype == "queue")
+        .filter(|s| {
+            let get = |n: &str| s.get(n).unwrap_or_default();
+            matches!(get("enabled").as_str(), "1" | "on" | "true" | "yes" | "enabled")
+                && get("interface") == device
+        })
+        .find_map(|s| s.get("upload").and_then(|u| u.trim().parse::<u64>().ok()))
+        .filter(|&kbit| kbit > 0)
+        .map(|kbit| kbit * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_over_elapsed_time() {
+        let mut m = RateMeter::default();
+        assert_eq!(m.update(10.0, 1000), None);
+        assert_eq!(m.update(12.0, 1000 + 250_000), Some(1_000_000));
+        assert_eq!(m.update(12.5, 1000 + 250_000 + 62_500), Some(1_000_000));
+    }
+
+    #[test]
+    fn same_instant_is_ignored() {
+        let mut m = RateMeter::default();
+        m.update(1.0, 100);
+        assert_eq!(m.update(1.0, 200), None);
+        assert_eq!(m.update(2.0, 225), Some(1000));
+    }
+
+    #[test]
+    fn wrap_of_32_bit_counter() {
+        let mut m = RateMeter::default();
+        m.update(0.0, u32::MAX as u64 - 99);
+        assert_eq!(m.update(1.0, 100), Some(200 * 8));
+    }
+
+    #[test]
+    fn reset_of_64_bit_counter() {
+        let mut m = RateMeter::default();
+        m.update(0.0, 10_000_000_000);
+        assert_eq!(m.update(1.0, 5), None);
+        assert_eq!(m.update(2.0, 130), Some(1000));
+    }
+
+    #[test]
+    fn reads_sysfs_counter() {
+        let root = std::env::temp_dir().join(format!("jd-sys-{}", std::process::id()));
+        let dir = root.join("class/net/wan0/statistics");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("tx_bytes"), "12345\n").unwrap();
+        assert_eq!(read_tx_bytes(&root, "wan0").unwrap(), 12345);
+        let e = read_tx_bytes(&root, "nope").unwrap_err();
+        assert!(e.to_string().contains("nope"));
+        assert!(read_tx_bytes(&root, "../x").is_err());
+        fs::write(dir.join("tx_bytes"), "garbage").unwrap();
+        assert!(read_tx_bytes(&root, "wan0").is_err());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn ubus_status_device() {
+        assert_eq!(
+            parse_ubus_status(br#"{"up":true,"l3_device":"pppoe-wan","device":"eth1"}"#),
+            Some("pppoe-wan".into())
+        );
+        assert_eq!(
+            parse_ubus_status(br#"{"up":true,"device":"eth1"}"#),
+            Some("eth1".into())
+        );
+        assert_eq!(parse_ubus_status(br#"{"up":false}"#), None);
+        assert_eq!(parse_ubus_status(b"garbage"), None);
+    }
+
+    #[test]
+    fn sqm_capacity() {
+        let cfg = b"config queue 'eth1'\n\toption enabled '1'\n\toption interface 'eth1'\n\toption download '85000'\n\toption upload '18000'\n\nconfig queue\n\toption enabled '0'\n\toption interface 'wan2'\n\toption upload '5000'\n";
+        assert_eq!(sqm_upload_bps(cfg, "eth1"), Some(18_000_000));
+        assert_eq!(sqm_upload_bps(cfg, "wan2"), None, "disabled queue");
+        assert_eq!(sqm_upload_bps(cfg, "eth9"), None);
+        assert_eq!(sqm_upload_bps(b"config queue\n option interface 'x", "x"), None);
+    }
+}
