@@ -686,3 +686,31 @@ fn item_bitrate_reads_the_chosen_media_source() {
     );
     assert_eq!(c.item_bitrate("u1", "item1", Some("other")).unwrap(), None);
 }
+
+/// Headers arrive, then the body trickles and stalls: the whole call is still bounded.
+#[test]
+fn stalled_body_times_out() {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (hold_tx, hold_rx) = channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{\"Id\":",
+        );
+        let _ = conn.flush();
+        // Keep the connection open, silent, until the test is done.
+        let _ = hold_rx.recv();
+    });
+    let mut c = client_for(&url, Duration::from_millis(500));
+    let t = Instant::now();
+    let e = c.sessions().unwrap_err();
+    let took = t.elapsed();
+    drop(hold_tx);
+    let _ = server.join();
+    assert_eq!(e, Error::Timeout);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
