@@ -360,6 +360,47 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the counters do (growth, resets, huge jumps) and however the ticks jitter,
+        /// every average lies between the slowest and the fastest interval, and a ring younger
+        /// than 10 minutes reports exactly bytes-since-start over time-since-start.
+        #[test]
+        fn averages_are_bounded_by_interval_rates(
+            steps in proptest::collection::vec((1u32..20, 0u64..u64::MAX, 0u8..10), 1..150),
+            interval in 1u32..30,
+        ) {
+            let mut r = RateRing::new(interval);
+            let (mut t, mut raw, mut folded) = (0.0f64, 0u64, 0u64);
+            r.push(t, raw);
+            let mut rates = Vec::new();
+            for (dt, big, kind) in steps {
+                t += f64::from(dt);
+                let next = match kind {
+                    0 => big,                               // anything, reset or jump
+                    1 => big % 1000,                        // small after a reset
+                    _ => raw.saturating_add(big % 10_000_000),
+                };
+                let delta = if next >= raw { next - raw } else { next };
+                folded = folded.wrapping_add(delta);
+                rates.push(delta as f64 * 8.0 / f64::from(dt));
+                raw = next;
+                r.push(t, raw);
+            }
+            let lo = rates.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = rates.iter().cloned().fold(0.0, f64::max);
+            let a = r.averages(t);
+            for v in [a.m1, a.m5, a.m10, r.current()] {
+                let v = v as f64;
+                proptest::prop_assert!(v >= lo.floor() - 1.0 && v <= hi.ceil() + 1.0,
+                    "{} not in [{}, {}]", v, lo, hi);
+            }
+            if t <= 600.0 && r.len() < r.capacity() {
+                let expect = (folded as f64 * 8.0 / t).round() as u64;
+                proptest::prop_assert_eq!(a.m10, expect);
+            }
+        }
+    }
+
     #[test]
     fn monitor_tracks_and_forgets() {
         let a: IpAddr = "203.0.113.7".parse().unwrap();

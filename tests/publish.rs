@@ -293,6 +293,12 @@ fn prometheus_text_parses_with_hostile_labels() {
     st.streams[1].user = hostile_user.into();
     st.streams[1].client = hostile_client.into();
     st.jellyfin.server_version = Some("10.11\"\n".into());
+    let every_char: String = (1u8..128)
+        .map(char::from)
+        .chain("ünïcødé 🎬".chars())
+        .collect();
+    st.streams[3].user = every_char.clone();
+    st.streams[3].session_id = "s-alice2\\\"".into();
     let text = render_prometheus(&st);
     let samples = parse_prometheus(&text);
 
@@ -331,6 +337,13 @@ fn prometheus_text_parses_with_hostile_labels() {
     assert_eq!(labels["play_method"], "Transcode");
     assert_eq!(limit[0]["value"], 5_000_000.0);
     assert_eq!(limit[0]["type"], "gauge");
+
+    let odd = find(
+        "jellydemon_stream_limit_bits_per_second",
+        Some("s-alice2\\\""),
+    );
+    assert_eq!(odd.len(), 1);
+    assert_eq!(odd[0]["labels"]["user"], every_char.as_str());
 
     let measured = find(
         "jellydemon_stream_measured_bits_per_second",
