@@ -714,3 +714,29 @@ fn stalled_body_times_out() {
     assert_eq!(e, Error::Timeout);
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+/// The announced length alone is enough to refuse: the server sends no body at all and the
+/// answer is still TooLarge at once, not a timeout.
+#[test]
+fn announced_length_is_refused_unread() {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (hold_tx, hold_rx) = channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n");
+        let _ = conn.flush();
+        let _ = hold_rx.recv();
+    });
+    let mut c = client_for(&url, Duration::from_secs(5));
+    let t = Instant::now();
+    let e = c.sessions().unwrap_err();
+    let took = t.elapsed();
+    drop(hold_tx);
+    let _ = server.join();
+    assert_eq!(e, Error::TooLarge);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
