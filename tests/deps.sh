@@ -12,3 +12,15 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get -o DPkg::Lock::Timeout=600 update -qq
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}"
 fi
+
+# ---- publish tests: the reference Prometheus text parser (PyPI prometheus_client) ----
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  if ! have python3 || ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3 python3-pip
+  fi
+  # Debian's own python refuses a plain pip install (PEP 668); a pyenv one accepts it.
+  python3 -m pip install -q prometheus_client 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages prometheus_client
+fi
