@@ -180,7 +180,7 @@ pub struct Daemon {
     item_bitrates: HashMap<(String, String), Option<u64>>,
     scheduler: wol::Scheduler,
     wol_status: status::WolStatus,
-    known: BTreeMap<String, (String, String, String)>,
+    known: BTreeMap<String, Event>,
     last_plan: Plan,
     last_seen: Vec<Seen>,
     status: Status,
@@ -257,11 +257,16 @@ impl Daemon {
         if let Err(e) = &self.backup {
             error!("{e}; Jellyfin limits are not managed until it is fixed");
         }
-        self.webhook = cfg
-            .publish
-            .webhook_url
-            .as_deref()
-            .map(|u| Webhook::new(u, Duration::from_secs(cfg.jellyfin.timeout as u64)));
+        self.webhook = match cfg.publish.webhook_url.as_deref() {
+            None => None,
+            Some(u) => match Webhook::new(u, Duration::from_secs(cfg.jellyfin.timeout as u64)) {
+                Ok(w) => Some(w.with_secret(&cfg.jellyfin.api_key)),
+                Err(e) => {
+                    error!("publish.webhook_url: {e}; no webhook events");
+                    None
+                }
+            },
+        };
         self.scheduler = wol::Scheduler::new(&cfg.wol);
         self.wol_status.enabled = cfg.wol.enabled;
 
@@ -379,7 +384,7 @@ impl Daemon {
                     .filter_map(|s| s.session.remote_ip)
                     .collect::<std::collections::BTreeSet<_>>()
                     .iter()
-                    .map(|ip| self.monitor.current(ip))
+                    .map(|ip| self.monitor.get(ip).map(|r| r.current()).unwrap_or(0))
                     .sum::<u64>()
             });
             let input = decide::Input {
@@ -446,7 +451,7 @@ impl Daemon {
                 );
                 if was == Some(false) {
                     self.notify(Event::JellyfinBack {
-                        version: self.server_version.clone().unwrap_or_default(),
+                        version: self.server_version.clone(),
                     });
                 }
             }
@@ -820,43 +825,43 @@ impl Daemon {
     }
 
     fn events(&mut self, seen: &[Seen]) {
-        let mut now: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+        let mut now: BTreeMap<String, Event> = BTreeMap::new();
         for s in seen.iter().filter(|s| s.external) {
             now.insert(
                 s.session.id.clone(),
-                (
-                    s.session.user_name.clone().unwrap_or_default(),
-                    s.session.remote_ip.map(|i| i.to_string()).unwrap_or_default(),
-                    s.session.title(),
-                ),
+                Event::StreamStarted {
+                    session_id: s.session.id.clone(),
+                    user: s.session.user_name.clone().unwrap_or_default(),
+                    client: s.session.client.clone().unwrap_or_default(),
+                    remote_ip: s.session.remote_ip.map(|i| i.to_string()).unwrap_or_default(),
+                    external: true,
+                    play_method: s.session.play_state.play_method.clone().unwrap_or_default(),
+                    title: s.session.title(),
+                },
             );
         }
-        let started: Vec<_> = now
+        let started: Vec<Event> = now
             .iter()
             .filter(|(k, _)| !self.known.contains_key(*k))
             .map(|(_, v)| v.clone())
             .collect();
-        let stopped: Vec<_> = self
+        let stopped: Vec<Event> = self
             .known
             .iter()
             .filter(|(k, _)| !now.contains_key(*k))
             .map(|(_, v)| v.clone())
             .collect();
-        for (user, ip, title) in started {
-            info!("{user} started streaming {title} from {ip}");
-            self.notify(Event::StreamStarted {
-                user,
-                remote_ip: ip,
-                title,
-            });
+        for e in started {
+            if let Event::StreamStarted { user, remote_ip, title, .. } = &e {
+                info!("{user} started streaming {title} from {remote_ip}");
+            }
+            self.notify(e);
         }
-        for (user, ip, title) in stopped {
-            info!("{user} stopped streaming {title} from {ip}");
-            self.notify(Event::StreamStopped {
-                user,
-                remote_ip: ip,
-                title,
-            });
+        for e in stopped {
+            if let Event::StreamStarted { session_id, user, remote_ip, title, .. } = e {
+                info!("{user} stopped streaming {title} from {remote_ip}");
+                self.notify(Event::StreamStopped { session_id, user, remote_ip, title });
+            }
         }
         self.known = now;
     }
@@ -873,7 +878,7 @@ impl Daemon {
                 .collect();
             ips.sort();
             ips.dedup();
-            ips.iter().map(|ip| self.monitor.current(ip)).sum()
+            ips.iter().map(|ip| self.monitor.get(ip).map(|r| r.current()).unwrap_or(0)).sum()
         };
         let mut streams: Vec<StreamStatus> = self
             .last_seen
