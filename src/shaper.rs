@@ -255,7 +255,10 @@ pub fn probe(tc_path: &str) -> Capabilities {
             return caps;
         }
     }
-    let dev = format!("jdprobe{}", std::process::id() % 100_000_000);
+    // Unique per call: "jdp" + pid + "." + counter fits the 15-character limit.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000;
+    let dev = format!("jdp{}.{n}", std::process::id() % 10_000_000);
     if let Err(e) = netlink::create_ifb(&dev) {
         caps.detail = Some(match link_error("", e) {
             Error::Permission => "permission denied".into(),
@@ -316,10 +319,20 @@ impl TcShaper {
         match run(&self.tc, args, None) {
             Ok((true, out, _)) => Ok(out),
             Ok((false, out, err)) => Err(self.tc_error(&args.join(" "), &format!("{out}{err}"))),
-            Err(e) => Err(Error::NoTc {
+            Err(e) => Err(self.spawn_error(&args.join(" "), e)),
+        }
+    }
+
+    fn spawn_error(&self, what: &str, e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Error::NoTc {
                 path: self.tc.clone(),
                 detail: e.to_string(),
-            }),
+            },
+            _ => Error::Tc {
+                what: what.to_string(),
+                detail: e.to_string(),
+            },
         }
     }
 
@@ -364,10 +377,7 @@ impl TcShaper {
         match run(&self.tc, &["-batch", "-"], Some(&text)) {
             Ok((true, _, _)) => Ok(()),
             Ok((false, out, err)) => Err(self.tc_error("-batch", &format!("{out}{err}"))),
-            Err(e) => Err(Error::NoTc {
-                path: self.tc.clone(),
-                detail: e.to_string(),
-            }),
+            Err(e) => Err(self.spawn_error("-batch", e)),
         }
     }
 
@@ -429,8 +439,8 @@ impl Shaper for TcShaper {
         self.read_ifb(&mut actual)?;
         self.read_lan(&spec.lan_device, &mut actual)?;
         let cmds = plan::plan(&desired, &actual);
-        if !cmds.is_empty() {
-            log::debug!("shaper: applying {} tc commands", cmds.len());
+        for c in &cmds {
+            log::debug!("shaper: tc {}", c.join(" "));
         }
         self.batch(&cmds)
     }

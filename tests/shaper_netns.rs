@@ -770,7 +770,8 @@ fn missing_tc_is_a_clear_error() {
         caps.tc && caps.ifb && caps.htb && caps.ingress && caps.u32 && caps.mirred,
         "{caps:?}"
     );
-    assert!(!t.link_exists(&format!("jdprobe{}", std::process::id() % 100_000_000)));
+    let links = ip(&["-n", &t.rtr, "-o", "link", "show"]);
+    assert!(!links.contains("jdp"), "probe device left: {links}");
     let mut bad = TcShaper::new("ifb0", "tc");
     let e = t.reconcile(&mut bad, &spec(vec![])).expect_err("ifb name");
     assert!(matches!(e, Error::InvalidSpec(_)), "{e:?}");

@@ -204,7 +204,10 @@ pub fn filters(text: &str) -> Vec<Filter> {
                     protocol: after(&t, "protocol").unwrap_or("all").to_string(),
                     prio,
                     kind,
-                    handle: after(&t, "fh").map(str::to_string),
+                    // u32 writes `fh`, most other classifiers `handle`.
+                    handle: after(&t, "fh")
+                        .or_else(|| after(&t, "handle"))
+                        .map(str::to_string),
                     flowid,
                     keys: Vec::new(),
                     redirect_to: None,
