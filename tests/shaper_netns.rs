@@ -407,11 +407,13 @@ fn measure(streams: &[&Stream], warmup: Duration, window: Duration) -> Vec<f64> 
     let t0 = Instant::now();
     std::thread::sleep(window);
     let dt = t0.elapsed().as_secs_f64();
-    streams
+    let rates: Vec<f64> = streams
         .iter()
         .zip(start)
         .map(|(s, b0)| (s.bytes().saturating_sub(b0)) as f64 * 8.0 / dt)
-        .collect()
+        .collect();
+    eprintln!("measured over {dt:.1} s: {rates:.0?} bit/s");
+    rates
 }
 
 fn v(ip: &str, rate: u64, ceil: u64) -> ViewerClass {
