@@ -530,6 +530,10 @@ fn counters_follow_the_bytes_received() {
     let (dc, drx) = (c1 - c0, rx1 - rx0);
     assert!(drx > 1_000_000, "too little traffic: {drx}");
     let diff = dc.abs_diff(drx) as f64 / drx as f64;
+    eprintln!(
+        "class counted {dc} bytes, viewer received {drx} ({:.2}% apart)",
+        diff * 100.0
+    );
     assert!(
         diff <= 0.05,
         "class counted {dc} bytes, viewer received {drx}"
