@@ -7,6 +7,7 @@
 /// One qdisc line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Qdisc {
+    /// e.g. "htb", "ingress", "fq_codel".
     pub kind: String,
     /// e.g. "4a44:" or "ffff:".
     pub handle: String,
@@ -19,13 +20,17 @@ pub struct Qdisc {
 /// One class with its statistics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Class {
+    /// e.g. "htb".
     pub kind: String,
+    /// The class id, `major:minor`.
     pub major: u16,
     pub minor: u16,
     /// `None` for a root class.
     pub parent: Option<String>,
+    /// As tc prints them: rounded to about four digits.
     pub rate_bps: u64,
     pub ceil_bps: u64,
+    /// Bytes sent through the class since it was created.
     pub bytes: u64,
 }
 
@@ -40,8 +45,10 @@ pub struct Key {
 /// One filter line (with its keys and redirect target, when shown).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
+    /// "ip", "ipv6", "all", ...
     pub protocol: String,
     pub prio: u32,
+    /// Classifier: "u32", "bpf", ...
     pub kind: String,
     /// Filter handle (`fh`); `None` on the bare per-priority header line.
     pub handle: Option<String>,

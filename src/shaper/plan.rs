@@ -23,12 +23,14 @@ pub const MINOR_ROOT: u16 = 0x1;
 pub const MINOR_JELLYFIN: u16 = 0xa;
 /// Default class for everything else from the server (unlimited).
 pub const MINOR_DEFAULT: u16 = 0xf;
-/// First and last minor (and filter priority) used for viewer classes.
+/// First minor (and filter priority) used for viewer classes.
 pub const VIEWER_FIRST: u16 = 0x100;
+/// Last minor (and filter priority) used for viewer classes.
 pub const VIEWER_LAST: u16 = 0xfff;
 /// Priorities of the redirect filters on the LAN ingress hook. Low, so the server's packets
 /// reach the shaper before a catch-all redirect of another tool (sqm-scripts uses 10).
 pub const LAN_PRIO_V4: u32 = 4;
+/// Priority of the IPv6 redirect filters on the LAN ingress hook.
 pub const LAN_PRIO_V6: u32 = 6;
 /// "Unlimited": the rate of the root and default classes and of counting-only classes.
 pub const FAST_BPS: u64 = 10_000_000_000;
@@ -63,7 +65,9 @@ impl Leaf {
 /// One redirect rule on the LAN ingress hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LanRule {
+    /// "ip" or "ipv6".
     pub protocol: &'static str,
+    /// [`LAN_PRIO_V4`] or [`LAN_PRIO_V6`].
     pub prio: u32,
     /// Sorted.
     pub keys: Vec<Key>,
