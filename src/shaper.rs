@@ -1,1 +1,496 @@
-//! (to be written)
+//! Router-side enforcement: one tc HTB class per remote viewer.
+//!
+//! The Jellyfin server's packets are taken at the LAN device's ingress hook (where the reply
+//! packets still carry the viewer's real address as destination), redirected to an own ifb
+//! device, and shaped there by an HTB tree. See `docs-shaper.md` for the layout and handles.
+//!
+//! [`plan`] is the pure part (desired + parsed actual state → tc commands); [`TcShaper`] is the
+//! thin adapter that reads the kernel state with `tc ... show`, applies the plan with
+//! `tc -batch -` and manages the ifb device over rtnetlink.
+
+mod netlink;
+pub mod parse;
+pub mod plan;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv6Addr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use plan::{Actual, Leaf};
+
+/// One viewer's class: its public address and limits in bit/s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewerClass {
+    pub ip: IpAddr,
+    pub rate_bps: u64,
+    pub ceil_bps: u64,
+}
+
+/// What the router should enforce this tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub lan_device: String,
+    pub server_ip: IpAddr,
+    pub server_ip6: Option<Ipv6Addr>,
+    pub ports: Vec<u16>,
+    /// Cap of the Jellyfin parent class (the Jellyfin budget).
+    pub total_bps: u64,
+    pub viewers: Vec<ViewerClass>,
+    /// false = counting only: classes unlimited.
+    pub enforce: bool,
+}
+
+/// Why shaping does not work; `Display` tells the user what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The tc program cannot be run.
+    NoTc {
+        path: String,
+        detail: String,
+    },
+    NoIfb,
+    NoHtb,
+    /// ingress qdisc, u32 classifier or mirred action missing.
+    NoClassifier(String),
+    Permission,
+    /// The LAN device does not exist (yet).
+    NoDevice(String),
+    /// The spec cannot be turned into tc state.
+    InvalidSpec(String),
+    /// tc refused or failed.
+    Tc {
+        what: String,
+        detail: String,
+    },
+    /// rtnetlink refused or failed.
+    Link {
+        what: String,
+        detail: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoTc { path, detail } => write!(
+                f,
+                "cannot run tc at {path} ({detail}): install the tc package (opkg install tc-tiny)"
+            ),
+            Error::NoIfb => write!(f, "kernel lacks ifb: install kmod-ifb"),
+            Error::NoHtb => write!(f, "kernel lacks the htb qdisc: install kmod-sched-core"),
+            Error::NoClassifier(what) => {
+                write!(f, "kernel lacks tc {what}: install kmod-sched-core")
+            }
+            Error::Permission => write!(
+                f,
+                "not allowed to change traffic control: run as root (CAP_NET_ADMIN)"
+            ),
+            Error::NoDevice(d) => write!(
+                f,
+                "LAN device '{d}' does not exist: check network.lan_device (shaping resumes when it appears)"
+            ),
+            Error::InvalidSpec(m) => write!(f, "shaping not applied: {m}"),
+            Error::Tc { what, detail } => write!(f, "tc {what} failed: {detail}"),
+            Error::Link { what, detail } => write!(f, "{what} failed: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Router-side enforcement, called once per tick.
+pub trait Shaper {
+    /// Makes the kernel state match `spec`, changing only what differs.
+    fn reconcile(&mut self, spec: &Spec) -> Result<(), Error>;
+    /// Cumulative bytes sent per viewer class since the class was created (the per-viewer
+    /// Jellyfin byte counter for the daemon; stays right under nlbwmon and flow offloading).
+    fn counters(&mut self) -> Result<HashMap<IpAddr, u64>, Error>;
+    /// Removes every own qdisc, class, filter and the ifb.
+    fn remove(&mut self) -> Result<(), Error>;
+}
+
+/// What the kernel and tc offer, for `jellydemon check` and the shaper itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// tc runs; its version line.
+    pub tc: bool,
+    pub tc_version: Option<String>,
+    pub ifb: bool,
+    pub htb: bool,
+    pub fq_codel: bool,
+    pub ingress: bool,
+    pub u32: bool,
+    pub mirred: bool,
+    /// Why tc or the ifb test failed, when it did.
+    pub detail: Option<String>,
+}
+
+impl Capabilities {
+    /// Everything shaping needs is there (fq_codel is optional).
+    pub fn usable(&self) -> bool {
+        self.first_error().is_none()
+    }
+
+    /// The first missing piece as an actionable error.
+    pub fn first_error(&self) -> Option<Error> {
+        if !self.tc {
+            return Some(Error::NoTc {
+                path: "tc".into(),
+                detail: self.detail.clone().unwrap_or_else(|| "not found".into()),
+            });
+        }
+        if !self.ifb {
+            if self.detail.as_deref() == Some("permission denied") {
+                return Some(Error::Permission);
+            }
+            return Some(Error::NoIfb);
+        }
+        if !self.htb {
+            return Some(Error::NoHtb);
+        }
+        for (ok, what) in [
+            (self.ingress, "ingress qdisc"),
+            (self.u32, "u32 classifier"),
+            (self.mirred, "mirred action"),
+        ] {
+            if !ok {
+                return Some(Error::NoClassifier(what.into()));
+            }
+        }
+        None
+    }
+}
+
+const TC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a program with an argument vector (never a shell), feeding `input`, with a time limit.
+fn run(path: &str, args: &[&str], input: Option<&str>) -> std::io::Result<(bool, String, String)> {
+    let mut child = Command::new(path)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut out_pipe = child.stdout.take();
+    let mut err_pipe = child.stderr.take();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = out_pipe.as_mut() {
+            let mut b = Vec::new();
+            let _ = p.read_to_end(&mut b);
+            s = String::from_utf8_lossy(&b).into_owned();
+        }
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = err_pipe.as_mut() {
+            let mut b = Vec::new();
+            let _ = p.read_to_end(&mut b);
+            s = String::from_utf8_lossy(&b).into_owned();
+        }
+        s
+    });
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        // tc may stop reading at the first failing line; a broken pipe is not our error.
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let deadline = Instant::now() + TC_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{path} did not finish within {} s", TC_TIMEOUT.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = out_t.join().unwrap_or_default();
+    let err = err_t.join().unwrap_or_default();
+    Ok((status.success(), out, err))
+}
+
+fn short(s: &str) -> String {
+    let t: String = s.trim().lines().take(4).collect::<Vec<_>>().join("; ");
+    t.chars().take(400).collect()
+}
+
+fn link_error(what: &str, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(code) if code == nix::errno::Errno::EPERM as i32 => Error::Permission,
+        Some(code) if code == nix::errno::Errno::EOPNOTSUPP as i32 => Error::NoIfb,
+        _ => Error::Link {
+            what: what.into(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Tests what shaping needs on a scratch ifb device (created and deleted again). Needs root.
+pub fn probe(tc_path: &str) -> Capabilities {
+    let mut caps = Capabilities::default();
+    match run(tc_path, &["-V"], None) {
+        Ok((true, out, _)) => {
+            caps.tc = true;
+            caps.tc_version = Some(out.trim().to_string());
+        }
+        Ok((false, out, err)) => {
+            caps.detail = Some(short(&format!("{out}{err}")));
+            return caps;
+        }
+        Err(e) => {
+            caps.detail = Some(e.to_string());
+            return caps;
+        }
+    }
+    // Unique per call: "jdp" + pid + "." + counter fits the 15-character limit.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000;
+    let dev = format!("jdp{}.{n}", std::process::id() % 10_000_000);
+    if let Err(e) = netlink::create_ifb(&dev) {
+        caps.detail = Some(match link_error("", e) {
+            Error::Permission => "permission denied".into(),
+            other => other.to_string(),
+        });
+        return caps;
+    }
+    caps.ifb = true;
+    let ok = |args: &[&str]| matches!(run(tc_path, args, None), Ok((true, _, _)));
+    caps.htb = ok(&["qdisc", "add", "dev", &dev, "root", "handle", "1:", "htb"]);
+    if caps.htb {
+        caps.fq_codel = ok(&[
+            "qdisc", "add", "dev", &dev, "parent", "1:", "handle", "2:", "fq_codel",
+        ]);
+    } else {
+        caps.fq_codel = ok(&[
+            "qdisc", "add", "dev", &dev, "root", "handle", "2:", "fq_codel",
+        ]);
+    }
+    caps.ingress = ok(&["qdisc", "add", "dev", &dev, "handle", "ffff:", "ingress"]);
+    if caps.ingress {
+        caps.u32 = ok(&[
+            "filter", "add", "dev", &dev, "ingress", "protocol", "ip", "prio", "1", "u32", "match",
+            "u32", "0", "0", "at", "0",
+        ]);
+        caps.mirred = ok(&[
+            "filter", "add", "dev", &dev, "ingress", "protocol", "ip", "prio", "2", "u32", "match",
+            "u32", "0", "0", "at", "0", "action", "mirred", "egress", "redirect", "dev", &dev,
+        ]);
+    }
+    let _ = netlink::delete_link(&dev);
+    caps
+}
+
+/// The `tc`-driven [`Shaper`].
+#[derive(Debug)]
+pub struct TcShaper {
+    ifb: String,
+    tc: String,
+    /// Learnt once, on the first reconcile that finds everything needed.
+    leaf: Option<Leaf>,
+    /// The LAN device of the last reconcile, for `remove`.
+    lan_device: Option<String>,
+}
+
+impl TcShaper {
+    /// `ifb_name` must not contain "ifb" (sqm-scripts greps for `ifb[^) ]+`), e.g. "jdshape0".
+    pub fn new(ifb_name: &str, tc_path: &str) -> Self {
+        TcShaper {
+            ifb: ifb_name.to_string(),
+            tc: tc_path.to_string(),
+            leaf: None,
+            lan_device: None,
+        }
+    }
+
+    fn show(&self, args: &[&str]) -> Result<String, Error> {
+        match run(&self.tc, args, None) {
+            Ok((true, out, _)) => Ok(out),
+            Ok((false, out, err)) => Err(self.tc_error(&args.join(" "), &format!("{out}{err}"))),
+            Err(e) => Err(self.spawn_error(&args.join(" "), e)),
+        }
+    }
+
+    fn spawn_error(&self, what: &str, e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Error::NoTc {
+                path: self.tc.clone(),
+                detail: e.to_string(),
+            },
+            _ => Error::Tc {
+                what: what.to_string(),
+                detail: e.to_string(),
+            },
+        }
+    }
+
+    fn tc_error(&self, what: &str, text: &str) -> Error {
+        if text.contains("Operation not permitted") {
+            return Error::Permission;
+        }
+        Error::Tc {
+            what: what.to_string(),
+            detail: short(text),
+        }
+    }
+
+    fn read_ifb(&self, a: &mut Actual) -> Result<(), Error> {
+        let ifb = self.ifb.as_str();
+        a.ifb_qdiscs = parse::qdiscs(&self.show(&["qdisc", "show", "dev", ifb])?);
+        a.ifb_classes = parse::classes(&self.show(&["-s", "class", "show", "dev", ifb])?);
+        a.ifb_filters =
+            parse::filters(&self.show(&["filter", "show", "dev", ifb, "parent", "4a44:"])?);
+        Ok(())
+    }
+
+    fn read_lan(&self, lan: &str, a: &mut Actual) -> Result<(), Error> {
+        a.lan_qdiscs = parse::qdiscs(&self.show(&["qdisc", "show", "dev", lan])?);
+        let hook = a
+            .lan_qdiscs
+            .iter()
+            .any(|q| (q.kind == "ingress" || q.kind == "clsact") && q.handle == "ffff:");
+        a.lan_filters = if hook {
+            parse::filters(&self.show(&["filter", "show", "dev", lan, "ingress"])?)
+        } else {
+            Vec::new()
+        };
+        Ok(())
+    }
+
+    fn batch(&self, cmds: &[plan::Cmd]) -> Result<(), Error> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let text = plan::render(cmds);
+        match run(&self.tc, &["-batch", "-"], Some(&text)) {
+            Ok((true, _, _)) => Ok(()),
+            Ok((false, out, err)) => Err(self.tc_error("-batch", &format!("{out}{err}"))),
+            Err(e) => Err(self.spawn_error("-batch", e)),
+        }
+    }
+
+    fn ensure_ifb(&self) -> Result<(), Error> {
+        if netlink::link_exists(&self.ifb) {
+            return netlink::set_up(&self.ifb).map_err(|e| link_error("bringing the ifb up", e));
+        }
+        match netlink::create_ifb(&self.ifb) {
+            Ok(()) => Ok(()),
+            // Raced with another start: use it.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                netlink::set_up(&self.ifb).map_err(|e| link_error("bringing the ifb up", e))
+            }
+            Err(e) => Err(link_error("creating the ifb device", e)),
+        }
+    }
+}
+
+impl Shaper for TcShaper {
+    fn reconcile(&mut self, spec: &Spec) -> Result<(), Error> {
+        if self.ifb.contains("ifb") {
+            return Err(Error::InvalidSpec(format!(
+                "ifb name '{}' contains \"ifb\", which sqm-scripts would take for its own",
+                self.ifb
+            )));
+        }
+        let leaf = match self.leaf {
+            Some(l) => l,
+            None => {
+                let caps = probe(&self.tc);
+                if let Some(mut e) = caps.first_error() {
+                    if let Error::NoTc { path, .. } = &mut e {
+                        *path = self.tc.clone();
+                    }
+                    return Err(e);
+                }
+                let l = if caps.fq_codel {
+                    Leaf::FqCodel
+                } else {
+                    Leaf::Pfifo
+                };
+                self.leaf = Some(l);
+                l
+            }
+        };
+        let desired = plan::desired(spec, &self.ifb, leaf).map_err(Error::InvalidSpec)?;
+        if !netlink::link_exists(&spec.lan_device) {
+            return Err(Error::NoDevice(spec.lan_device.clone()));
+        }
+        if let Some(old) = &self.lan_device {
+            if *old != spec.lan_device {
+                let old = old.clone();
+                self.remove_lan(&old)?;
+            }
+        }
+        self.lan_device = Some(spec.lan_device.clone());
+        self.ensure_ifb()?;
+        let mut actual = Actual::default();
+        self.read_ifb(&mut actual)?;
+        self.read_lan(&spec.lan_device, &mut actual)?;
+        let cmds = plan::plan(&desired, &actual);
+        for c in &cmds {
+            log::debug!("shaper: tc {}", c.join(" "));
+        }
+        self.batch(&cmds)
+    }
+
+    fn counters(&mut self) -> Result<HashMap<IpAddr, u64>, Error> {
+        if !netlink::link_exists(&self.ifb) {
+            return Ok(HashMap::new());
+        }
+        let mut a = Actual::default();
+        self.read_ifb(&mut a)?;
+        Ok(plan::counters(&a.ifb_classes, &a.ifb_filters))
+    }
+
+    fn remove(&mut self) -> Result<(), Error> {
+        let mut result = Ok(());
+        if let Some(lan) = self.lan_device.clone() {
+            if let Err(e) = self.remove_lan(&lan) {
+                result = Err(e);
+            }
+        }
+        if let Err(e) = netlink::delete_link(&self.ifb) {
+            result = Err(link_error("deleting the ifb device", e));
+        }
+        result
+    }
+}
+
+impl TcShaper {
+    /// Removes our filters (and the ingress qdisc when nobody else uses it) from `lan`.
+    fn remove_lan(&self, lan: &str) -> Result<(), Error> {
+        if !plan::valid_device_name(lan) || !netlink::link_exists(lan) {
+            return Ok(());
+        }
+        let mut a = Actual::default();
+        self.read_lan(lan, &mut a)?;
+        self.batch(&plan::plan_remove(
+            lan,
+            &self.ifb,
+            &a.lan_qdiscs,
+            &a.lan_filters,
+        ))
+    }
+
+    /// Sets the LAN device that `remove` cleans when no reconcile ran in this process (e.g.
+    /// `jellydemon restore` after a crash).
+    pub fn with_lan_device(mut self, lan_device: &str) -> Self {
+        self.lan_device = Some(lan_device.to_string());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests;
