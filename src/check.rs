@@ -204,7 +204,7 @@ fn check_jellyfin(cfg: &Config) -> Line {
 fn check_shaping(cfg: &Config) -> Vec<Line> {
     let caps = crate::shaper::probe("tc");
     let mut out = Vec::new();
-    match caps.problem() {
+    match caps.first_error().map(|e| e.to_string()) {
         None => out.push(Line::ok(format!(
             "tc, ifb and htb available{}",
             if caps.fq_codel {

@@ -288,7 +288,8 @@ impl Daemon {
                     )
                 }
                 Some(_) => {
-                    let s = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+                    let s = shaper::TcShaper::new(SHAPER_DEVICE, "tc")
+                        .with_lan_device(&cfg.network.lan_device);
                     self.shaper = Some(Box::new(s));
                     self.shaper_error = None;
                 }
@@ -1101,8 +1102,8 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
 /// Works without a running daemon (after a crash, or to undo `run --once`).
 pub fn restore_all(cfg: &Config) -> Result<(), String> {
     let mut problems = Vec::new();
-    let mut sh = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
-    if let Err(e) = sh.remove_on(&cfg.network.lan_device) {
+    let mut sh = shaper::TcShaper::new(SHAPER_DEVICE, "tc").with_lan_device(&cfg.network.lan_device);
+    if let Err(e) = sh.remove() {
         problems.push(format!("shaping state: {e}"));
     }
     let mut backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string())?;
