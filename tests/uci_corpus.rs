@@ -73,6 +73,24 @@ fn malformed_files_fail_like_uci() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+#[test]
+fn shipped_default_file_shows_like_uci_and_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = root.join("files/jellydemon.config");
+    let want = fs::read_to_string(root.join("tests/fixtures/uci/default-config.show"))
+        .expect("expected output present");
+    let loaded = jellydemon::config::load(&file).expect("default file loads");
+    assert_eq!(jellydemon::config::render_show(&loaded), want);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let mut expected = jellydemon::config::Config::default();
+    expected.jellyfin.url = Some("http://192.168.1.2:8096".into());
+    assert_eq!(loaded.config, expected);
+    assert!(
+        !loaded.config.main.enabled,
+        "the package must install disabled"
+    );
+}
+
 /// Writes a package back in `uci export` form (what `uci commit` and LuCI write).
 fn export(pkg: &uci::Package) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
@@ -172,6 +190,137 @@ proptest! {
             }
             // The only possible failure: the same name reused with another type.
             Err(e) => prop_assert_eq!(e.msg, "section of different type overwrites prior section with same name"),
+        }
+    }
+}
+
+const SECTION_HEADS: &[&str] = &[
+    "config jellydemon 'main'",
+    "config jellyfin 'jellyfin'",
+    "config network 'network'",
+    "config bandwidth 'bandwidth'",
+    "config user",
+    "config user 'named'",
+    "config shaping 'shaping'",
+    "config wol 'wol'",
+    "config publish 'publish'",
+    "config foo",
+    "config main 'main'",
+];
+const OPTION_NAMES: &[&str] = &[
+    "enabled",
+    "interval",
+    "dry_run",
+    "log_level",
+    "state_dir",
+    "run_dir",
+    "url",
+    "api_key",
+    "server_ip",
+    "port",
+    "timeout",
+    "manage_limits",
+    "restart_playback",
+    "restart_min_interval",
+    "notify_viewer",
+    "wan_interface",
+    "wan_device",
+    "lan_device",
+    "internal",
+    "upload_mbps",
+    "reserve_mbps",
+    "target_pct",
+    "algorithm",
+    "min_stream_mbps",
+    "max_stream_mbps",
+    "name",
+    "priority",
+    "min_mbps",
+    "max_mbps",
+    "exempt",
+    "burst_pct",
+    "mac",
+    "password",
+    "interface",
+    "broadcast",
+    "on_connect",
+    "on_session",
+    "cooldown",
+    "idle_minutes",
+    "idle_command",
+    "prometheus_file",
+    "webhook_url",
+    "bogus",
+];
+
+fn config_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("0".to_string()),
+        Just("1".to_string()),
+        Just("yes".to_string()),
+        Just("-1".to_string()),
+        Just("1.5".to_string()),
+        Just("100000000000".to_string()),
+        Just("http://192.168.1.2:8096".to_string()),
+        Just("aa:bb:cc:dd:ee:ff".to_string()),
+        Just("192.168.0.0/16".to_string()),
+        Just("fd00::1".to_string()),
+        Just("/tmp/x".to_string()),
+        Just("ssh 'a b".to_string()),
+        "[ -~]{0,10}",
+        "\\PC{0,6}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Validation never panics, whatever the values, and the API key never shows.
+    #[test]
+    fn validation_never_panics_nor_leaks_the_key(
+        sections in proptest::collection::vec(
+            (
+                0..SECTION_HEADS.len(),
+                proptest::collection::vec((0..OPTION_NAMES.len(), config_value(), any::<bool>()), 0..8),
+            ),
+            0..8,
+        ),
+        key in "[A-Za-z]{6,12}( x)?",
+    ) {
+        let key = format!("KEY{key}");
+        let mut src = String::new();
+        for (h, opts) in &sections {
+            src.push_str(SECTION_HEADS[*h]);
+            src.push('\n');
+            for (o, v, list) in opts {
+                let name = OPTION_NAMES[*o];
+                let v = if name == "api_key" { key.clone() } else { v.clone() };
+                let kw = if *list { "list" } else { "option" };
+                src.push_str(&format!("\t{kw} {name} '{}'\n", v.replace('\'', "'\\''")));
+            }
+        }
+        // `config main 'main'` after `config jellydemon 'main'` is uci's own error.
+        let parsed = uci::parse(src.as_bytes());
+        if let Err(e) = &parsed {
+            prop_assert_eq!(e.msg, "section of different type overwrites prior section with same name");
+        }
+        prop_assume!(parsed.is_ok());
+        let pkg = parsed.expect("checked above");
+        match jellydemon::config::from_package(&pkg, Path::new("/etc/config/jellydemon")) {
+            Ok(l) => {
+                let eff = jellydemon::config::effective(&l);
+                prop_assert!(!eff.contains(&key));
+                for w in &l.warnings {
+                    prop_assert!(!w.contains(&key), "{}", w);
+                }
+                prop_assert_eq!(jellydemon::config::render_show(&l), pkg.show("jellydemon"));
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(!msg.contains(&key), "{}", msg);
+                prop_assert!(msg.starts_with("/etc/config/jellydemon:"), "{}", msg);
+            }
         }
     }
 }
