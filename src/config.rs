@@ -226,9 +226,7 @@ impl Default for Config {
 impl Config {
     /// The per-user settings for a Jellyfin user name (case-insensitive), if any.
     pub fn user(&self, name: &str) -> Option<&User> {
-        self.users
-            .iter()
-            .find(|u| u.name.eq_ignore_ascii_case(name))
+        self.users.iter().find(|u| same_user(&u.name, name))
     }
 
     /// The server's LAN address: `server_ip`, else the url's host when that is an IP literal.
@@ -249,6 +247,11 @@ impl Config {
         };
         host.parse().ok()
     }
+}
+
+/// Jellyfin compares user names without regard to case, in any script.
+pub fn same_user(a: &str, b: &str) -> bool {
+    a == b || a.to_lowercase() == b.to_lowercase()
 }
 
 // ---- loading and validation ------------------------------------------------------------------
@@ -439,7 +442,8 @@ pub fn from_package(pkg: &Package, file: &Path) -> Result<Loaded, ConfigError> {
     let refs = pkg.section_refs();
     let mut warnings = Vec::new();
     let mut c = Config::default();
-    let mut users: Vec<(usize, u32)> = Vec::new();
+    // Section index of each entry of `c.users`, to name the first holder of a duplicate name.
+    let mut user_secs: Vec<usize> = Vec::new();
     for (i, s) in pkg.sections.iter().enumerate() {
         let r = Reader {
             file,
@@ -449,10 +453,7 @@ pub fn from_package(pkg: &Package, file: &Path) -> Result<Loaded, ConfigError> {
         if s.stype == "user" {
             r.warn_unknown(USER_OPTIONS, &mut warnings);
             let u = r.user()?;
-            if let Some(&(j, _)) = users
-                .iter()
-                .find(|&&(j, _)| c.users[j].name.eq_ignore_ascii_case(&u.name))
-            {
+            if let Some(j) = c.users.iter().position(|o| same_user(&o.name, &u.name)) {
                 let line = s.get("name").map_or(s.line, |o| o.line);
                 return Err(r.err_at(
                     line,
@@ -460,11 +461,11 @@ pub fn from_package(pkg: &Package, file: &Path) -> Result<Loaded, ConfigError> {
                     format!(
                         "{} is not allowed (a user name not already used by {PACKAGE}.{}; names compare case-insensitively)",
                         shown(&u.name),
-                        refs[users_section(pkg, j)]
+                        refs[user_secs[j]]
                     ),
                 ));
             }
-            users.push((c.users.len(), s.line));
+            user_secs.push(i);
             c.users.push(u);
             continue;
         }
@@ -516,16 +517,6 @@ pub fn from_package(pkg: &Package, file: &Path) -> Result<Loaded, ConfigError> {
     })
 }
 
-/// Index in `pkg.sections` of the `n`th `user` section.
-fn users_section(pkg: &Package, n: usize) -> usize {
-    pkg.sections
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.stype == "user")
-        .nth(n)
-        .map_or(0, |(i, _)| i)
-}
-
 fn named<'a>(pkg: &'a Package, name: &str) -> Option<&'a Section> {
     let (t, _, _) = SECTIONS.iter().find(|(_, n, _)| *n == name)?;
     pkg.sections
@@ -573,10 +564,12 @@ fn cross_checks(
     }
     if c.wol.idle_minutes > 0 && c.wol.idle_command.is_empty() {
         let (line, path) = at("wol", "idle_minutes");
+        let place = line.map_or_else(
+            || file.display().to_string(),
+            |l| format!("{}:{l}", file.display()),
+        );
         warnings.push(format!(
-            "{}:{}: {path}: set, but wol.idle_command is empty: nothing will run when idle",
-            file.display(),
-            line.unwrap_or(0)
+            "{place}: {path}: set, but wol.idle_command is empty: nothing will run when idle"
         ));
     }
     if c.main.enabled {
