@@ -1511,6 +1511,22 @@ mod tests {
     }
 
     #[test]
+    fn every_option_has_bad_value_cases() {
+        for (_, n, opts) in SECTIONS {
+            for o in *opts {
+                // These two have their own tests, which also check that the value stays hidden.
+                if *o == "api_key" || *o == "webhook_url" {
+                    continue;
+                }
+                assert!(
+                    BAD.iter().any(|b| b.1 == *n && b.2 == *o),
+                    "no bad-value case for {n}.{o}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_documented_example_message() {
         let src = "config jellydemon 'main'\n\n\n\nconfig bandwidth 'bandwidth'\n\toption reserve_mbps 2\n\n\n\n\n\n\n\n\toption target_pct '150'\n";
         assert_eq!(
@@ -1905,6 +1921,39 @@ config user
                 );
             }
         }
+    }
+
+    #[test]
+    fn effective_of_the_shipped_file_matches_the_documentation() {
+        let l = load_str(include_str!("../files/jellydemon.config")).expect("valid");
+        let e = effective(&l);
+        let doc = include_str!("../docs-config.md");
+        let mut n = 0;
+        for line in doc
+            .lines()
+            .filter(|l| l.starts_with("      ") && l.contains("  ("))
+        {
+            assert!(
+                e.lines().any(|x| x == line.trim_start()),
+                "{line:?} not in\n{e}"
+            );
+            n += 1;
+        }
+        assert!(n >= 5, "documentation example not found");
+    }
+
+    #[test]
+    fn user_names_compare_case_insensitively_beyond_ascii() {
+        let e =
+            err("config user\n\toption name '\u{c5}sa'\nconfig user\n\toption name '\u{e5}SA'\n");
+        assert!(
+            e.contains("jellydemon.@user[1].name: '\u{e5}SA' is not allowed"),
+            "{e}"
+        );
+        let c = load_str("config user\n\toption name '\u{c5}sa'\n")
+            .expect("valid")
+            .config;
+        assert!(c.user("\u{e5}sa").is_some());
     }
 
     #[test]
