@@ -444,6 +444,7 @@ pub fn from_package(pkg: &Package, file: &Path) -> Result<Loaded, ConfigError> {
     let mut c = Config::default();
     // Section index of each entry of `c.users`, to name the first holder of a duplicate name.
     let mut user_secs: Vec<usize> = Vec::new();
+    let mut user_names: std::collections::HashMap<String, usize> = Default::default();
     for (i, s) in pkg.sections.iter().enumerate() {
         let r = Reader {
             file,
@@ -453,7 +454,7 @@ pub fn from_package(pkg: &Package, file: &Path) -> Result<Loaded, ConfigError> {
         if s.stype == "user" {
             r.warn_unknown(USER_OPTIONS, &mut warnings);
             let u = r.user()?;
-            if let Some(j) = c.users.iter().position(|o| same_user(&o.name, &u.name)) {
+            if let Some(&j) = user_names.get(&u.name.to_lowercase()) {
                 let line = s.get("name").map_or(s.line, |o| o.line);
                 return Err(r.err_at(
                     line,
@@ -465,6 +466,7 @@ pub fn from_package(pkg: &Package, file: &Path) -> Result<Loaded, ConfigError> {
                     ),
                 ));
             }
+            user_names.insert(u.name.to_lowercase(), c.users.len());
             user_secs.push(i);
             c.users.push(u);
             continue;

@@ -10,6 +10,7 @@
 //! Input is bytes; names are ASCII by construction, values are converted to text lossily once
 //! parsed.
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// libuci's initial line buffer size; it doubles as needed and never shrinks. The growth
@@ -102,22 +103,15 @@ impl Package {
     /// How `uci show` addresses each section, in order: its name, or `@type[N]` where `N`
     /// counts every earlier section of that type, named ones included.
     pub fn section_refs(&self) -> Vec<String> {
-        let mut seen: Vec<(&str, usize)> = Vec::new();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
         self.sections
             .iter()
             .map(|s| {
-                let idx = match seen.iter_mut().find(|(t, _)| *t == s.stype) {
-                    Some((_, n)) => {
-                        *n += 1;
-                        *n - 1
-                    }
-                    None => {
-                        seen.push((&s.stype, 1));
-                        0
-                    }
-                };
+                let n = seen.entry(s.stype.as_str()).or_insert(0);
+                let idx = *n;
+                *n += 1;
                 match &s.name {
-                    Some(n) => n.clone(),
+                    Some(name) => name.clone(),
                     None => format!("@{}[{}]", s.stype, idx),
                 }
             })
@@ -191,6 +185,10 @@ struct Parser<'a> {
     /// Physical line on which the current buffer line started.
     cmd_line: u32,
     sections: Vec<WSection>,
+    /// Section and option lookups by name; uci searches lists, which turns a large file into
+    /// quadratic work.
+    section_index: HashMap<Vec<u8>, usize>,
+    option_index: HashMap<(usize, Vec<u8>), usize>,
     n_section: u32,
     current: Option<usize>,
 }
@@ -237,6 +235,8 @@ impl<'a> Parser<'a> {
             line: 0,
             cmd_line: 1,
             sections: Vec::new(),
+            section_index: HashMap::new(),
+            option_index: HashMap::new(),
             n_section: 0,
             current: None,
         }
@@ -558,38 +558,35 @@ impl<'a> Parser<'a> {
         let name = self.cstr(n);
         self.assert_eol()?;
         let line = self.cmd_line;
-        if name.is_empty() {
-            self.n_section = self.n_section.wrapping_add(1);
-            let generated = format!(
-                "cfg{:02x}{:04x}",
-                self.n_section,
-                djbhash(&stype) % (1 << 16)
-            );
-            self.sections.push(WSection {
-                stype,
-                name: generated.into_bytes(),
-                anonymous: true,
-                line,
-                options: Vec::new(),
-            });
-            self.current = Some(self.sections.len() - 1);
-        } else if let Some(i) = self.sections.iter().position(|s| s.name == name) {
-            if self.sections[i].stype != stype {
+        if let Some(&i) = (!name.is_empty())
+            .then(|| self.section_index.get(&name))
+            .flatten()
+        {
+            if self.sections.get(i).is_some_and(|s| s.stype != stype) {
                 return self
                     .err("section of different type overwrites prior section with same name");
             }
             self.current = Some(i);
-        } else {
-            self.n_section = self.n_section.wrapping_add(1);
-            self.sections.push(WSection {
-                stype,
-                name,
-                anonymous: false,
-                line,
-                options: Vec::new(),
-            });
-            self.current = Some(self.sections.len() - 1);
+            return Ok(());
         }
+        self.n_section = self.n_section.wrapping_add(1);
+        let anonymous = name.is_empty();
+        let name = if anonymous {
+            let hash = djbhash(&stype) % (1 << 16);
+            format!("cfg{:02x}{hash:04x}", self.n_section).into_bytes()
+        } else {
+            name
+        };
+        let i = self.sections.len();
+        self.section_index.entry(name.clone()).or_insert(i);
+        self.sections.push(WSection {
+            stype,
+            name,
+            anonymous,
+            line,
+            options: Vec::new(),
+        });
+        self.current = Some(i);
         Ok(())
     }
 
@@ -607,15 +604,22 @@ impl<'a> Parser<'a> {
         let Some(sec) = self.sections.get_mut(si) else {
             return Ok(());
         };
-        let existing = sec.options.iter_mut().find(|o| o.name == name);
+        let new_index = sec.options.len();
+        let existing = match self.option_index.get(&(si, name.clone())) {
+            Some(&oi) => sec.options.get_mut(oi),
+            None => None,
+        };
         if list {
             match existing {
-                None => sec.options.push(WOpt {
-                    name,
-                    value: WValue::List(vec![value]),
-                    line,
-                    item_lines: vec![line],
-                }),
+                None => {
+                    self.option_index.insert((si, name.clone()), new_index);
+                    sec.options.push(WOpt {
+                        name,
+                        value: WValue::List(vec![value]),
+                        line,
+                        item_lines: vec![line],
+                    });
+                }
                 Some(o) => {
                     match &mut o.value {
                         WValue::List(items) => items.push(value),
@@ -632,12 +636,15 @@ impl<'a> Parser<'a> {
             // uci_set with an empty value never creates and never clears.
         } else {
             match existing {
-                None => sec.options.push(WOpt {
-                    name,
-                    value: WValue::Single(value),
-                    line,
-                    item_lines: vec![line],
-                }),
+                None => {
+                    self.option_index.insert((si, name.clone()), new_index);
+                    sec.options.push(WOpt {
+                        name,
+                        value: WValue::Single(value),
+                        line,
+                        item_lines: vec![line],
+                    });
+                }
                 Some(o) => {
                     if !matches!(&o.value, WValue::Single(s) if *s == value) {
                         o.value = WValue::Single(value);

@@ -73,6 +73,39 @@ fn malformed_files_fail_like_uci() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// 400 generated files (valid and not) with what real `uci show` printed or reported for each.
+#[test]
+fn generated_files_match_uci_exactly() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/uci/differential.jsonl");
+    let text = fs::read_to_string(&path).expect("differential corpus present");
+    let mut n = 0;
+    let mut failures = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let case: serde_json::Value = serde_json::from_str(line).expect("corpus line is JSON");
+        let input = case["input"].as_str().expect("input");
+        let got = match uci::parse(input.as_bytes()) {
+            Ok(p) => ("show", p.show("jellydemon")),
+            Err(e) => ("error", e.to_string()),
+        };
+        let want = if let Some(s) = case["show"].as_str() {
+            ("show", s.to_string())
+        } else {
+            (
+                "error",
+                case["error"].as_str().expect("show or error").to_string(),
+            )
+        };
+        if got != want {
+            failures.push(format!(
+                "case {i} {input:?}:\n want {want:?}\n got  {got:?}"
+            ));
+        }
+        n += 1;
+    }
+    assert!(n >= 400, "corpus too small: {n}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn shipped_default_file_shows_like_uci_and_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
