@@ -601,12 +601,9 @@ pub fn run_idle_command(argv: &[String], timeout: Duration) -> Result<(i32, Stri
     let (exit_tx, exit_rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
         // WNOWAIT leaves the child unreaped, so its pid cannot be recycled before the kill.
-        loop {
-            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
-        }
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
         let _ = exit_tx.send(());
     });
 
