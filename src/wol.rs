@@ -229,17 +229,22 @@ pub fn interface_info(name: &str) -> Result<IfInfo, Error> {
         else {
             continue;
         };
-        // Point-to-point and /32 links have no broadcast; the netmask gives a directed one.
-        let bcast = a
+        // An address added without `brd` has no broadcast (libc then reports the address
+        // itself); the netmask gives the directed broadcast. /31 and /32 have none.
+        let from_mask = a
+            .netmask
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in())
+            .map(|m| u32::from(m.ip()))
+            .filter(|m| m.count_zeros() >= 2)
+            .map(|m| Ipv4Addr::from(u32::from(ip) | !m));
+        let reported = a
             .broadcast
             .as_ref()
             .and_then(|s| s.as_sockaddr_in())
             .map(|s| s.ip())
-            .or_else(|| {
-                let mask = a.netmask.as_ref().and_then(|s| s.as_sockaddr_in())?.ip();
-                let m = u32::from(mask);
-                (m != u32::MAX).then(|| Ipv4Addr::from(u32::from(ip) | !m))
-            });
+            .filter(|b| !b.is_unspecified() && *b != ip);
+        let bcast = reported.or(from_mask);
         info.broadcast = bcast;
     }
     Ok(info)
