@@ -768,6 +768,15 @@ fn netlink_socket(flags: nix::sys::socket::SockFlag) -> Result<OwnedFd, Error> {
     })
 }
 
+/// A kernel-side dump filter on the reply tuple (TCP only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DumpFilter {
+    /// Reply source address; honoured for IPv4 only (IPv6 is checked after the dump).
+    pub reply_src: Option<IpAddr>,
+    /// Reply source port.
+    pub reply_sport: Option<u16>,
+}
+
 /// Flows from a ctnetlink dump (`IPCTNL_MSG_CT_GET`) that the kernel filters by reply source
 /// address, protocol and source port (`CTA_FILTER`, Linux 5.9+), so only the server's flows are
 /// serialised, whatever the size of the table. Older kernels ignore the filter and send the
@@ -802,7 +811,7 @@ impl NetlinkSource {
         self.kernel_filter
     }
 
-    fn request(&mut self, family: u8, filter: Option<(IpAddr, u16)>) -> Vec<u8> {
+    fn request(&mut self, family: u8, filter: Option<DumpFilter>) -> Vec<u8> {
         self.seq = self.seq.wrapping_add(1);
         let mut m = nl::Msg::new(
             (nl::NFNL_SUBSYS_CTNETLINK << 8) | nl::IPCTNL_MSG_CT_GET,
@@ -810,33 +819,39 @@ impl NetlinkSource {
             self.seq,
             family,
         );
-        if let Some((ip, port)) = filter {
+        if let Some(f) = filter {
+            let mut flags = nl::F_PROTO_NUM;
             m.begin(nl::CTA_TUPLE_REPLY);
-            m.begin(nl::CTA_TUPLE_IP);
-            match ip {
-                IpAddr::V4(a) => m.attr(nl::CTA_IP_V4_SRC, &a.octets()),
-                IpAddr::V6(a) => m.attr(nl::CTA_IP_V6_SRC, &a.octets()),
+            // IPv4 only: the kernel's IPv6 address test in dump filters is inverted
+            // (`!ipv6_addr_cmp` in ctnetlink_filter_match_tuple, seen up to 6.18), so it would
+            // match every address except the one asked for. IPv6 addresses are checked here.
+            if let Some(IpAddr::V4(a)) = f.reply_src {
+                m.begin(nl::CTA_TUPLE_IP);
+                m.attr(nl::CTA_IP_V4_SRC, &a.octets());
+                m.end();
+                flags |= nl::F_IP_SRC;
             }
-            m.end();
             m.begin(nl::CTA_TUPLE_PROTO);
             m.attr(nl::CTA_PROTO_NUM, &[IPPROTO_TCP]);
-            m.attr(nl::CTA_PROTO_SRC_PORT, &port.to_be_bytes());
+            if let Some(port) = f.reply_sport {
+                m.attr(nl::CTA_PROTO_SRC_PORT, &port.to_be_bytes());
+                flags |= nl::F_PROTO_SRC_PORT;
+            }
             m.end();
             m.end();
             m.begin(nl::CTA_FILTER);
-            let flags = nl::F_IP_SRC | nl::F_PROTO_NUM | nl::F_PROTO_SRC_PORT;
             m.attr(nl::CTA_FILTER_REPLY_FLAGS, &flags.to_ne_bytes());
             m.end();
         }
         m.finish()
     }
 
-    /// Dumps the entries of one address family (2 = IPv4, 10 = IPv6), optionally only those
-    /// whose reply tuple comes from `filter` = (address, TCP port); calls `f` for each.
+    /// Dumps the entries of one address family (2 = IPv4, 10 = IPv6), optionally only the TCP
+    /// ones whose reply tuple matches `filter`; calls `f` for each.
     pub fn dump(
         &mut self,
         family: u8,
-        filter: Option<(IpAddr, u16)>,
+        filter: Option<DumpFilter>,
         mut f: impl FnMut(Entry),
     ) -> Result<(), Error> {
         use nix::sys::socket::{recv, send, MsgFlags};
@@ -918,20 +933,43 @@ impl FlowSource for NetlinkSource {
             }
         };
         if self.kernel_filter {
-            let mut refused = false;
-            'outer: for s in &servers {
-                let family = if s.is_ipv4() { AF_INET } else { AF_INET6 };
+            // Every dump walks the whole conntrack hash table in the kernel, so make as few as
+            // possible: one per IPv4 server (the address alone is selective), one per port for
+            // IPv6 (see `request` for why not by address).
+            let mut dumps: Vec<(u8, DumpFilter)> = vec![];
+            for s in &servers {
+                if s.is_ipv4() {
+                    dumps.push((
+                        AF_INET,
+                        DumpFilter {
+                            reply_src: Some(*s),
+                            reply_sport: None,
+                        },
+                    ));
+                }
+            }
+            if servers.iter().any(IpAddr::is_ipv6) {
                 for p in &ports_u {
-                    match self.dump(family, Some((*s, *p)), &mut push) {
-                        Ok(()) => {}
-                        Err(Error::Netlink { errno, .. })
-                            if errno == nix::libc::EOPNOTSUPP || errno == nix::libc::EINVAL =>
-                        {
-                            refused = true;
-                            break 'outer;
-                        }
-                        Err(e) => return Err(e),
+                    dumps.push((
+                        AF_INET6,
+                        DumpFilter {
+                            reply_src: None,
+                            reply_sport: Some(*p),
+                        },
+                    ));
+                }
+            }
+            let mut refused = false;
+            for (family, filter) in dumps {
+                match self.dump(family, Some(filter), &mut push) {
+                    Ok(()) => {}
+                    Err(Error::Netlink { errno, .. })
+                        if errno == nix::libc::EOPNOTSUPP || errno == nix::libc::EINVAL =>
+                    {
+                        refused = true;
+                        break;
                     }
+                    Err(e) => return Err(e),
                 }
             }
             if !refused {
