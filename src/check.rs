@@ -142,19 +142,31 @@ fn gather(path: &Path) -> Vec<Line> {
             "set jellyfin.server_ip to the server's LAN address",
         )),
     }
-    if !Path::new(&format!("{}/class/net/{}", daemon::SYS_ROOT, cfg.network.lan_device)).exists() {
+    if !Path::new(&format!(
+        "{}/class/net/{}",
+        daemon::SYS_ROOT,
+        cfg.network.lan_device
+    ))
+    .exists()
+    {
         lines.push(Line::fail(
             format!("LAN device {} not found", cfg.network.lan_device),
             "set network.lan_device (usually br-lan)",
         ));
     } else {
-        lines.push(Line::ok(format!("LAN device {} found", cfg.network.lan_device)));
+        lines.push(Line::ok(format!(
+            "LAN device {} found",
+            cfg.network.lan_device
+        )));
     }
     lines.extend(check_shaping(cfg));
     lines.push(check_conntrack());
     lines.extend(check_bridge_netfilter());
     lines.extend(check_wol(cfg));
-    for (name, dir) in [("state_dir", &cfg.main.state_dir), ("run_dir", &cfg.main.run_dir)] {
+    for (name, dir) in [
+        ("state_dir", &cfg.main.state_dir),
+        ("run_dir", &cfg.main.run_dir),
+    ] {
         lines.push(match writable(dir) {
             Ok(()) => Line::ok(format!("{name} {} writable", dir.display())),
             Err(e) => Line::fail(
@@ -174,19 +186,18 @@ fn writable(dir: &Path) -> std::io::Result<()> {
 }
 
 fn check_jellyfin(cfg: &Config) -> Line {
-    let mut server = match daemon::server_for(cfg, Duration::from_secs(cfg.jellyfin.timeout as u64)) {
+    let mut server = match daemon::server_for(cfg, Duration::from_secs(cfg.jellyfin.timeout as u64))
+    {
         Ok(s) => s,
-        Err(e) => {
-            return Line::fail(
-                format!("Jellyfin: {e}"),
-                "set jellyfin.url (http://<server>:8096) and jellyfin.api_key (Dashboard > API Keys)",
-            )
-        }
+        Err(e) => return Line::fail(
+            format!("Jellyfin: {e}"),
+            "set jellyfin.url (http://<server>:8096) and jellyfin.api_key (Dashboard > API Keys)",
+        ),
     };
     match server.system_info() {
         Ok(info) => Line::ok(format!(
             "Jellyfin {} reachable, API key accepted",
-            info.version
+            info.version.as_deref().unwrap_or("(version unknown)")
         )),
         Err(crate::jellyfin::Error::Unauthorized) | Err(crate::jellyfin::Error::Forbidden) => {
             Line::fail(
@@ -226,7 +237,16 @@ fn check_shaping(cfg: &Config) -> Vec<Line> {
 }
 
 fn check_conntrack() -> Line {
-    match crate::conntrack::probe() {
+    let probe = match crate::conntrack::NetlinkSource::new() {
+        Ok(_) => Ok("netlink"),
+        Err(e) => {
+            let p = crate::conntrack::ProcSource::new();
+            std::fs::File::open(p.path())
+                .map(|_| "/proc/net/nf_conntrack")
+                .map_err(|_| e.to_string())
+        }
+    };
+    match probe {
         Ok(how) => Line::ok(format!("conntrack readable ({how})")),
         Err(e) => Line::warn(
             format!("conntrack not readable: {e}"),
@@ -239,7 +259,10 @@ fn check_bridge_netfilter() -> Vec<Line> {
     let mut on = Vec::new();
     for k in ["iptables", "ip6tables", "arptables"] {
         let p = format!("/proc/sys/net/bridge/bridge-nf-call-{k}");
-        if std::fs::read_to_string(&p).map(|v| v.trim() == "1").unwrap_or(false) {
+        if std::fs::read_to_string(&p)
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false)
+        {
             on.push(k);
         }
     }
@@ -261,15 +284,27 @@ fn check_wol(cfg: &Config) -> Vec<Line> {
     match cfg.wol.mac {
         Some(m) => out.push(Line::ok(format!(
             "Wake-on-LAN target {}",
-            m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
         ))),
         None => out.push(Line::fail(
             "Wake-on-LAN enabled but wol.mac is not set",
             "set wol.mac to the media server's MAC address",
         )),
     }
-    if Path::new(&format!("{}/class/net/{}", daemon::SYS_ROOT, cfg.wol.interface)).exists() {
-        out.push(Line::ok(format!("Wake-on-LAN interface {} found", cfg.wol.interface)));
+    if Path::new(&format!(
+        "{}/class/net/{}",
+        daemon::SYS_ROOT,
+        cfg.wol.interface
+    ))
+    .exists()
+    {
+        out.push(Line::ok(format!(
+            "Wake-on-LAN interface {} found",
+            cfg.wol.interface
+        )));
     } else {
         out.push(Line::fail(
             format!("Wake-on-LAN interface {} not found", cfg.wol.interface),

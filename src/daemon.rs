@@ -6,7 +6,7 @@ use crate::backup::Backup;
 use crate::config::Config;
 use crate::conntrack::{self, ConnectWatch, FlowCounter, FlowSource};
 use crate::decide::{self, Plan};
-use crate::jellyfin::{self, MediaServer, PlayRequest, Session};
+use crate::jellyfin::{self, MediaServer, Session};
 use crate::monitor::Monitor;
 use crate::observe::{self, RateMeter};
 use crate::publish::{self, Event, Webhook};
@@ -16,7 +16,7 @@ use crate::wol;
 use log::{debug, error, info, warn};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -142,9 +142,34 @@ pub fn server_for(cfg: &Config, timeout: Duration) -> Result<Box<dyn MediaServer
     if cfg.jellyfin.api_key.is_empty() {
         return Err("jellyfin.api_key is not set (Dashboard > API Keys)".into());
     }
-    jellyfin::Client::new(url, &cfg.jellyfin.api_key, timeout, env!("CARGO_PKG_VERSION"))
-        .map(|c| Box::new(c) as Box<dyn MediaServer>)
-        .map_err(|e| e.to_string())
+    jellyfin::Client::new(
+        url,
+        &cfg.jellyfin.api_key,
+        timeout,
+        env!("CARGO_PKG_VERSION"),
+    )
+    .map(|c| Box::new(c) as Box<dyn MediaServer>)
+    .map_err(|e| e.to_string())
+}
+
+/// Where per-viewer bytes come from when no tc counters exist: ctnetlink with kernel-side
+/// filtering, else a streaming read of /proc/net/nf_conntrack.
+pub fn best_flow_source() -> Option<Box<dyn FlowSource>> {
+    match conntrack::NetlinkSource::new() {
+        Ok(s) => Some(Box::new(s)),
+        Err(e) => {
+            let p = conntrack::ProcSource::new();
+            if p.path().exists() {
+                debug!(
+                    "conntrack netlink unavailable ({e}); reading {}",
+                    p.path().display()
+                );
+                Some(Box::new(p))
+            } else {
+                None
+            }
+        }
+    }
 }
 
 /// A stream as this tick saw it, with what the status and the events need.
@@ -210,7 +235,7 @@ impl Daemon {
             server_version: None,
             last_logged_error: None,
             item_bitrates: HashMap::new(),
-            scheduler: wol::Scheduler::new(&cfg.wol),
+            scheduler: wol::Scheduler::from_config(&cfg.wol),
             wol_status: status::WolStatus::default(),
             known: BTreeMap::new(),
             last_plan: Plan::default(),
@@ -267,7 +292,7 @@ impl Daemon {
                 }
             },
         };
-        self.scheduler = wol::Scheduler::new(&cfg.wol);
+        self.scheduler = wol::Scheduler::from_config(&cfg.wol);
         self.wol_status.enabled = cfg.wol.enabled;
 
         // Shaping: own tc objects on the LAN side. A changed LAN device means the old tree
@@ -296,12 +321,14 @@ impl Daemon {
             }
         }
         if self.flows.is_none() {
-            self.flows = conntrack::best_source().map(|s| (s, FlowCounter::default()));
+            self.flows = best_flow_source().map(|s| (s, FlowCounter::new()));
         }
         if cfg.wol.enabled && cfg.wol.on_connect && self.connect.is_none() {
             match ConnectWatch::new() {
                 Ok(w) => self.connect = Some(w),
-                Err(e) => warn!("cannot watch new connections for Wake-on-LAN ({e}); waking on sessions only"),
+                Err(e) => warn!(
+                    "cannot watch new connections for Wake-on-LAN ({e}); waking on sessions only"
+                ),
             }
         }
         if !(cfg.wol.enabled && cfg.wol.on_connect) {
@@ -431,7 +458,10 @@ impl Daemon {
         if let Some(e) = &self.shaper_error {
             errors.push(e.clone());
         }
-        let playing = self.last_seen.iter().any(|s| !s.session.play_state.is_paused);
+        let playing = self
+            .last_seen
+            .iter()
+            .any(|s| !s.session.play_state.is_paused);
         self.wol_step(playing, 0);
         self.publish(wan_bps, errors);
     }
@@ -443,7 +473,7 @@ impl Daemon {
             if was != Some(true) {
                 if let Some(s) = self.server.as_mut() {
                     if let Ok(info) = s.system_info() {
-                        self.server_version = Some(info.version.clone());
+                        self.server_version = info.version.clone();
                     }
                 }
                 info!(
@@ -493,7 +523,9 @@ impl Daemon {
     fn classify(&mut self, sessions: Vec<Session>) -> Vec<Seen> {
         let mut out = Vec::new();
         for s in sessions {
-            let Some(np) = s.now_playing.as_ref() else { continue };
+            let Some(np) = s.now_playing.as_ref() else {
+                continue;
+            };
             let external = s
                 .remote_ip
                 .is_some_and(|ip| decide::is_external(ip, &self.cfg.network.internal));
@@ -504,17 +536,17 @@ impl Daemon {
                     let key = (np.id.clone(), msid.clone());
                     source = *self.item_bitrates.entry(key).or_insert_with(|| {
                         server
-                            .item_bitrate(&uid, &np.id, Some(msid.as_str()).filter(|m| !m.is_empty()))
+                            .item_bitrate(
+                                &uid,
+                                &np.id,
+                                Some(msid.as_str()).filter(|m| !m.is_empty()),
+                            )
                             .ok()
                             .flatten()
                     });
                 }
             }
-            let stream = s
-                .transcoding
-                .as_ref()
-                .and_then(|t| t.bitrate)
-                .or(source);
+            let stream = s.transcoding.as_ref().and_then(|t| t.bitrate).or(source);
             out.push(Seen {
                 external,
                 stream_bps: stream,
@@ -554,7 +586,9 @@ impl Daemon {
 
     fn apply_limits(&mut self, plan: &Plan, errors: &mut Vec<String>) {
         let dry = self.dry();
-        let Some(server) = self.server.as_mut() else { return };
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
         let users = match server.users() {
             Ok(u) => u,
             Err(e) => {
@@ -562,10 +596,15 @@ impl Daemon {
                 return;
             }
         };
-        let by_id: HashMap<&str, &jellyfin::User> = users.iter().map(|u| (u.id.as_str(), u)).collect();
-        let Ok(backup) = self.backup.as_mut() else { return };
+        let by_id: HashMap<&str, &jellyfin::User> =
+            users.iter().map(|u| (u.id.as_str(), u)).collect();
+        let Ok(backup) = self.backup.as_mut() else {
+            return;
+        };
         for want in &plan.user_limits {
-            let Some(user) = by_id.get(want.user_id.as_str()) else { continue };
+            let Some(user) = by_id.get(want.user_id.as_str()) else {
+                continue;
+            };
             let desired = (want.limit_bps as i64).min(MAX_LIMIT);
             let current = user.remote_limit;
             if dry {
@@ -632,9 +671,15 @@ impl Daemon {
     /// Puts one user's original limit back, unless an admin changed it meanwhile (then the
     /// admin's value stays). Returns false when the server could not be asked.
     fn restore_user(&mut self, uid: &str, after_crash: bool) -> bool {
-        let Some(server) = self.server.as_mut() else { return false };
-        let Ok(backup) = self.backup.as_mut() else { return false };
-        let Some(entry) = backup.get(uid).cloned() else { return true };
+        let Some(server) = self.server.as_mut() else {
+            return false;
+        };
+        let Ok(backup) = self.backup.as_mut() else {
+            return false;
+        };
+        let Some(entry) = backup.get(uid).cloned() else {
+            return true;
+        };
         let user = match server.user(uid) {
             Ok(u) => u,
             Err(jellyfin::Error::NotFound) => {
@@ -642,7 +687,10 @@ impl Daemon {
                 return true;
             }
             Err(e) => {
-                warn!("cannot restore {}'s limit now ({e}); will retry", entry.name);
+                warn!(
+                    "cannot restore {}'s limit now ({e}); will retry",
+                    entry.name
+                );
                 return false;
             }
         };
@@ -665,8 +713,9 @@ impl Daemon {
     }
 
     fn restart(&mut self, s: &Session, limit_bps: u64) {
-        let Some(server) = self.server.as_mut() else { return };
-        let Some(np) = s.now_playing.as_ref() else { return };
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
         let who = s.user_name.as_deref().unwrap_or("?");
         if self.cfg.jellyfin.notify_viewer && s.can_message() {
             let text = format!(
@@ -677,20 +726,18 @@ impl Daemon {
                 debug!("message to {who} failed: {e}");
             }
         }
-        let req = PlayRequest {
-            item_id: np.id.clone(),
-            start_position_ticks: s.play_state.position_ticks.unwrap_or(0).max(0),
-            media_source_id: s.play_state.media_source_id.clone(),
-            audio_stream_index: s.play_state.audio_stream_index,
-            subtitle_stream_index: s.play_state.subtitle_stream_index,
+        let Some(req) = s.resume_request() else {
+            return;
         };
-        let result = server.stop(&s.id).and_then(|_| server.play_now(&s.id, &req));
+        let result = server
+            .stop(&s.id)
+            .and_then(|_| server.play_now(&s.id, &req));
         match result {
             Ok(()) => {
                 info!(
                     "restarted {who}'s playback of {} at {}s so the {:.1} Mbit/s limit applies",
                     s.title(),
-                    req.start_position_ticks / 10_000_000,
+                    req.start_position_ticks.unwrap_or(0) / 10_000_000,
                     limit_bps as f64 / 1e6
                 );
                 self.notify(Event::PlaybackRestarted {
@@ -707,8 +754,12 @@ impl Daemon {
         if self.dry() {
             return;
         }
-        let Some(server_ip) = self.cfg.server_ip() else { return };
-        let Some(sh) = self.shaper.as_mut() else { return };
+        let Some(server_ip) = self.cfg.server_ip() else {
+            return;
+        };
+        let Some(sh) = self.shaper.as_mut() else {
+            return;
+        };
         let viewers: Vec<shaper::ViewerClass> = self
             .last_plan
             .viewers
@@ -773,7 +824,7 @@ impl Daemon {
             info!("[dry run] would send a Wake-on-LAN packet ({why})");
             return;
         }
-        let sender = wol::Sender::new(&self.cfg.wol.interface, self.cfg.wol.broadcast);
+        let sender = wol::Sender::from_config(&self.cfg.wol);
         match sender.send(mac, self.cfg.wol.password.as_deref()) {
             Ok(_) => {
                 info!("Wake-on-LAN packet sent ({why})");
@@ -796,22 +847,26 @@ impl Daemon {
             return;
         }
         // Off the loop: a slow ssh must not delay ticks.
-        std::thread::spawn(move || match wol::run_idle_command(&argv, Duration::from_secs(60)) {
-            Ok((code, out)) => info!("idle command exited {code}: {}", out.trim()),
-            Err(e) => warn!("idle command failed: {e}"),
-        });
+        std::thread::spawn(
+            move || match wol::run_idle_command(&argv, Duration::from_secs(60)) {
+                Ok((code, out)) => info!("idle command exited {code}: {}", out.trim()),
+                Err(e) => warn!("idle command failed: {e}"),
+            },
+        );
     }
 
     /// New connections from outside to the Jellyfin port (Wake-on-LAN on_connect).
     fn on_connections(&mut self) {
-        let Some(w) = self.connect.as_mut() else { return };
+        let Some(w) = self.connect.as_mut() else {
+            return;
+        };
         let mut conns = Vec::new();
         w.drain(&mut conns);
         let internal = &self.cfg.network.internal;
         let ports = &self.cfg.jellyfin.ports;
         let n = conns
             .iter()
-            .filter(|c| decide::is_external(c.src, internal) && ports.contains(&c.dport))
+            .filter(|c| conntrack::is_outside_connect(c, internal, ports, &[]))
             .count();
         if n > 0 {
             debug!("{n} new connection(s) to Jellyfin from outside");
@@ -834,7 +889,11 @@ impl Daemon {
                     session_id: s.session.id.clone(),
                     user: s.session.user_name.clone().unwrap_or_default(),
                     client: s.session.client.clone().unwrap_or_default(),
-                    remote_ip: s.session.remote_ip.map(|i| i.to_string()).unwrap_or_default(),
+                    remote_ip: s
+                        .session
+                        .remote_ip
+                        .map(|i| i.to_string())
+                        .unwrap_or_default(),
                     external: true,
                     play_method: s.session.play_state.play_method.clone().unwrap_or_default(),
                     title: s.session.title(),
@@ -853,15 +912,33 @@ impl Daemon {
             .map(|(_, v)| v.clone())
             .collect();
         for e in started {
-            if let Event::StreamStarted { user, remote_ip, title, .. } = &e {
+            if let Event::StreamStarted {
+                user,
+                remote_ip,
+                title,
+                ..
+            } = &e
+            {
                 info!("{user} started streaming {title} from {remote_ip}");
             }
             self.notify(e);
         }
         for e in stopped {
-            if let Event::StreamStarted { session_id, user, remote_ip, title, .. } = e {
+            if let Event::StreamStarted {
+                session_id,
+                user,
+                remote_ip,
+                title,
+                ..
+            } = e
+            {
                 info!("{user} stopped streaming {title} from {remote_ip}");
-                self.notify(Event::StreamStopped { session_id, user, remote_ip, title });
+                self.notify(Event::StreamStopped {
+                    session_id,
+                    user,
+                    remote_ip,
+                    title,
+                });
             }
         }
         self.known = now;
@@ -879,7 +956,9 @@ impl Daemon {
                 .collect();
             ips.sort();
             ips.dedup();
-            ips.iter().map(|ip| self.monitor.get(ip).map(|r| r.current()).unwrap_or(0)).sum()
+            ips.iter()
+                .map(|ip| self.monitor.get(ip).map(|r| r.current()).unwrap_or(0))
+                .sum()
         };
         let mut streams: Vec<StreamStatus> = self
             .last_seen
@@ -907,12 +986,7 @@ impl Daemon {
                     device: s.session.device_name.clone().unwrap_or_default(),
                     remote_ip: ip.map(|i| i.to_string()).unwrap_or_default(),
                     external: s.external,
-                    play_method: s
-                        .session
-                        .play_state
-                        .play_method
-                        .clone()
-                        .unwrap_or_default(),
+                    play_method: s.session.play_state.play_method.clone().unwrap_or_default(),
                     title: s.session.title(),
                     paused: s.session.play_state.is_paused,
                     source_bps: s.source_bps,
@@ -1067,9 +1141,13 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
             if let Some(fd) = conn_fd {
                 // SAFETY: the watch outlives this poll call; nothing closes it meanwhile.
                 borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                fds.push(nix::poll::PollFd::new(borrowed, nix::poll::PollFlags::POLLIN));
+                fds.push(nix::poll::PollFd::new(
+                    borrowed,
+                    nix::poll::PollFlags::POLLIN,
+                ));
             }
-            let timeout = nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
+            let timeout =
+                nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(0) => break,
                 Ok(_) => {}
@@ -1102,7 +1180,8 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
 /// Works without a running daemon (after a crash, or to undo `run --once`).
 pub fn restore_all(cfg: &Config) -> Result<(), String> {
     let mut problems = Vec::new();
-    let mut sh = shaper::TcShaper::new(SHAPER_DEVICE, "tc").with_lan_device(&cfg.network.lan_device);
+    let mut sh =
+        shaper::TcShaper::new(SHAPER_DEVICE, "tc").with_lan_device(&cfg.network.lan_device);
     if let Err(e) = sh.remove() {
         problems.push(format!("shaping state: {e}"));
     }

@@ -55,7 +55,9 @@ pub struct Policy {
 
 impl Policy {
     fn rule(&self, user: &str) -> Option<&UserRule> {
-        self.users.iter().find(|u| u.name.eq_ignore_ascii_case(user))
+        self.users
+            .iter()
+            .find(|u| u.name.eq_ignore_ascii_case(user))
     }
 }
 
@@ -278,15 +280,23 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         return (plan, next);
     };
     plan.managing = true;
-    plan.budget_bps = budget(capacity, policy.target_pct, plan.other_bps, policy.reserve_bps)
-        .saturating_sub(exempt_bps);
+    plan.budget_bps = budget(
+        capacity,
+        policy.target_pct,
+        plan.other_bps,
+        policy.reserve_bps,
+    )
+    .saturating_sub(exempt_bps);
 
     let claims: Vec<Claim> = competing
         .iter()
         .map(|s| {
             let rule = policy.rule(&s.user_name);
             let min = rule.and_then(|r| r.min_bps).unwrap_or(policy.min_bps);
-            let mut max = rule.and_then(|r| r.max_bps).unwrap_or(policy.max_bps).max(min);
+            let mut max = rule
+                .and_then(|r| r.max_bps)
+                .unwrap_or(policy.max_bps)
+                .max(min);
             if policy.algorithm == Algorithm::Demand {
                 if let Some(src) = s.source_bps.or(s.stream_bps) {
                     max = max.min(src).max(min);
@@ -350,7 +360,8 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             user_name: name.clone(),
             limit_bps: *limit,
         });
-        next.users_seen.insert(uid.to_string(), (name.clone(), input.now));
+        next.users_seen
+            .insert(uid.to_string(), (name.clone(), input.now));
     }
     for (uid, (name, seen)) in &prev.users_seen {
         if next.users_seen.contains_key(uid) {
@@ -376,7 +387,9 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         else {
             continue;
         };
-        let Some(mem) = next.streams.get_mut(&s.session_id) else { continue };
+        let Some(mem) = next.streams.get_mut(&s.session_id) else {
+            continue;
+        };
         if !policy.restart_playback || s.paused || !s.supports_remote_control {
             continue;
         }
@@ -390,7 +403,8 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             Some(RestartReason::Exceeds)
         } else if s.transcoding
             && limit * 100 >= rate * UPGRADE_FACTOR_PCT
-            && s.source_bps.is_some_and(|src| src * 100 >= rate * UPGRADE_FACTOR_PCT)
+            && s.source_bps
+                .is_some_and(|src| src * 100 >= rate * UPGRADE_FACTOR_PCT)
             && mem.negotiated_limit_bps.is_some_and(|n| n < limit)
         {
             Some(RestartReason::Upgrade)
@@ -504,41 +518,73 @@ mod tests {
 
     #[test]
     fn fair_equal_split() {
-        let c = Claim { weight: 1.0, min: M, max: 20 * M };
+        let c = Claim {
+            weight: 1.0,
+            min: M,
+            max: 20 * M,
+        };
         assert_eq!(max_min_fair(16 * M, &[c, c]), vec![8 * M, 8 * M]);
     }
 
     #[test]
     fn fair_respects_max_and_redistributes() {
-        let a = Claim { weight: 1.0, min: M, max: 3 * M };
-        let b = Claim { weight: 1.0, min: M, max: 20 * M };
+        let a = Claim {
+            weight: 1.0,
+            min: M,
+            max: 3 * M,
+        };
+        let b = Claim {
+            weight: 1.0,
+            min: M,
+            max: 20 * M,
+        };
         assert_eq!(max_min_fair(16 * M, &[a, b]), vec![3 * M, 13 * M]);
     }
 
     #[test]
     fn fair_minimums_force_overcommit() {
-        let c = Claim { weight: 1.0, min: 2 * M, max: 20 * M };
+        let c = Claim {
+            weight: 1.0,
+            min: 2 * M,
+            max: 20 * M,
+        };
         assert_eq!(max_min_fair(3 * M, &[c, c, c]), vec![2 * M, 2 * M, 2 * M]);
     }
 
     #[test]
     fn fair_weights() {
-        let a = Claim { weight: 3.0, min: 0, max: 100 * M };
-        let b = Claim { weight: 1.0, min: 0, max: 100 * M };
+        let a = Claim {
+            weight: 3.0,
+            min: 0,
+            max: 100 * M,
+        };
+        let b = Claim {
+            weight: 1.0,
+            min: 0,
+            max: 100 * M,
+        };
         let out = max_min_fair(16 * M, &[a, b]);
         assert_eq!(out, vec![12 * M, 4 * M]);
     }
 
     #[test]
     fn fair_all_saturated_leaves_budget_unused() {
-        let c = Claim { weight: 1.0, min: M, max: 2 * M };
+        let c = Claim {
+            weight: 1.0,
+            min: M,
+            max: 2 * M,
+        };
         assert_eq!(max_min_fair(16 * M, &[c, c]), vec![2 * M, 2 * M]);
     }
 
     #[test]
     fn fair_empty_and_zero_budget() {
         assert!(max_min_fair(10 * M, &[]).is_empty());
-        let c = Claim { weight: 1.0, min: 0, max: 5 * M };
+        let c = Claim {
+            weight: 1.0,
+            min: 0,
+            max: 5 * M,
+        };
         assert_eq!(max_min_fair(0, &[c]), vec![0]);
     }
 
@@ -546,7 +592,12 @@ mod tests {
     fn one_external_stream_gets_a_limit_at_once() {
         let (plan, _) = decide(
             &State::default(),
-            &input(0.0, 4 * M, 4 * M, vec![stream("s1", "alice", "203.0.113.7", 4 * M)]),
+            &input(
+                0.0,
+                4 * M,
+                4 * M,
+                vec![stream("s1", "alice", "203.0.113.7", 4 * M)],
+            ),
             &policy(),
         );
         assert!(plan.managing);
@@ -555,14 +606,22 @@ mod tests {
         assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
         assert_eq!(plan.viewers[0].ip, "203.0.113.7".parse::<IpAddr>().unwrap());
         assert_eq!(plan.viewers[0].ceil_bps, 16 * M * 115 / 100);
-        assert!(plan.restarts.is_empty(), "a 4 Mbit stream under a 16 Mbit limit stays");
+        assert!(
+            plan.restarts.is_empty(),
+            "a 4 Mbit stream under a 16 Mbit limit stays"
+        );
     }
 
     #[test]
     fn internal_streams_are_never_limited() {
         let (plan, _) = decide(
             &State::default(),
-            &input(0.0, 0, 0, vec![stream("s1", "carol", "192.168.1.20", 8 * M)]),
+            &input(
+                0.0,
+                0,
+                0,
+                vec![stream("s1", "carol", "192.168.1.20", 8 * M)],
+            ),
             &policy(),
         );
         assert!(plan.user_limits.is_empty());
@@ -596,7 +655,11 @@ mod tests {
             stream("s1", "alice", "203.0.113.7", 6 * M),
             stream("s2", "bob", "198.51.100.9", 2 * M),
         ];
-        let (plan, st) = decide(&State::default(), &input(0.0, 8 * M, 8 * M, streams.clone()), &p);
+        let (plan, st) = decide(
+            &State::default(),
+            &input(0.0, 8 * M, 8 * M, streams.clone()),
+            &p,
+        );
         assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
         assert!(plan.restarts.is_empty());
         // The household starts a 10 Mbit/s upload: budget 18 - 10 = 8, 4 each.
@@ -614,7 +677,11 @@ mod tests {
         let p = policy();
         let mut s = stream("s1", "alice", "203.0.113.7", 12 * M);
         // 12 Mbit stream, budget 16 → fine.
-        let (plan, st) = decide(&State::default(), &input(0.0, 12 * M, 12 * M, vec![s.clone()]), &p);
+        let (plan, st) = decide(
+            &State::default(),
+            &input(0.0, 12 * M, 12 * M, vec![s.clone()]),
+            &p,
+        );
         assert!(plan.restarts.is_empty());
         // Household takes 10: budget 8 → restart.
         let (plan, st) = decide(&st, &input(5.0, 22 * M, 12 * M, vec![s.clone()]), &p);
@@ -623,15 +690,30 @@ mod tests {
         let (plan, st2) = decide(&st, &input(10.0, 22 * M, 12 * M, vec![s.clone()]), &p);
         assert!(plan.restarts.is_empty());
         let (plan, _) = decide(&st2, &input(700.0, 22 * M, 12 * M, vec![s.clone()]), &p);
-        assert_eq!(plan.restarts.len(), 1, "after the interval it may try again");
+        assert_eq!(
+            plan.restarts.len(),
+            1,
+            "after the interval it may try again"
+        );
 
         s.paused = true;
-        let (plan, _) = decide(&State::default(), &input(0.0, 22 * M, 12 * M, vec![s.clone()]), &p);
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 22 * M, 12 * M, vec![s.clone()]),
+            &p,
+        );
         assert!(plan.restarts.is_empty(), "never restart a paused session");
         s.paused = false;
         s.supports_remote_control = false;
-        let (plan, _) = decide(&State::default(), &input(0.0, 22 * M, 12 * M, vec![s.clone()]), &p);
-        assert!(plan.restarts.is_empty(), "never restart without remote control");
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 22 * M, 12 * M, vec![s.clone()]),
+            &p,
+        );
+        assert!(
+            plan.restarts.is_empty(),
+            "never restart without remote control"
+        );
         let mut p2 = p.clone();
         p2.restart_playback = false;
         s.supports_remote_control = true;
@@ -694,7 +776,11 @@ mod tests {
         let mut a = stream("s1", "alice", "203.0.113.7", 2 * M);
         a.source_bps = Some(2 * M);
         let b = stream("s2", "alice", "203.0.113.7", 10 * M);
-        let (plan, _) = decide(&State::default(), &input(0.0, 12 * M, 12 * M, vec![a, b]), &p);
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 12 * M, 12 * M, vec![a, b]),
+            &p,
+        );
         assert_eq!(plan.user_limits.len(), 1);
         assert_eq!(plan.user_limits[0].limit_bps, 2 * M);
         assert_eq!(plan.viewers.len(), 1, "one address, one class");
@@ -727,8 +813,20 @@ mod tests {
         let mut p = policy();
         p.algorithm = Algorithm::Priority;
         p.users = vec![
-            UserRule { name: "Alice".into(), weight: 3.0, min_bps: None, max_bps: None, exempt: false },
-            UserRule { name: "bob".into(), weight: 1.0, min_bps: Some(2 * M), max_bps: Some(3 * M), exempt: false },
+            UserRule {
+                name: "Alice".into(),
+                weight: 3.0,
+                min_bps: None,
+                max_bps: None,
+                exempt: false,
+            },
+            UserRule {
+                name: "bob".into(),
+                weight: 1.0,
+                min_bps: Some(2 * M),
+                max_bps: Some(3 * M),
+                exempt: false,
+            },
         ];
         let (plan, _) = decide(
             &State::default(),
@@ -752,7 +850,13 @@ mod tests {
     #[test]
     fn exempt_users_are_not_limited_but_count() {
         let mut p = policy();
-        p.users = vec![UserRule { name: "alice".into(), weight: 1.0, min_bps: None, max_bps: None, exempt: true }];
+        p.users = vec![UserRule {
+            name: "alice".into(),
+            weight: 1.0,
+            min_bps: None,
+            max_bps: None,
+            exempt: true,
+        }];
         let (plan, _) = decide(
             &State::default(),
             &input(
@@ -807,7 +911,11 @@ mod tests {
         let mut s = stream("s1", "alice", "203.0.113.7", 4 * M);
         s.source_bps = Some(15 * M);
         // Congested: budget 4 → limit 4 recorded as negotiated.
-        let (plan, mut st) = decide(&State::default(), &input(0.0, 18 * M, 4 * M, vec![s.clone()]), &p);
+        let (plan, mut st) = decide(
+            &State::default(),
+            &input(0.0, 18 * M, 4 * M, vec![s.clone()]),
+            &p,
+        );
         assert_eq!(plan.user_limits[0].limit_bps, 4 * M);
         assert!(plan.restarts.is_empty());
         let mut restarted = 0;
@@ -827,7 +935,11 @@ mod tests {
         let p = policy();
         let a = stream("s1", "alice", "203.0.113.7", 4 * M);
         let b = stream("s2", "bob", "198.51.100.9", 4 * M);
-        let (p1, _) = decide(&State::default(), &input(0.0, 0, 0, vec![a.clone(), b.clone()]), &p);
+        let (p1, _) = decide(
+            &State::default(),
+            &input(0.0, 0, 0, vec![a.clone(), b.clone()]),
+            &p,
+        );
         let (p2, _) = decide(&State::default(), &input(0.0, 0, 0, vec![b, a]), &p);
         assert_eq!(p1, p2);
     }

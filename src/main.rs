@@ -100,7 +100,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(verb) = cli.verb else {
-        eprintln!("jellydemon: a verb is needed (run, check, status, restore, wake, config); see --help");
+        eprintln!(
+            "jellydemon: a verb is needed (run, check, status, restore, wake, config); see --help"
+        );
         return ExitCode::from(2);
     };
     let code = match verb {
@@ -245,7 +247,7 @@ fn wake(path: &Path) -> u8 {
         eprintln!("jellydemon: wol.mac is not set (the media server's MAC address)");
         return 1;
     };
-    let sender = wol::Sender::new(&cfg.wol.interface, cfg.wol.broadcast);
+    let sender = wol::Sender::from_config(&cfg.wol);
     match sender.send(mac, cfg.wol.password.as_deref()) {
         Ok(_) => {
             println!("magic packet sent on {}", cfg.wol.interface);

@@ -18,9 +18,8 @@ pub fn read_tx_bytes(sys_root: &Path, dev: &str) -> io::Result<u64> {
         .join("class/net")
         .join(dev)
         .join("statistics/tx_bytes");
-    let text = fs::read_to_string(&p).map_err(|e| {
-        io::Error::new(e.kind(), format!("WAN device {dev} not readable: {e}"))
-    })?;
+    let text = fs::read_to_string(&p)
+        .map_err(|e| io::Error::new(e.kind(), format!("WAN device {dev} not readable: {e}")))?;
     text.trim().parse().map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -83,8 +82,9 @@ pub fn resolve_interface(name: &str) -> Result<String, String> {
             "ubus knows no interface '{name}'; set network.wan_interface or network.wan_device"
         ));
     }
-    parse_ubus_status(&out.stdout)
-        .ok_or_else(|| format!("interface '{name}' has no device (is it up?); set network.wan_device"))
+    parse_ubus_status(&out.stdout).ok_or_else(|| {
+        format!("interface '{name}' has no device (is it up?); set network.wan_device")
+    })
 }
 
 /// The device in a `network.interface.X status` reply: `l3_device`, else `device`.
@@ -105,11 +105,21 @@ pub fn sqm_upload_bps(sqm_config: &[u8], device: &str) -> Option<u64> {
         .iter()
         .filter(|s| s.stype == "queue")
         .filter(|s| {
-            let get = |n: &str| s.get(n).unwrap_or_default();
-            matches!(get("enabled").as_str(), "1" | "on" | "true" | "yes" | "enabled")
-                && get("interface") == device
+            let get = |n: &str| {
+                s.get(n)
+                    .and_then(|o| o.value.items().last().map(|v| v.to_string()))
+                    .unwrap_or_default()
+            };
+            crate::config::parse_bool(&get("enabled")) == Some(true) && get("interface") == device
         })
-        .find_map(|s| s.get("upload").and_then(|u| u.trim().parse::<u64>().ok()))
+        .find_map(|s| {
+            s.get("upload").and_then(|o| {
+                o.value
+                    .items()
+                    .last()
+                    .and_then(|u| u.trim().parse::<u64>().ok())
+            })
+        })
         .filter(|&kbit| kbit > 0)
         .map(|kbit| kbit * 1000)
 }
@@ -184,6 +194,9 @@ mod tests {
         assert_eq!(sqm_upload_bps(cfg, "eth1"), Some(18_000_000));
         assert_eq!(sqm_upload_bps(cfg, "wan2"), None, "disabled queue");
         assert_eq!(sqm_upload_bps(cfg, "eth9"), None);
-        assert_eq!(sqm_upload_bps(b"config queue\n option interface 'x", "x"), None);
+        assert_eq!(
+            sqm_upload_bps(b"config queue\n option interface 'x", "x"),
+            None
+        );
     }
 }
