@@ -530,6 +530,21 @@ fn policy_without_provider_ids_is_400_and_changes_nothing() {
         Some(good.clone()),
     );
     assert_eq!(r.status, 404);
+    // A [FromBody] parameter needs a JSON content type.
+    let r = http_from(
+        None,
+        &addr(&e),
+        "POST",
+        &format!("/Users/{ALICE}/Policy"),
+        &[
+            ("Authorization", &key_auth()),
+            ("Content-Type", "text/plain"),
+        ],
+        Some(good.to_string().as_bytes()),
+        T,
+    )
+    .unwrap();
+    assert_eq!(r.status, 415);
     // Only administrators may change policies.
     let (tok, _) = login(&e, None, "bob", "c", "d");
     let r = req(
@@ -1418,4 +1433,65 @@ fn world_files_are_validated_with_clear_errors() {
     let w = World::parse("{}").unwrap();
     assert_eq!(w.version, "10.11.11");
     World::load("tests/support/worlds/demo.json").expect("the shipped demo world parses");
+}
+
+#[test]
+fn viewer_options_are_checked() {
+    let args = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let base = "--server 127.0.0.1:8096 --user alice --item x --client c --device-id d";
+    let o = viewer::ViewerOpts::parse(&args(base)).unwrap();
+    assert!(o.remote_control && !o.direct && o.seconds.is_none() && o.max_bitrate.is_none());
+    let o = viewer::ViewerOpts::parse(&args(&format!(
+        "{base} --remote-control no --method direct --max-bitrate 4000000 --seconds 3 --stats f --bind 127.0.0.2"
+    )))
+    .unwrap();
+    assert!(!o.remote_control && o.direct);
+    assert_eq!(
+        (o.max_bitrate, o.seconds, o.stats.as_deref()),
+        (Some(4000000), Some(3), Some("f"))
+    );
+    for (extra, want) in [
+        ("--remote-control maybe", "yes|no"),
+        ("--method copy", "transcode|direct"),
+        ("--max-bitrate -5", "positive"),
+        ("--bind nowhere", "not an IP"),
+        ("--frobnicate 1", "unknown option"),
+        ("--seconds", "needs a value"),
+    ] {
+        let err = viewer::ViewerOpts::parse(&args(&format!("{base} {extra}"))).unwrap_err();
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    let err = viewer::ViewerOpts::parse(&args("--server a:1")).unwrap_err();
+    assert!(err.contains("--user is required"), "{err}");
+}
+
+#[test]
+fn every_listen_address_serves_the_same_server() {
+    let e = Emulator::start(
+        world(json!({})),
+        &["127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()],
+    )
+    .unwrap();
+    assert_eq!(e.addrs.len(), 2);
+    assert_ne!(e.addrs[0], e.addrs[1]);
+    for a in &e.addrs {
+        let r = http_from(
+            None,
+            &a.to_string(),
+            "GET",
+            "/Users",
+            &[("Authorization", &key_auth())],
+            None,
+            T,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        state(&e)["requests"].as_array().unwrap().len(),
+        2,
+        "one state for both"
+    );
+    assert!(Emulator::start(world(json!({})), &[]).is_err());
+    assert!(Emulator::start(world(json!({})), &["not-an-address".to_string()]).is_err());
 }

@@ -1526,6 +1526,9 @@ fn route(shared: &Shared, st: &mut State, r: &Req, auth: &Auth) -> Reply {
             send_command(shared, st, &target, msg, cmd)
         }
         ("POST", ["sessions", _, "message"]) => {
+            if let Some(r415) = require_json(r) {
+                return r415;
+            }
             let target = segs[1].to_string();
             let body = r.json_body().unwrap_or(Value::Null);
             let get = |k: &str| -> Option<&Value> {
@@ -1618,6 +1621,9 @@ fn route(shared: &Shared, st: &mut State, r: &Req, auth: &Auth) -> Reply {
             if !is_admin {
                 return Reply::Empty(403);
             }
+            if let Some(r415) = require_json(r) {
+                return r415;
+            }
             let Some(id) = parse_guid(segs[1]) else {
                 return problem(
                     400,
@@ -1700,6 +1706,24 @@ fn route(shared: &Shared, st: &mut State, r: &Req, auth: &Auth) -> Reply {
         | ("GET" | "HEAD", ["videos", _, "master.m3u8"]) => open_stream(st, r, segs[1]),
         _ => error_text(404),
     }
+}
+
+/// `[FromBody]` parameters accept only JSON media types: anything else is 415 ProblemDetails.
+fn require_json(r: &Req) -> Option<Reply> {
+    let ct = r.header("Content-Type").unwrap_or("").to_ascii_lowercase();
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if media == "application/json" || media == "text/json" || media.ends_with("+json") {
+        return None;
+    }
+    Some(Reply::Json(
+        415,
+        json!({
+            "type": "https://tools.ietf.org/html/rfc9110#section-15.5.16",
+            "title": "Unsupported Media Type",
+            "status": 415,
+            "traceId": format!("00-{}-0000000000000000-00", random_hex32()),
+        }),
+    ))
 }
 
 fn single_error(field: &str, msg: &str) -> Map<String, Value> {

@@ -441,6 +441,8 @@ pub struct Summary {
     pub messages: u64,
     pub negotiated_bps: i64,
     pub session_id: String,
+    /// Failed restarts (the player stayed stopped).
+    pub errors: u64,
     /// Every stats line written.
     pub lines: Vec<Value>,
 }
@@ -656,6 +658,13 @@ fn start_playback(c: &Client, user_id: &str, req: PlayRequest) -> Result<Playbac
     Ok(pb)
 }
 
+/// A failed report is the server's problem: the player carries on, and says so.
+fn warn(r: Result<(), String>) {
+    if let Err(e) = r {
+        eprintln!("viewer: {e}");
+    }
+}
+
 fn report(c: &Client, path: &str, pb: &Playback) -> Result<(), String> {
     let body = json!({
         "ItemId": pb.item_id,
@@ -816,7 +825,7 @@ fn play_loop(
                             p.close();
                             finished_stalls += p.buffer.stalls;
                             finished_stall_ms += p.buffer.stall_ms;
-                            report(c, "/Sessions/Playing/Stopped", &p)?;
+                            warn(report(c, "/Sessions/Playing/Stopped", &p));
                         }
                     }
                     ("Playstate", Some(cmd @ ("Pause" | "Unpause" | "PlayPause")), _) => {
@@ -826,7 +835,7 @@ fn play_loop(
                                 "Unpause" => false,
                                 _ => !p.paused,
                             };
-                            report(c, "/Sessions/Playing/Progress", p)?;
+                            warn(report(c, "/Sessions/Playing/Progress", p));
                         }
                     }
                     ("Play", ..) => {
@@ -837,9 +846,9 @@ fn play_loop(
                             p.close();
                             finished_stalls += p.buffer.stalls;
                             finished_stall_ms += p.buffer.stall_ms;
-                            report(c, "/Sessions/Playing/Stopped", &p)?;
+                            warn(report(c, "/Sessions/Playing/Stopped", &p));
                         }
-                        let p = start_playback(
+                        let started = start_playback(
                             c,
                             user_id,
                             PlayRequest {
@@ -849,10 +858,19 @@ fn play_loop(
                                 audio_index: data["AudioStreamIndex"].as_i64(),
                                 subtitle_index: data["SubtitleStreamIndex"].as_i64(),
                             },
-                        )?;
-                        sum.negotiated_bps = p.rate_bps;
+                        );
                         sum.restarts += 1;
-                        pb = Some(p);
+                        // A real player shows an error and stays stopped; so does this one.
+                        match started {
+                            Ok(p) => {
+                                sum.negotiated_bps = p.rate_bps;
+                                pb = Some(p);
+                            }
+                            Err(e) => {
+                                eprintln!("viewer {}: restart failed: {e}", opts.device_id);
+                                sum.errors += 1;
+                            }
+                        }
                     }
                     ("GeneralCommand", _, Some("DisplayMessage")) => sum.messages += 1,
                     _ => {}
@@ -899,6 +917,7 @@ fn play_loop(
                 "stall_ms": sum.stall_ms,
                 "restarts": sum.restarts,
                 "messages": sum.messages,
+                "errors": sum.errors,
             });
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
@@ -909,7 +928,7 @@ fn play_loop(
         p.close();
         sum.stalls = finished_stalls + p.buffer.stalls;
         sum.stall_ms = finished_stall_ms + p.buffer.stall_ms;
-        report(c, "/Sessions/Playing/Stopped", &p)?;
+        warn(report(c, "/Sessions/Playing/Stopped", &p));
     }
     Ok(())
 }
