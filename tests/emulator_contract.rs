@@ -1495,3 +1495,25 @@ fn every_listen_address_serves_the_same_server() {
     assert!(Emulator::start(world(json!({})), &[]).is_err());
     assert!(Emulator::start(world(json!({})), &["not-an-address".to_string()]).is_err());
 }
+
+#[test]
+fn a_player_that_stops_reporting_is_stopped_and_configuration_is_readable() {
+    let e = start(world(
+        json!({"playback_checkin_timeout_s": 1, "remote_client_bitrate_limit": 7000000}),
+    ));
+    let (_, sid, _) = play_by_hand(&e, None, "alice", "App", "gone", false);
+    assert!(session(&get(&e, "/Sessions").json().unwrap(), &sid)
+        .get("NowPlayingItem")
+        .is_some());
+    std::thread::sleep(Duration::from_millis(2100));
+    let l = get(&e, "/Sessions").json().unwrap();
+    assert!(session(&l, &sid).get("NowPlayingItem").is_none(), "{l}");
+    let c = get(&e, "/System/Configuration").json().unwrap();
+    assert_eq!(c["RemoteClientBitrateLimit"], 7000000);
+    let n = get(&e, "/System/Configuration/network").json().unwrap();
+    assert_eq!(n["LocalNetworkSubnets"], json!([]));
+    assert_eq!(
+        req(&e, "GET", "/System/Configuration", None, None).status,
+        401
+    );
+}

@@ -64,6 +64,9 @@ pub struct World {
     /// Segments sent at wire speed when a stream starts.
     #[serde(default = "default_prefill")]
     pub prefill_segments: u64,
+    /// A playing session whose client has not reported for this long is stopped.
+    #[serde(default = "default_checkin_timeout")]
+    pub playback_checkin_timeout_s: u64,
 }
 
 /// An API key (Dashboard → API Keys).
@@ -131,6 +134,9 @@ fn default_segment_ms() -> u64 {
 }
 fn default_prefill() -> u64 {
     3
+}
+fn default_checkin_timeout() -> u64 {
+    300
 }
 fn default_auth_provider() -> String {
     DEFAULT_AUTH_PROVIDER.into()
@@ -1304,6 +1310,7 @@ fn handle(shared: &Shared, r: &Req) -> (Reply, String) {
         }
     }
     let mut st = shared.lock();
+    expire_idle_playback(&mut st);
     let auth = authenticate(&st, r);
     let caller_name = match &auth.caller {
         None => "anonymous".to_string(),
@@ -1320,6 +1327,23 @@ fn handle(shared: &Shared, r: &Req) -> (Reply, String) {
     };
     let reply = route(shared, &mut st, r, &auth);
     (reply, caller_name)
+}
+
+/// Like the server's idle-playback check: a playback whose client has not reported for
+/// `playback_checkin_timeout_s` (a crashed or killed player) is stopped.
+fn expire_idle_playback(st: &mut State) {
+    let limit = Duration::from_secs(st.world.playback_checkin_timeout_s);
+    let now = SystemTime::now();
+    for s in &mut st.sessions {
+        let stale = s.playing.is_some()
+            && s.last_playback_check_in
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|d| d > limit);
+        if stale {
+            s.playing = None;
+            s.stop_streams();
+        }
+    }
 }
 
 fn local_address(r: &Req) -> String {
@@ -1379,6 +1403,32 @@ fn route(shared: &Shared, st: &mut State, r: &Req, auth: &Auth) -> Reply {
             Reply::Json(200, v)
         }
         ("GET", ["sessions"]) => get_sessions(st, r, caller, is_admin),
+        ("GET", ["system", "configuration"]) => Reply::Json(
+            200,
+            json!({
+                "ServerName": st.world.server_name,
+                "RemoteClientBitrateLimit": st.server_limit,
+                "EnableLegacyAuthorization": st.world.enable_legacy_authorization,
+                "IsStartupWizardCompleted": true,
+                "EnableMetrics": false,
+                "MinResumePct": 5,
+                "MaxResumePct": 90,
+                "UICulture": "en-US",
+            }),
+        ),
+        ("GET", ["system", "configuration", "network"]) => Reply::Json(
+            200,
+            json!({
+                "LocalNetworkSubnets": st.world.local_network_subnets,
+                "LocalNetworkAddresses": [],
+                "KnownProxies": [],
+                "EnableIPv4": true,
+                "EnableIPv6": false,
+                "EnableRemoteAccess": true,
+                "InternalHttpPort": 8096,
+                "PublicHttpPort": 8096,
+            }),
+        ),
         ("POST", ["sessions", "capabilities"]) | ("POST", ["sessions", "capabilities", "full"]) => {
             let sid = log_session_activity(st, r, auth);
             let caps = if l.len() == 3 {
