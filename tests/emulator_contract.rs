@@ -916,6 +916,26 @@ fn commands_answer_204_and_reach_only_remote_controllable_sessions() {
     assert_eq!(cmds[0]["Data"]["Arguments"]["TimeoutMs"], "5000");
     assert_eq!(cmds[1]["MessageType"], "Playstate");
     assert_eq!(cmds[1]["Data"]["Command"], "Stop");
+    let body = json!({"Name": "SetMaxStreamingBitrate", "Arguments": {"Bitrate": "3000000"}, "ControllingUserId": BOB});
+    assert_eq!(
+        post(&e, &format!("/Sessions/{sid2}/Command"), Some(body)).status,
+        204
+    );
+    let cmds = req(
+        &e,
+        "GET",
+        &format!("/_emu/commands?session={sid2}&wait_ms=2000"),
+        None,
+        None,
+    )
+    .json()
+    .unwrap();
+    assert_eq!(cmds[0]["Data"]["Name"], "SetMaxStreamingBitrate");
+    assert_eq!(cmds[0]["Data"]["Arguments"]["Bitrate"], "3000000");
+    assert_eq!(
+        cmds[0]["Data"]["ControllingUserId"],
+        "00000000000000000000000000000000"
+    );
 }
 
 #[test]
@@ -1515,5 +1535,34 @@ fn a_player_that_stops_reporting_is_stopped_and_configuration_is_readable() {
     assert_eq!(
         req(&e, "GET", "/System/Configuration", None, None).status,
         401
+    );
+}
+
+#[test]
+fn helpers_format_like_the_server() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let t = UNIX_EPOCH + Duration::new(1_763_756_047, 512_345_600);
+    assert_eq!(emulator::format_date(t), "2025-11-21T20:14:07.5123456Z");
+    assert_eq!(
+        emulator::format_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+        "2000-02-29T00:00:00.0000000Z"
+    );
+    let now = emulator::format_date(SystemTime::now());
+    assert_eq!(now.len(), 28);
+    let a = emulator::hex_key("Jellyfin Webdev1");
+    assert!(is_hex32(&a));
+    assert_eq!(a, emulator::hex_key("Jellyfin Webdev1"));
+    assert_ne!(a, emulator::hex_key("Jellyfin Webdev2"));
+    assert_eq!(
+        emulator::strip_nulls(json!({"a": null, "b": [{"c": null, "d": 1}]})),
+        json!({"b": [{"d": 1}]})
+    );
+    assert_eq!(
+        emulator::transcode_split(3_000_000, 640_000),
+        (2_808_000, 192_000)
+    );
+    assert_eq!(
+        emulator::transcode_split(200_000, 640_000),
+        (100_000, 100_000)
     );
 }

@@ -1614,6 +1614,30 @@ fn route(shared: &Shared, st: &mut State, r: &Req, auth: &Auth) -> Reply {
             });
             send_command(shared, st, &target, msg, "DisplayMessage")
         }
+        ("POST", ["sessions", _, "command"]) => {
+            if let Some(r415) = require_json(r) {
+                return r415;
+            }
+            let target = segs[1].to_string();
+            let body = r.json_body().unwrap_or(Value::Null);
+            let get = |k: &str| -> Option<&Value> {
+                body.as_object()
+                    .and_then(|o| o.iter().find(|(kk, _)| kk.eq_ignore_ascii_case(k)))
+                    .map(|(_, v)| v)
+            };
+            let Some(name) = get("Name").and_then(Value::as_str).map(str::to_string) else {
+                return problem(400, single_error("Name", "The Name field is required."));
+            };
+            let args = get("Arguments").cloned().unwrap_or(json!({}));
+            let caller_sid = log_session_activity(st, r, auth);
+            // The server overwrites ControllingUserId with the caller's.
+            let controlling = caller_user_id(st, &caller_sid);
+            let msg = json!({
+                "MessageType": "GeneralCommand",
+                "Data": {"Name": name, "ControllingUserId": controlling, "Arguments": args}
+            });
+            send_command(shared, st, &target, msg, &name)
+        }
         ("POST", ["sessions", _, "command", _]) | ("POST", ["sessions", _, "system", _]) => {
             let target = segs[1].to_string();
             let caller_sid = log_session_activity(st, r, auth);
@@ -2238,7 +2262,7 @@ fn open_stream(st: &mut State, r: &Req, item_seg: &str) -> Reply {
         .unwrap_or(0)
         .clamp(0, item.runtime_ticks);
     let remaining_ms = u64::try_from((item.runtime_ticks - start_ticks) / 10_000).unwrap_or(0);
-    let total_bytes = rate / 8 * remaining_ms / 1000;
+    let total_bytes = (rate / 8).saturating_mul(remaining_ms) / 1000;
     let seg_ms = st.world.segment_ms;
     let cancel = Arc::new(AtomicBool::new(false));
     let mut counter = Arc::new(AtomicU64::new(0));
@@ -2254,7 +2278,7 @@ fn open_stream(st: &mut State, r: &Req, item_seg: &str) -> Reply {
     Reply::Stream(StreamPlan {
         rate_bps: rate,
         total_bytes,
-        segment_bytes: (rate / 8 * seg_ms / 1000).max(1),
+        segment_bytes: ((rate / 8).saturating_mul(seg_ms) / 1000).max(1),
         segment: Duration::from_millis(seg_ms),
         prefill: st.world.prefill_segments,
         cancel,
