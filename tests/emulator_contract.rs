@@ -1557,6 +1557,13 @@ fn helpers_format_like_the_server() {
         emulator::strip_nulls(json!({"a": null, "b": [{"c": null, "d": 1}]})),
         json!({"b": [{"d": 1}]})
     );
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(
+        emulator::normalize_ip(ip("::ffff:203.0.113.45")),
+        ip("203.0.113.45")
+    );
+    assert_eq!(emulator::normalize_ip(ip("2001:db8::1")), ip("2001:db8::1"));
+    assert_eq!(emulator::normalize_ip(ip("10.0.0.1")), ip("10.0.0.1"));
     assert_eq!(
         emulator::transcode_split(3_000_000, 640_000),
         (2_808_000, 192_000)

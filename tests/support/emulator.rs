@@ -963,7 +963,8 @@ fn error_text(status: u16) -> Reply {
     Reply::Text(status, "Error processing request.".into())
 }
 
-fn normalize_ip(ip: IpAddr) -> IpAddr {
+/// The server's `GetNormalizedRemoteIP`: IPv4-mapped IPv6 becomes IPv4.
+pub fn normalize_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,

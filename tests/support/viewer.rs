@@ -900,7 +900,7 @@ fn play_loop(
         if last_stats.elapsed() >= Duration::from_secs(1) {
             let secs = last_stats.elapsed().as_secs_f64();
             last_stats = Instant::now();
-            let rate = (sum.bytes - bytes_at_last_stats) as f64 * 8.0 / secs;
+            let rate = sum.bytes.saturating_sub(bytes_at_last_stats) as f64 * 8.0 / secs;
             bytes_at_last_stats = sum.bytes;
             sum.stalls = finished_stalls + pb.as_ref().map_or(0, |p| p.buffer.stalls);
             sum.stall_ms = finished_stall_ms + pb.as_ref().map_or(0, |p| p.buffer.stall_ms);
