@@ -2347,6 +2347,9 @@ fn playback_report(st: &mut State, r: &Req, auth: &Auth, kind: Report) -> Reply 
                 p.item_id = item_id.clone();
                 p.media_source_id = msid.clone().unwrap_or_else(|| item_id.clone());
                 p.position_ticks = 0;
+                p.position_at = Instant::now();
+                p.paused = false;
+                p.paused_since = None;
             }
             p.position_ticks = position.unwrap_or_else(|| p.position_now());
             p.position_at = Instant::now();
