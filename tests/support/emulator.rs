@@ -174,7 +174,7 @@ impl World {
     fn validate(&self) -> Result<(), String> {
         if !is_hex32(&self.server_id) {
             return Err(format!(
-                "server_id {:?} is not 32 hex digits",
+                "server_id {:?} is not 32 lowercase hex digits",
                 self.server_id
             ));
         }
@@ -184,7 +184,7 @@ impl World {
         for u in &self.users {
             if !is_hex32(&u.id) {
                 return Err(format!(
-                    "user {:?}: id {:?} is not 32 hex digits",
+                    "user {:?}: id {:?} is not 32 lowercase hex digits",
                     u.name, u.id
                 ));
             }
@@ -192,7 +192,7 @@ impl World {
         for i in &self.items {
             if !is_hex32(&i.id) {
                 return Err(format!(
-                    "item {:?}: id {:?} is not 32 hex digits",
+                    "item {:?}: id {:?} is not 32 lowercase hex digits",
                     i.name, i.id
                 ));
             }
