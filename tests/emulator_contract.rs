@@ -1437,7 +1437,7 @@ fn the_buffer_model_counts_stalls() {
 #[test]
 fn world_files_are_validated_with_clear_errors() {
     let bad = [
-        (r#"{"users": [{"name": "x", "id": "123"}]}"#, "32 hex"),
+        (r#"{"users": [{"name": "x", "id": "123"}]}"#, "hex digits"),
         (
             r#"{"items": [{"id": "6f1c0a2b9d8e4f7a8b3c2d1e0f9a8b7c", "name": "x", "bitrate": 100, "audio_bitrate": 200}]}"#,
             "audio_bitrate",
