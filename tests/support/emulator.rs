@@ -38,16 +38,22 @@ const CONTROLLER_GRACE: Duration = Duration::from_secs(5);
 #[serde(deny_unknown_fields)]
 pub struct World {
     #[serde(default = "default_server_name")]
+    /// Friendly name (`ServerName`, `/System/Ping`).
     pub server_name: String,
     #[serde(default = "default_version")]
+    /// `Version` reported by `/System/Info[/Public]`.
     pub version: String,
     #[serde(default = "default_server_id")]
+    /// SystemId / ServerId, 32 hex digits.
     pub server_id: String,
     #[serde(default)]
+    /// API keys (administrator rights, no user).
     pub api_keys: Vec<WorldApiKey>,
     #[serde(default)]
+    /// Users, all without a password.
     pub users: Vec<WorldUser>,
     #[serde(default)]
+    /// Library items.
     pub items: Vec<WorldItem>,
     /// Server-wide "Internet streaming bitrate limit", b/s; 0 = none.
     #[serde(default)]
@@ -73,7 +79,9 @@ pub struct World {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorldApiKey {
+    /// Key name: the `Client` of its session.
     pub name: String,
+    /// The token, as sent in `Token="…"`.
     pub token: String,
 }
 
@@ -81,19 +89,24 @@ pub struct WorldApiKey {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorldUser {
+    /// Login name.
     pub name: String,
     /// 32 hex digits.
     pub id: String,
     #[serde(default)]
+    /// `Policy.IsAdministrator`.
     pub is_administrator: bool,
     #[serde(default)]
+    /// `Policy.RemoteClientBitrateLimit`, b/s; 0 = none.
     pub remote_client_bitrate_limit: i64,
     /// "" = the field is missing from the stored policy (emulates some plugins).
     #[serde(default = "default_auth_provider")]
     pub authentication_provider_id: String,
     #[serde(default = "default_reset_provider")]
+    /// As `authentication_provider_id`.
     pub password_reset_provider_id: String,
     #[serde(default)]
+    /// `Policy.IsDisabled`: login refused, tokens invalid.
     pub is_disabled: bool,
 }
 
@@ -103,11 +116,13 @@ pub struct WorldUser {
 pub struct WorldItem {
     /// 32 hex digits.
     pub id: String,
+    /// `Name`.
     pub name: String,
     /// "Movie" or "Episode".
     #[serde(rename = "type", default = "default_item_type")]
     pub item_type: String,
     #[serde(default)]
+    /// `SeriesName` for episodes.
     pub series_name: Option<String>,
     /// Container bitrate, b/s (video + audio).
     pub bitrate: i64,
@@ -115,8 +130,10 @@ pub struct WorldItem {
     #[serde(default = "default_audio_bitrate")]
     pub audio_bitrate: i64,
     #[serde(default = "default_runtime_ticks")]
+    /// `RunTimeTicks`.
     pub runtime_ticks: i64,
     #[serde(default = "default_container")]
+    /// `Container`.
     pub container: String,
 }
 
@@ -605,6 +622,7 @@ pub struct Fault {
     /// none | status500 | garbage | slow | starting | huge
     pub mode: String,
     #[serde(default)]
+    /// Delay before answering (any mode).
     pub delay_ms: u64,
     /// "api" (default): everything but the viewer-side endpoints; "all": every non-/_emu path.
     #[serde(default = "default_scope")]

@@ -26,8 +26,11 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A complete HTTP response.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
+    /// Status code.
     pub status: u16,
+    /// Headers in arrival order.
     pub headers: Vec<(String, String)>,
+    /// The whole body (chunked or not).
     pub body: Vec<u8>,
 }
 
@@ -52,8 +55,11 @@ fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a st
 
 /// An open response whose body is still on the socket.
 pub struct HttpStream {
+    /// Status code.
     pub status: u16,
+    /// Headers in arrival order.
     pub headers: Vec<(String, String)>,
+    /// The body, still on the socket.
     pub reader: BufReader<TcpStream>,
     /// A handle to shut the connection down from another thread.
     pub socket: TcpStream,
@@ -236,10 +242,15 @@ pub fn auth_header(client: &str, device: &str, device_id: &str, token: Option<&s
 /// Player state for stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlayerState {
+    /// Filling up before the first frame.
     Buffering,
+    /// Consuming the buffer.
     Playing,
+    /// Ran dry mid-stream; waits for the start threshold again.
     Stalled,
+    /// No playback.
     Stopped,
+    /// The stream ended and the buffer is played out.
     Ended,
 }
 
@@ -259,11 +270,17 @@ impl PlayerState {
 /// and counts a stall each time it runs dry before the stream has ended.
 #[derive(Debug, Clone)]
 pub struct Buffer {
+    /// Media bitrate the player consumes at.
     pub rate_bps: f64,
+    /// Bytes received and not yet played.
     pub buffered_bytes: f64,
+    /// Bytes played.
     pub consumed_bytes: f64,
+    /// Current state.
     pub state: PlayerState,
+    /// Stalls so far.
     pub stalls: u64,
+    /// Time spent stalled.
     pub stall_ms: u64,
 }
 
@@ -332,16 +349,25 @@ impl Buffer {
 /// Command-line options of `homenet viewer`.
 #[derive(Debug, Clone)]
 pub struct ViewerOpts {
+    /// `--server HOST:PORT`.
     pub server: String,
+    /// `--user NAME`.
     pub user: String,
+    /// `--item ID`.
     pub item: String,
+    /// `--client NAME` (the session's Client).
     pub client: String,
+    /// `--device-id ID`.
     pub device_id: String,
+    /// `--remote-control yes|no`.
     pub remote_control: bool,
     /// true = the client forces direct play (ignores the server's limit).
     pub direct: bool,
+    /// `--max-bitrate BPS`: the client's MaxStreamingBitrate.
     pub max_bitrate: Option<i64>,
+    /// `--seconds N`; None = until stopped.
     pub seconds: Option<u64>,
+    /// `--stats FILE`; None = stdout.
     pub stats: Option<String>,
     /// Source address for every connection (`--bind`), e.g. 127.0.0.2 to look remote.
     pub bind: Option<IpAddr>,
@@ -434,12 +460,19 @@ impl ViewerOpts {
 /// What a viewer run ended with.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
+    /// Stream bytes received.
     pub bytes: u64,
+    /// Stalls over all playbacks.
     pub stalls: u64,
+    /// Time stalled over all playbacks.
     pub stall_ms: u64,
+    /// Play commands followed.
     pub restarts: u64,
+    /// DisplayMessage commands received.
     pub messages: u64,
+    /// Media bitrate of the latest playback.
     pub negotiated_bps: i64,
+    /// The session id the server gave at login.
     pub session_id: String,
     /// Failed restarts (the player stayed stopped).
     pub errors: u64,
