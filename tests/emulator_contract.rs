@@ -1573,3 +1573,43 @@ fn helpers_format_like_the_server() {
         (100_000, 100_000)
     );
 }
+
+#[test]
+fn a_keep_alive_client_like_the_daemon_gets_the_same_answers() {
+    let e = start(world(json!({})));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = |p: &str| format!("{}{p}", e.url());
+    let auth = format!("MediaBrowser Client=\"jellydemon\", Device=\"OpenWrt\", DeviceId=\"r1\", Version=\"0.1.0\", Token=\"{KEY}\"");
+    for _ in 0..3 {
+        let mut r = agent
+            .get(&url("/Sessions"))
+            .header("Authorization", &auth)
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.body_mut().read_to_string().unwrap(), "[]");
+    }
+    let mut r = agent
+        .get(&url(&format!("/Users/{ALICE}")))
+        .header("Authorization", &auth)
+        .call()
+        .unwrap();
+    let user: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let mut policy = user["Policy"].clone();
+    policy["RemoteClientBitrateLimit"] = json!(4000000);
+    let r = agent
+        .post(&url(&format!("/Users/{ALICE}/Policy")))
+        .header("Authorization", &auth)
+        .header("Content-Type", "application/json")
+        .send(policy.to_string())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = agent.get(&url("/System/Info")).call().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let s = state(&e);
+    assert_eq!(s["users"][1]["policy"]["RemoteClientBitrateLimit"], 4000000);
+    assert_eq!(s["requests"].as_array().unwrap().len(), 6);
+}
