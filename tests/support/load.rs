@@ -387,6 +387,16 @@ pub fn ping_main(args: &[String]) -> Result<(), String> {
                 break;
             }
         }
+        // Close the window before the probe due at the same instant, so the probe and its
+        // answer fall into the same window.
+        if now >= next_report {
+            emit(&serde_json::json!({
+                "window": rtt_stats(window_sent, &window), "rtts_ms": window
+            }));
+            window.clear();
+            window_sent = 0;
+            next_report += Duration::from_secs(1);
+        }
         if drain_until.is_none() && now >= next_send {
             let mut pkt = [0u8; 32];
             pkt[..8].copy_from_slice(&sent.to_be_bytes());
@@ -399,14 +409,6 @@ pub fn ping_main(args: &[String]) -> Result<(), String> {
             sent = sent.wrapping_add(1);
             window_sent = window_sent.wrapping_add(1);
             next_send += interval;
-        }
-        if now >= next_report {
-            emit(&serde_json::json!({
-                "window": rtt_stats(window_sent, &window), "rtts_ms": window
-            }));
-            window.clear();
-            window_sent = 0;
-            next_report += Duration::from_secs(1);
         }
         let wake = if drain_until.is_some() {
             now + Duration::from_millis(50)

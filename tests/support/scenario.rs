@@ -449,7 +449,7 @@ pub struct Summary {
     pub viewers: Vec<ViewerSummary>,
     /// Per household upload.
     pub household: Vec<UploadSummary>,
-    /// Whether the daemon ran, and left cleanly on SIGTERM within 5 s.
+    /// Whether the daemon ran to the end and left cleanly on SIGTERM within 5 s.
     pub daemon: Option<bool>,
     /// Problems met (a process that would not start, ...).
     pub errors: Vec<String>,
@@ -564,6 +564,13 @@ struct RunningViewer {
     started: u64,
 }
 
+/// stdout and stderr of a process both going to the file at `path`.
+fn log_pair(path: &Path) -> Result<(Stdio, Stdio), String> {
+    let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let g = f.try_clone().map_err(|e| e.to_string())?;
+    Ok((Stdio::from(f), Stdio::from(g)))
+}
+
 /// A server started in a namespace: waits for its `{"listening":...}` line.
 fn start_server(net: &HomeNet, ns: &str, argv: &[&str]) -> Result<(Child, Lines), String> {
     let mut child = net.spawn(ns, argv)?;
@@ -618,14 +625,37 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
         let argv = [
             &exe, "jellyfin", "--listen", &v4, "--listen", &v6, "--world", &wf,
         ];
-        let child = net.spawn_with(&net.jf, &argv, Stdio::inherit())?;
-        emulator = Some(child);
+        let (out, err) = log_pair(&tmp.0.join("jellyfin.log"))?;
+        let mut child = net.spawn_io(&net.jf, &argv, out, err)?;
         let target = format!("{}:{}", topology::JF_V4, topology::JF_PORT);
-        net.exec(
+        let mut probe = net.spawn_io(
             &net.router,
             &[&exe, "probe", "--to", &target, "--timeout-ms", "15000"],
-        )
-        .map_err(|e| format!("the Jellyfin emulator did not come up: {e}"))?;
+            Stdio::null(),
+            Stdio::null(),
+        )?;
+        // Await whichever comes first: the port opens, or the emulator dies.
+        let ready = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                let _ = probe.kill();
+                let _ = probe.wait();
+                break Err(format!("the Jellyfin emulator exited ({st})"));
+            }
+            match probe.try_wait() {
+                Ok(Some(st)) if st.success() => break Ok(()),
+                Ok(Some(_)) | Err(_) => {
+                    break Err("the Jellyfin emulator did not open its port within 15 s".into())
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        emulator = Some(child);
+        if let Err(e) = ready {
+            let log = std::fs::read_to_string(tmp.0.join("jellyfin.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!("{e}; its log ends with: {}", tail.join(" | ")));
+        }
         say(&format!(
             "Jellyfin (emulated) listens on {}:{} in the LAN; the router forwards WAN port {} to it",
             topology::JF_V4,
@@ -640,12 +670,13 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
     if let Some(d) = &opts.daemon {
         let cfg = daemon_config(sc, &tmp.0.join("run"), &tmp.0.join("state"));
         std::fs::write(&config_file, cfg).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(tmp.0.join("daemon.log")).map_err(|e| e.to_string())?;
+        let (out, err) = log_pair(&tmp.0.join("daemon.log"))?;
         let dp = d.to_string_lossy().into_owned();
-        let child = net.spawn_with(
+        let child = net.spawn_io(
             &net.router,
             &[&dp, "--config", &config_path, "run", "--stderr"],
-            Stdio::from(log),
+            out,
+            err,
         )?;
         daemon = Some(child);
         say(&format!(
@@ -685,6 +716,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
     let mut window_rtts: Vec<f64> = Vec::new();
     let mut window_probes = 0u64;
     let mut t = 0u64;
+    let mut daemon_gone = false;
     while t < sc.duration_s && !stop.load(Ordering::Relaxed) {
         for n in sc.notes.iter().filter(|n| n.at_s == t) {
             say(&format!("[{t:>3}s] {}", n.text));
@@ -769,6 +801,17 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
                 }
             }
         }
+        if let Some(d) = daemon.as_mut() {
+            if let Ok(Some(st)) = d.try_wait() {
+                if !daemon_gone {
+                    daemon_gone = true;
+                    summary
+                        .errors
+                        .push(format!("jellydemon exited by itself at {t} s ({st})"));
+                    say(&format!("[{t:>3}s] jellydemon exited by itself ({st})!"));
+                }
+            }
+        }
         let tx = net.wan_tx_bytes().unwrap_or(last_tx);
         let sample = Sample {
             t,
@@ -789,6 +832,13 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
     }
     summary.seconds = t;
 
+    // Everyone at once, so a slow leaver does not delay the others.
+    for rv in viewers.iter().flatten() {
+        HomeNet::terminate(&rv.child);
+    }
+    for (c, _) in uploads.iter().flatten() {
+        HomeNet::terminate(c);
+    }
     for (i, rv) in viewers.iter_mut().enumerate() {
         if let Some(rv) = rv.as_mut() {
             HomeNet::stop(&mut rv.child, Duration::from_secs(5));
@@ -804,9 +854,9 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
     }
     if let Some(mut d) = daemon {
         // The daemon must restore limits and remove its tc state within 5 s (procd's timeout).
-        let clean = HomeNet::stop(&mut d, Duration::from_secs(5));
+        let clean = HomeNet::stop(&mut d, Duration::from_secs(5)) && !daemon_gone;
         summary.daemon = Some(clean);
-        if !clean {
+        if !clean && !daemon_gone {
             summary
                 .errors
                 .push("the daemon did not exit within 5 s of SIGTERM".into());
@@ -896,9 +946,8 @@ fn start_viewer(
         "--stats",
         &stats,
     ];
-    let log =
-        std::fs::File::create(dir.join(format!("viewer{i}.log"))).map_err(|e| e.to_string())?;
-    net.spawn_with(&ns, &argv, Stdio::from(log))
+    let (out, err) = log_pair(&dir.join(format!("viewer{i}.log")))?;
+    net.spawn_io(&ns, &argv, out, err)
 }
 
 fn narrate_viewer(v: &ViewerSpec) -> String {
@@ -1046,9 +1095,9 @@ pub fn render_summary(s: &Summary) -> String {
         out.push_str(&format!(
             "   jellydemon {}\n",
             if clean {
-                "exited cleanly on SIGTERM"
+                "ran throughout and exited cleanly on SIGTERM"
             } else {
-                "did NOT exit within 5 s of SIGTERM"
+                "died early or did NOT exit within 5 s of SIGTERM"
             }
         ));
     }
@@ -1340,6 +1389,6 @@ mod tests {
         let r = render_summary(&s);
         assert!(r.contains("50%"));
         assert!(r.contains("bob") && r.contains("ERROR: boom"));
-        assert!(r.contains("did NOT exit"));
+        assert!(r.contains("did NOT exit within 5 s"));
     }
 }

@@ -358,8 +358,6 @@ impl HomeNet {
         let r = &self.router;
         self.sysctl(r, "net.ipv4.ip_forward", "1")?;
         self.sysctl(r, "net.ipv6.conf.all.forwarding", "1")?;
-        // Per-connection byte counters, as OpenWrt has them on (the daemon reads them).
-        self.sysctl(r, "net.netfilter.nf_conntrack_acct", "1")?;
         self.ip(r, &["link", "add", "name", LAN_DEV, "type", "bridge"])?;
         self.ip(r, &["link", "set", "dev", LAN_DEV, "up"])?;
         // Bridge netfilter (br_netfilter, loaded on many Linux hosts and then active in every
@@ -473,6 +471,9 @@ impl HomeNet {
 
     fn firewall(&self) -> Result<()> {
         self.exec_stdin(&self.router, &["nft", "-f", "-"], &nft_ruleset())?;
+        // Per-connection byte counters, as OpenWrt has them on (the daemon reads them). Set
+        // after the ruleset, which loads conntrack on a fresh host (the key exists only then).
+        self.sysctl(&self.router, "net.netfilter.nf_conntrack_acct", "1")?;
         Ok(())
     }
 
@@ -521,6 +522,12 @@ impl HomeNet {
 
     /// Like [`HomeNet::spawn`] with a chosen stderr.
     pub fn spawn_with(&self, ns: &str, argv: &[&str], stderr: Stdio) -> Result<Child> {
+        self.spawn_io(ns, argv, Stdio::piped(), stderr)
+    }
+
+    /// Like [`HomeNet::spawn`] with chosen stdout and stderr (e.g. a log file for a chatty
+    /// program nobody reads, whose pipe would otherwise fill up and block it).
+    pub fn spawn_io(&self, ns: &str, argv: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Child> {
         // Own process group: a Ctrl-C on the terminal reaches only the caller, which then stops
         // its children in order (the daemon first, so it can restore what it changed).
         let child = Command::new("ip")
@@ -528,7 +535,7 @@ impl HomeNet {
             .args(argv)
             .process_group(0)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .map_err(|e| format!("ip netns exec {ns} {}: {e}", argv.join(" ")))?;
@@ -565,6 +572,12 @@ impl HomeNet {
         (0..self.viewers.len())
             .find(|&i| self.viewer_addr(i, false) == addr || self.viewer_addr(i, true) == addr)
             .map(|i| self.viewers[i].as_str())
+    }
+
+    /// Sends SIGTERM to `child` without waiting (to stop several at once, then [`HomeNet::stop`]
+    /// each).
+    pub fn terminate(child: &Child) {
+        kill_pid(child.id(), nix::sys::signal::Signal::SIGTERM);
     }
 
     /// Sends SIGTERM to `child`, waits up to `grace`, then kills it. Returns whether it left
