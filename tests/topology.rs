@@ -265,7 +265,7 @@ fn ipv6_is_routed_to_jf_port_8096_only() {
 #[test]
 fn the_modem_caps_the_uplink_near_its_rate() {
     let net = net_with(8_000, 0);
-    let (_sink, _l) = server(
+    let (_sink, sink_lines) = server(
         &net,
         &net.inet,
         &["sink", "--listen", "198.51.100.200:9000"],
@@ -295,13 +295,22 @@ fn the_modem_caps_the_uplink_near_its_rate() {
         (0.85 * 8e6..=1.03 * 8e6).contains(&rate),
         "uplink ran at {rate} bit/s, expected about 8 Mbit/s"
     );
-    let sum = lines
+    lines
         .next_json(Duration::from_secs(10), |v| v.get("upload").is_some())
         .unwrap();
-    let goodput = sum["upload"]["rate_bps"].as_f64().unwrap();
+    // What arrives is payload only: under the wire rate. The sender's own count would include
+    // what still sits in its socket buffer.
+    let rates: Vec<f64> = sink_lines
+        .drain()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("rate_bps").and_then(|r| r.as_f64()))
+        .filter(|r| *r > 0.0)
+        .collect();
+    let goodput = load::percentile(&rates, 50.0);
     assert!(
-        goodput <= 1.05 * 8e6,
-        "the sender got {goodput} bit/s through 8 Mbit/s"
+        (0.8 * 8e6..=1.0 * 8e6).contains(&goodput),
+        "the sink received {goodput} bit/s through 8 Mbit/s ({rates:?})"
     );
     let _ = up.wait();
 }
