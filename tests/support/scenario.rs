@@ -35,7 +35,7 @@ pub struct Scenario {
     /// Modem buffer, ms at the uplink rate.
     #[serde(default = "default_buffer")]
     pub buffer_ms: u64,
-    /// Jellyfin API key the daemon uses (one of the world's keys).
+    /// Jellyfin API key the daemon uses; default: the world's first (`api_keys[0].token`).
     #[serde(default)]
     pub api_key: String,
     /// The emulator's world file (passed through verbatim to `homenet jellyfin --world`).
@@ -256,6 +256,21 @@ impl Scenario {
         Ok(())
     }
 
+    /// `api_key`, or else the first API key of the world (`api_keys[0].token`).
+    pub fn effective_api_key(&self) -> String {
+        if !self.api_key.is_empty() {
+            return self.api_key.clone();
+        }
+        self.world
+            .as_ref()
+            .and_then(|w| w.get("api_keys"))
+            .and_then(|k| k.get(0))
+            .and_then(|k| k.get("token"))
+            .and_then(|t| t.as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Viewer hosts needed in the internet.
     pub fn remote_hosts(&self) -> usize {
         self.viewers
@@ -299,7 +314,7 @@ pub fn daemon_config(sc: &Scenario, run_dir: &Path, state_dir: &Path) -> String 
                     "url".into(),
                     format!("http://{}:{}", topology::JF_V4, topology::JF_PORT),
                 ),
-                ("api_key".into(), sc.api_key.clone()),
+                ("api_key".into(), sc.effective_api_key()),
             ],
         ),
         (
@@ -1268,6 +1283,18 @@ mod tests {
             }
         }
         assert!(n >= 2);
+    }
+
+    #[test]
+    fn api_key_falls_back_to_the_worlds_first() {
+        let mut sc = base();
+        assert_eq!(sc.effective_api_key(), "k'ey");
+        sc.api_key.clear();
+        assert_eq!(sc.effective_api_key(), "");
+        sc.world = Some(
+            serde_json::json!({"api_keys":[{"name":"a","token":"t1"},{"name":"b","token":"t2"}]}),
+        );
+        assert_eq!(sc.effective_api_key(), "t1");
     }
 
     #[test]
