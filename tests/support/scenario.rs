@@ -577,6 +577,8 @@ struct RunningViewer {
     child: Child,
     stats: PathBuf,
     started: u64,
+    /// Bytes and time at the last live print.
+    printed: (u64, u64),
 }
 
 /// stdout and stderr of a process both going to the file at `path`.
@@ -635,8 +637,10 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
         let world_file = tmp.0.join("world.json");
         std::fs::write(&world_file, world.to_string()).map_err(|e| e.to_string())?;
         let wf = world_file.to_string_lossy().into_owned();
-        let v4 = format!("0.0.0.0:{}", topology::JF_PORT);
-        let v6 = format!("[::]:{}", topology::JF_PORT);
+        // The server's own addresses: a `[::]` listener would be dual-stack and collide
+        // with a `0.0.0.0` one.
+        let v4 = format!("{}:{}", topology::JF_V4, topology::JF_PORT);
+        let v6 = format!("[{}]:{}", topology::JF_V6, topology::JF_PORT);
         let argv = [
             &exe, "jellyfin", "--listen", &v4, "--listen", &v6, "--world", &wf,
         ];
@@ -752,6 +756,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
                             child,
                             stats: tmp.0.join(format!("viewer{i}.jsonl")),
                             started: t,
+                            printed: (0, t),
                         });
                         say(&format!("[{t:>3}s] {}", narrate_viewer(v)));
                     }
@@ -836,9 +841,12 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
         };
         last_tx = tx;
         if opts.live && (t + 1) % u64::from(sc.daemon.interval) == 0 {
-            print_tick(sc, &net, opts, &config_path, &sample, &viewers);
+            samples.push(sample);
+            let from = samples.len().saturating_sub(sc.daemon.interval as usize);
+            print_tick(sc, &net, opts, &config_path, &samples[from..], &mut viewers);
+        } else {
+            samples.push(sample);
         }
-        samples.push(sample);
         t += 1;
     }
     if stop.load(Ordering::Relaxed) {
@@ -1017,32 +1025,51 @@ fn print_tick(
     net: &HomeNet,
     opts: &RunOptions,
     config: &str,
-    s: &Sample,
-    viewers: &[Option<RunningViewer>],
+    recent: &[Sample],
+    viewers: &mut [Option<RunningViewer>],
 ) {
-    let p50 = percentile(&s.rtts_ms, 50.0);
-    let max = s.rtts_ms.iter().copied().fold(0.0, f64::max);
+    let Some(last) = recent.last() else { return };
+    let secs = recent.len().max(1) as u64;
+    let rtts: Vec<f64> = recent
+        .iter()
+        .flat_map(|s| s.rtts_ms.iter().copied())
+        .collect();
+    let up = recent.iter().map(|s| s.uplink_bps).sum::<u64>() / secs;
     println!(
         "---- t={:>3}s  uplink {} of {} Mbit/s  household latency p50 {:.1} ms, max {:.1} ms",
-        s.t + 1,
-        mbit(s.uplink_bps),
+        last.t + 1,
+        mbit(up),
         sc.uplink_mbps,
-        p50,
-        max
+        percentile(&rtts, 50.0),
+        rtts.iter().copied().fold(0.0, f64::max)
     );
-    for rv in viewers.iter().flatten() {
+    let now = last.t + 1;
+    for rv in viewers.iter_mut().flatten() {
         let v = &sc.viewers[rv.idx];
-        match last_stats(&rv.stats) {
-            Some(st) => println!(
-                "     viewer {:<8} {:<16} {:>6} Mbit/s  stalls {}  restarts {}",
-                v.user,
-                v.from,
-                mbit(field(&st, "rate_bps")),
-                field(&st, "stalls"),
-                field(&st, "restarts")
-            ),
-            None => println!("     viewer {:<8} {:<16} (starting)", v.user, v.from),
-        }
+        let Some(st) = last_stats(&rv.stats) else {
+            println!("     viewer {:<6} {:<15} (starting)", v.user, v.from);
+            continue;
+        };
+        // Streams arrive in segment bursts: average over the tick, not the last second.
+        let bytes = field(&st, "bytes");
+        let (b0, t0) = rv.printed;
+        let rate = bytes.wrapping_sub(b0).saturating_mul(8) / now.saturating_sub(t0).max(1);
+        rv.printed = (bytes, now);
+        let negotiated = st
+            .get("negotiated_bps")
+            .and_then(|n| n.as_u64())
+            .map(|n| format!("stream {} Mbit/s", mbit(n)))
+            .unwrap_or_default();
+        println!(
+            "     viewer {:<6} {:<15} {:>5} Mbit/s received  {:<18} {:<9} stalls {}  restarts {}",
+            v.user,
+            v.from,
+            mbit(rate),
+            negotiated,
+            st.get("state").and_then(|s| s.as_str()).unwrap_or(""),
+            field(&st, "stalls"),
+            field(&st, "restarts")
+        );
     }
     if let Some(d) = &opts.daemon {
         let dp = d.to_string_lossy();
