@@ -468,6 +468,137 @@ pub struct Summary {
     pub daemon: Option<bool>,
     /// Problems met (a process that would not start, ...).
     pub errors: Vec<String>,
+    /// The control goals, judged on this run (see [`control_checks`]).
+    pub checks: Vec<Check>,
+}
+
+/// One control goal, judged on a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Check {
+    /// What is judged.
+    pub name: String,
+    /// Whether the run met it.
+    pub ok: bool,
+    /// The figures behind the verdict.
+    pub detail: String,
+}
+
+/// How far above idle the household's p95 latency may be and still count as "near idle".
+pub const LATENCY_MARGIN_MS: f64 = 30.0;
+
+fn daemon_option(sc: &Scenario, key: &str, default: f64) -> f64 {
+    sc.daemon
+        .options
+        .get(key)
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .unwrap_or(default)
+}
+
+/// Demand changes a viewer lives through: its own start, and every other start or stop of a
+/// viewer or household upload while it watches.
+pub fn demand_changes(sc: &Scenario, viewer: usize) -> u64 {
+    let Some(v) = sc.viewers.get(viewer) else {
+        return 0;
+    };
+    let (from, to) = (v.start_s, v.stop_s.unwrap_or(sc.duration_s));
+    let inside = |t: u64| from < t && t < to;
+    let mut events: Vec<u64> = Vec::new();
+    for (i, o) in sc.viewers.iter().enumerate() {
+        if i != viewer {
+            events.push(o.start_s);
+            events.extend(o.stop_s);
+        }
+    }
+    for u in &sc.household {
+        events.push(u.start_s);
+        events.extend(u.stop_s);
+    }
+    1 + events.into_iter().filter(|t| inside(*t)).count() as u64
+}
+
+/// The control goals of the product, judged on a run's summary: the uplink stays under
+/// target, the household keeps its reserve, each viewer keeps at least its minimum and does not
+/// stall, at most one restart per viewer per demand change, and latency under load stays near
+/// idle (p95 within [`LATENCY_MARGIN_MS`]). A run without the daemon shows which of them fail
+/// on their own.
+pub fn control_checks(sc: &Scenario, s: &Summary) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, ok: bool, detail: String| {
+        out.push(Check {
+            name: name.into(),
+            ok,
+            detail,
+        })
+    };
+    let capacity = s.uplink_capacity_bps as f64;
+    let target = capacity * daemon_option(sc, "bandwidth.target_pct", 90.0) / 100.0;
+    let reserve = daemon_option(sc, "bandwidth.reserve_mbps", 2.0) * 1e6;
+    let min_stream = daemon_option(sc, "bandwidth.min_stream_mbps", 1.0) * 1e6;
+    let busy: Vec<&PhaseSummary> = s.phases.iter().filter(|p| p.phase != "idle").collect();
+    if !busy.is_empty() {
+        let worst = busy.iter().map(|p| p.uplink_avg_bps).max().unwrap_or(0) as f64;
+        check(
+            "uplink under target",
+            worst <= target * 1.03,
+            format!(
+                "busiest phase {} Mbit/s, target {} Mbit/s",
+                mbit(worst as u64),
+                mbit(target as u64)
+            ),
+        );
+    }
+    for (u, spec) in s.household.iter().zip(&sc.household) {
+        let want = spec.rate_mbps.map_or(reserve, |r| (r * 1e6).min(reserve));
+        check(
+            "household keeps its reserve",
+            u.rate_bps as f64 >= 0.9 * want,
+            format!(
+                "upload got {} Mbit/s, reserve {} Mbit/s",
+                mbit(u.rate_bps),
+                mbit(reserve as u64)
+            ),
+        );
+    }
+    for (i, v) in s.viewers.iter().enumerate() {
+        check(
+            &format!("{} keeps at least the minimum", v.user),
+            v.error.is_none() && v.avg_bps as f64 >= 0.9 * min_stream,
+            format!(
+                "{} Mbit/s, minimum {} Mbit/s{}",
+                mbit(v.avg_bps),
+                mbit(min_stream as u64),
+                v.error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+        );
+        check(
+            &format!("{} does not stall", v.user),
+            v.error.is_none() && v.stalls == 0,
+            format!("{} stalls, {} ms", v.stalls, v.stall_ms),
+        );
+        let allowed = demand_changes(sc, i);
+        check(
+            &format!("{} restarts at most once per demand change", v.user),
+            v.restarts <= allowed,
+            format!("{} restarts, {allowed} demand changes", v.restarts),
+        );
+    }
+    if let Some(idle) = s.phases.iter().find(|p| p.phase == "idle") {
+        for p in &busy {
+            check(
+                &format!("latency while {} stays near idle", p.phase),
+                p.rtt.p95_ms <= idle.rtt.p95_ms + LATENCY_MARGIN_MS,
+                format!(
+                    "p95 {:.1} ms vs idle {:.1} ms (margin {LATENCY_MARGIN_MS} ms)",
+                    p.rtt.p95_ms, idle.rtt.p95_ms
+                ),
+            );
+        }
+    }
+    out
 }
 
 /// One second of measurement.
@@ -907,6 +1038,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
         0.0
     };
     summary.phases = summarise_phases(sc, &samples);
+    summary.checks = control_checks(sc, &summary);
     drop(net);
     Ok(summary)
 }
@@ -1142,6 +1274,21 @@ pub fn render_summary(s: &Summary) -> String {
                 "died early or did NOT exit within 5 s of SIGTERM"
             }
         ));
+    }
+    if !s.checks.is_empty() {
+        let passed = s.checks.iter().filter(|c| c.ok).count();
+        out.push_str(&format!(
+            "   control goals: {passed} of {} met\n",
+            s.checks.len()
+        ));
+        for c in &s.checks {
+            out.push_str(&format!(
+                "   {} {}: {}\n",
+                if c.ok { "  ok " } else { "FAIL " },
+                c.name,
+                c.detail
+            ));
+        }
     }
     for e in &s.errors {
         out.push_str(&format!("   error: {e}\n"));
@@ -1422,6 +1569,104 @@ mod tests {
         assert!(c.contains("\toption upload_mbps '18'\n"));
         assert!(!c.contains("upload_mbps '20'"));
         assert!(c.contains("config shaping 'shaping'\n\toption burst_pct '120'\n"));
+    }
+
+    #[test]
+    fn demand_changes_count_what_happens_while_watching() {
+        let sc = base();
+        // bob watches 5..20: carol starts at 10, the upload starts at 15 (stops at 25, after).
+        assert_eq!(demand_changes(&sc, 0), 3);
+        // carol watches 10..30: bob stops at 20, the upload starts at 15 and stops at 25.
+        assert_eq!(demand_changes(&sc, 1), 4);
+        assert_eq!(demand_changes(&sc, 9), 0);
+    }
+
+    fn judged(s: &Summary) -> Vec<(String, bool)> {
+        control_checks(&base(), s)
+            .into_iter()
+            .map(|c| (c.name, c.ok))
+            .collect()
+    }
+
+    fn good_run() -> Summary {
+        let rtt = |p95| RttStats {
+            sent: 100,
+            received: 100,
+            p50_ms: 1.0,
+            p95_ms: p95,
+            max_ms: p95,
+        };
+        let phase = |name: &str, p95, up| PhaseSummary {
+            phase: name.into(),
+            seconds: 5,
+            rtt: rtt(p95),
+            uplink_avg_bps: up,
+        };
+        Summary {
+            uplink_capacity_bps: 20_000_000,
+            phases: vec![
+                phase("idle", 2.0, 0),
+                phase("streaming", 10.0, 16_000_000),
+                phase("loaded", 20.0, 18_000_000),
+            ],
+            viewers: ["bob", "carol"]
+                .iter()
+                .map(|u| ViewerSummary {
+                    user: (*u).into(),
+                    avg_bps: 5_000_000,
+                    restarts: 1,
+                    ..Default::default()
+                })
+                .collect(),
+            household: vec![UploadSummary {
+                rate_mbps: Some(6.0),
+                bytes: 1,
+                rate_bps: 5_900_000,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn control_goals_met() {
+        let all = judged(&good_run());
+        assert_eq!(all.len(), 1 + 1 + 2 * 3 + 2, "{all:?}");
+        assert!(all.iter().all(|(_, ok)| *ok), "{all:?}");
+    }
+
+    #[test]
+    fn control_goals_each_can_fail() {
+        let failing = |f: &dyn Fn(&mut Summary), name: &str| {
+            let mut s = good_run();
+            f(&mut s);
+            let bad: Vec<String> = judged(&s)
+                .into_iter()
+                .filter(|(_, ok)| !ok)
+                .map(|(n, _)| n)
+                .collect();
+            assert_eq!(bad, vec![name.to_string()]);
+        };
+        failing(
+            &|s| s.phases[2].uplink_avg_bps = 19_500_000,
+            "uplink under target",
+        );
+        failing(
+            &|s| s.household[0].rate_bps = 1_000_000,
+            "household keeps its reserve",
+        );
+        failing(
+            &|s| s.viewers[0].avg_bps = 500_000,
+            "bob keeps at least the minimum",
+        );
+        failing(&|s| s.viewers[1].stalls = 1, "carol does not stall");
+        failing(
+            &|s| s.viewers[0].restarts = 4,
+            "bob restarts at most once per demand change",
+        );
+        failing(
+            &|s| s.phases[2].rtt.p95_ms = 150.0,
+            "latency while loaded stays near idle",
+        );
     }
 
     #[test]
