@@ -867,6 +867,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
     let mut window_probes = 0u64;
     let mut t = 0u64;
     let mut daemon_gone = false;
+    let mut log_seen = 0usize;
     while t < sc.duration_s && !stop.load(Ordering::Relaxed) {
         for n in sc.notes.iter().filter(|n| n.at_s == t) {
             say(&format!("[{t:>3}s] {}", n.text));
@@ -975,6 +976,9 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
             samples.push(sample);
             let from = samples.len().saturating_sub(sc.daemon.interval as usize);
             print_tick(sc, &net, opts, &config_path, &samples[from..], &mut viewers);
+            if opts.daemon.is_some() {
+                log_seen = print_new_log(&tmp.0.join("daemon.log"), log_seen);
+            }
         } else {
             samples.push(sample);
         }
@@ -1015,12 +1019,16 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
                 .errors
                 .push("the daemon did not exit within 5 s of SIGTERM".into());
         }
-        if let Ok(log) = std::fs::read_to_string(tmp.0.join("daemon.log")) {
-            if !clean || opts.live {
+        if opts.live && !daemon_gone {
+            say("jellydemon stopped (SIGTERM): it restores the users' limits and removes its tc state");
+            print_new_log(&tmp.0.join("daemon.log"), log_seen);
+        } else if !clean {
+            if let Ok(log) = std::fs::read_to_string(tmp.0.join("daemon.log")) {
                 let tail: Vec<&str> = log.lines().rev().take(8).collect();
-                for l in tail.iter().rev() {
-                    say(&format!("  daemon: {l}"));
-                }
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                summary
+                    .errors
+                    .push(format!("daemon log ends with: {}", tail.join(" | ")));
             }
         }
     }
@@ -1217,6 +1225,32 @@ fn print_tick(
             ),
         }
     }
+}
+
+/// Prints what the daemon logged since byte `seen` (at most a few lines, so a chatty log
+/// does not bury the table); returns the new position.
+fn print_new_log(path: &Path, seen: usize) -> usize {
+    const MAX_LINES: usize = 8;
+    let Ok(bytes) = std::fs::read(path) else {
+        return seen;
+    };
+    let Some(new) = bytes.get(seen..) else {
+        return seen;
+    };
+    // Only whole lines; a partial last line waits for the next tick.
+    let Some(end) = new.iter().rposition(|b| *b == b'\n') else {
+        return seen;
+    };
+    let text = String::from_utf8_lossy(&new[..end]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let skip = lines.len().saturating_sub(MAX_LINES);
+    if skip > 0 {
+        println!("     jellydemon log: ({skip} earlier lines)");
+    }
+    for l in &lines[skip..] {
+        println!("     jellydemon log: {l}");
+    }
+    seen + end + 1
 }
 
 /// The summary as a short human-readable report.
