@@ -418,3 +418,59 @@ fn down_all_removes_leftovers_of_dead_runs_only() {
         "a live run's namespaces must stay"
     );
 }
+
+#[test]
+fn lan_side_ifb_shaping_keeps_the_port_forward_working() {
+    // What the daemon does on a router: the server's packets entering br-lan are redirected
+    // to an ifb and shaped there. The port forward's replies must still find their way.
+    let net = net_with(20_000, 1);
+    let (_src, _l) = server(&net, &net.jf, &["source", "--listen", "192.168.1.2:8096"]);
+    let r = &net.router;
+    let sh = |argv: &[&str]| net.exec(r, argv).unwrap_or_else(|e| panic!("{e}"));
+    sh(&["ip", "link", "add", "name", "ifbtest", "type", "ifb"]);
+    sh(&["ip", "link", "set", "dev", "ifbtest", "up"]);
+    sh(&[
+        "tc", "qdisc", "add", "dev", "br-lan", "handle", "ffff:", "ingress",
+    ]);
+    sh(&[
+        "tc", "filter", "add", "dev", "br-lan", "parent", "ffff:", "protocol", "all", "u32",
+        "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "ifbtest",
+    ]);
+    sh(&[
+        "tc", "qdisc", "add", "dev", "ifbtest", "root", "handle", "1:", "htb", "default", "1",
+    ]);
+    sh(&[
+        "tc", "class", "add", "dev", "ifbtest", "parent", "1:", "classid", "1:1", "htb", "rate",
+        "4mbit",
+    ]);
+    let got = client(
+        &net,
+        &net.viewers[0],
+        &["download", "--from", "198.51.100.1:8096", "--seconds", "3"],
+    );
+    let rate = got["download"]["rate_bps"].as_f64().unwrap();
+    assert!(
+        (0.75 * 4e6..=1.05 * 4e6).contains(&rate),
+        "a 4 Mbit/s LAN-side class should hold the forwarded stream near 4 Mbit/s, got {rate}"
+    );
+
+    // Where br_netfilter is loaded, show why the router turns it off: with it on, the same
+    // redirect breaks the forward's reply path and connections no longer open.
+    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        sh(&["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"]);
+        let err = net
+            .exec(
+                &net.viewers[0],
+                &[
+                    &exe(),
+                    "probe",
+                    "--to",
+                    "198.51.100.1:8096",
+                    "--timeout-ms",
+                    "1500",
+                ],
+            )
+            .unwrap_err();
+        assert!(err.contains("not reachable"), "{err}");
+    }
+}

@@ -15,7 +15,10 @@ const USAGE: &str = "usage: homenet <up|down|demo|scenario|sink|upload|echo|ping
   sink --listen ADDR [--listen ADDR]...                TCP discard server (JSON lines)
   upload --to ADDR (--rate-mbps R | --greedy) [--seconds S]
   echo --listen ADDR [--listen ADDR]...                UDP echo server
-  ping --to ADDR [--interval-ms MS] [--seconds S]      UDP RTT p50/p95/max";
+  ping --to ADDR [--interval-ms MS] [--seconds S]      UDP RTT p50/p95/max
+  source --listen ADDR... [--rate-mbps R]              TCP server sending to each connection
+  download --from ADDR [--seconds S]                   TCP client counting what it receives
+  probe --to ADDR [--timeout-ms MS]                    wait until a TCP port accepts";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +35,8 @@ fn main() -> ExitCode {
         "upload" => load::upload_main(rest),
         "echo" => load::echo_main(rest),
         "ping" => load::ping_main(rest),
+        "source" => load::source_main(rest),
+        "download" => load::download_main(rest),
         "probe" => load::probe_main(rest),
         _ => {
             eprintln!("{USAGE}");

@@ -4,7 +4,9 @@
 //! - `upload --to ADDR [--rate-mbps R | --greedy] [--seconds S]`: a TCP upload to the sink,
 //!   paced at a rate or as fast as TCP goes;
 //! - `echo --listen ADDR [--listen ADDR]...`: UDP echo server;
-//! - `ping --to ADDR [--interval-ms 100] [--seconds S]`: UDP round trips, p50/p95/max.
+//! - `ping --to ADDR [--interval-ms 100] [--seconds S]`: UDP round trips, p50/p95/max;
+//! - `source --listen ADDR... [--rate-mbps R]` and `download --from ADDR [--seconds S]`: the
+//!   other direction, a server sending to whoever connects (a stand-in media server).
 //!
 //! Every tool speaks JSON lines on stdout: servers first print `{"listening":[...]}` once bound
 //! (so callers await readiness instead of sleeping), then one line per event or per second;
@@ -217,7 +219,7 @@ pub fn paced_allowance(rate_bps: u64, elapsed: Duration) -> u64 {
     u64::try_from(bits / 8).unwrap_or(u64::MAX)
 }
 
-/// Summary of an upload.
+/// Summary of an upload or a download.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UploadSummary {
     /// Bytes written to the socket.
@@ -244,36 +246,10 @@ pub fn upload_main(args: &[String]) -> Result<(), String> {
     };
     let seconds: f64 = a.num("seconds", f64::INFINITY)?;
     let stop = stop_flag();
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
         .map_err(|e| format!("connect {to}: {e}"))?;
-    // Short write timeouts let a blocked greedy sender notice SIGTERM.
-    s.set_write_timeout(Some(Duration::from_millis(200)))
-        .map_err(|e| e.to_string())?;
-    let chunk = vec![0x5au8; 16 * 1024];
     let start = Instant::now();
-    let mut sent: u64 = 0;
-    while !stop.load(Ordering::Relaxed) && start.elapsed().as_secs_f64() < seconds {
-        let want = match rate {
-            None => chunk.len(),
-            Some(r) => {
-                let allowed = paced_allowance(r, start.elapsed()).saturating_sub(sent);
-                if allowed == 0 {
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                }
-                (allowed as usize).min(chunk.len())
-            }
-        };
-        match s.write(&chunk[..want]) {
-            Ok(n) => sent = sent.saturating_add(n as u64),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(format!("send to {to}: {e}")),
-        }
-    }
+    let sent = send_paced(s, rate, seconds, &stop).map_err(|e| format!("{to}: {e}"))?;
     let elapsed = start.elapsed();
     let sum = UploadSummary {
         bytes: sent,
@@ -434,6 +410,122 @@ pub fn ping_main(args: &[String]) -> Result<(), String> {
         }
     }
     emit(&serde_json::json!({ "ping": rtt_stats(sent, &all) }));
+    Ok(())
+}
+
+/// `homenet source --listen ADDR... [--rate-mbps R]`: a TCP server that sends to every
+/// connection (paced per connection, or as fast as TCP goes), like a media server streaming.
+/// Prints `{"listening":[..]}` and `{"accept":PEER}` per connection.
+pub fn source_main(args: &[String]) -> Result<(), String> {
+    let a = Args::parse(args, &[])?;
+    let rate: Option<u64> = match a.get("rate-mbps") {
+        None => None,
+        Some(_) => {
+            let mbps: f64 = a.num("rate-mbps", 0.0)?;
+            if !(mbps.is_finite() && mbps > 0.0) {
+                return Err("--rate-mbps must be > 0".into());
+            }
+            Some((mbps * 1e6) as u64)
+        }
+    };
+    let stop = stop_flag();
+    let mut bound = Vec::new();
+    for addr in a.addrs("listen")? {
+        let l = tcp_listen(addr)?;
+        bound.push(l.local_addr().map_err(|e| e.to_string())?);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                if let Ok(peer) = s.peer_addr() {
+                    emit(&serde_json::json!({ "accept": peer.to_string() }));
+                }
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let _ = send_paced(s, rate, f64::INFINITY, &stop);
+                });
+            }
+        });
+    }
+    emit(&bound_line(&bound));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Writes to `s` at `rate` (None: greedy) for `seconds` or until `stop`; returns bytes sent.
+fn send_paced(
+    mut s: TcpStream,
+    rate: Option<u64>,
+    seconds: f64,
+    stop: &AtomicBool,
+) -> Result<u64, String> {
+    // Short write timeouts let a blocked greedy sender notice SIGTERM.
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let chunk = vec![0x5au8; 16 * 1024];
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    while !stop.load(Ordering::Relaxed) && start.elapsed().as_secs_f64() < seconds {
+        let want = match rate {
+            None => chunk.len(),
+            Some(r) => {
+                let allowed = paced_allowance(r, start.elapsed()).saturating_sub(sent);
+                if allowed == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                (allowed as usize).min(chunk.len())
+            }
+        };
+        match s.write(&chunk[..want]) {
+            Ok(n) => sent = sent.saturating_add(n as u64),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("send: {e}")),
+        }
+    }
+    Ok(sent)
+}
+
+/// `homenet download --from ADDR [--seconds S]`: connects, reads and counts for `--seconds`
+/// (default until SIGTERM or the end of the stream); prints `{"download":{bytes,seconds,
+/// rate_bps}}`.
+pub fn download_main(args: &[String]) -> Result<(), String> {
+    let a = Args::parse(args, &[])?;
+    let from = a.addr("from")?;
+    let seconds: f64 = a.num("seconds", f64::INFINITY)?;
+    let stop = stop_flag();
+    let mut s = TcpStream::connect_timeout(&from, Duration::from_secs(5))
+        .map_err(|e| format!("connect {from}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let start = Instant::now();
+    let mut got: u64 = 0;
+    while !stop.load(Ordering::Relaxed) && start.elapsed().as_secs_f64() < seconds {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got = got.saturating_add(n as u64),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("receive from {from}: {e}")),
+        }
+    }
+    let elapsed = start.elapsed();
+    let sum = UploadSummary {
+        bytes: got,
+        seconds: elapsed.as_secs_f64(),
+        rate_bps: rate_bps(got, elapsed),
+    };
+    emit(&serde_json::json!({ "download": sum }));
     Ok(())
 }
 
