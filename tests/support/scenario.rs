@@ -1704,6 +1704,24 @@ mod tests {
     }
 
     #[test]
+    fn new_log_lines_only_whole_ones() {
+        let p = std::env::temp_dir().join(format!("homenet-log-test-{}", std::process::id()));
+        std::fs::write(&p, "one\ntwo\npart").unwrap();
+        let seen = print_new_log(&p, 0);
+        assert_eq!(seen, 8, "up to the last newline");
+        assert_eq!(print_new_log(&p, seen), seen, "a partial line waits");
+        std::fs::write(&p, "one\ntwo\npartial\n").unwrap();
+        assert_eq!(print_new_log(&p, seen), 16);
+        assert_eq!(
+            print_new_log(&p, 1000),
+            1000,
+            "a position past the end is kept"
+        );
+        let _ = std::fs::remove_file(&p);
+        assert_eq!(print_new_log(&p, 3), 3, "a missing file changes nothing");
+    }
+
+    #[test]
     fn summary_renders_every_part() {
         let s = Summary {
             scenario: "x".into(),
