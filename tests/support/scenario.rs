@@ -614,6 +614,10 @@ pub struct Sample {
     pub probes: u64,
 }
 
+fn sum_saturating(it: impl Iterator<Item = u64>) -> u64 {
+    it.fold(0, u64::saturating_add)
+}
+
 /// Folds per-second samples into per-phase figures (pure, for tests).
 pub fn summarise_phases(sc: &Scenario, samples: &[Sample]) -> Vec<PhaseSummary> {
     let mut out = Vec::new();
@@ -629,8 +633,8 @@ pub fn summarise_phases(sc: &Scenario, samples: &[Sample]) -> Vec<PhaseSummary> 
             .iter()
             .flat_map(|s| s.rtts_ms.iter().copied())
             .collect();
-        let sent = mine.iter().map(|s| s.probes).sum();
-        let up: u64 = mine.iter().map(|s| s.uplink_bps).sum();
+        let sent = sum_saturating(mine.iter().map(|s| s.probes));
+        let up = sum_saturating(mine.iter().map(|s| s.uplink_bps));
         out.push(PhaseSummary {
             phase: phase.name().into(),
             seconds: mine.len() as u64,
@@ -1037,7 +1041,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
     }
     HomeNet::stop(&mut ping, Duration::from_secs(3));
 
-    let total: u64 = samples.iter().map(|s| s.uplink_bps).sum();
+    let total = sum_saturating(samples.iter().map(|s| s.uplink_bps));
     summary.uplink_avg_bps = total / (samples.len().max(1) as u64);
     summary.uplink_max_bps = samples.iter().map(|s| s.uplink_bps).max().unwrap_or(0);
     summary.uplink_utilisation = if summary.uplink_capacity_bps > 0 {
@@ -1174,7 +1178,7 @@ fn print_tick(
         .iter()
         .flat_map(|s| s.rtts_ms.iter().copied())
         .collect();
-    let up = recent.iter().map(|s| s.uplink_bps).sum::<u64>() / secs;
+    let up = sum_saturating(recent.iter().map(|s| s.uplink_bps)) / secs;
     println!(
         "---- t={:>3}s  uplink {} of {} Mbit/s  household latency p50 {:.1} ms, max {:.1} ms",
         last.t + 1,
