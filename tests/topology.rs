@@ -474,3 +474,38 @@ fn lan_side_ifb_shaping_keeps_the_port_forward_working() {
         assert!(err.contains("not reachable"), "{err}");
     }
 }
+
+#[test]
+fn up_leaves_a_network_that_down_removes() {
+    require_root();
+    let out = topology::run(
+        &[&exe(), "up", "--viewers", "1", "--uplink-mbps", "5"],
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let tag = out
+        .lines()
+        .find_map(|l| l.strip_prefix("remove with: homenet down "))
+        .unwrap_or_else(|| panic!("no tag in {out}"))
+        .trim()
+        .to_string();
+    let names: Vec<String> = ["r", "i", "j", "l", "v0"]
+        .iter()
+        .map(|r| format!("{tag}{r}"))
+        .collect();
+    assert_eq!(namespaces_present(&names), names, "{out}");
+    let qdisc = topology::run(
+        &[
+            "ip", "netns", "exec", &names[0], "tc", "class", "show", "dev", "wan",
+        ],
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(qdisc.contains("rate 5Mbit"), "{qdisc}");
+    let down = topology::run(&[&exe(), "down", &tag], None, Duration::from_secs(60)).unwrap();
+    assert_eq!(down.lines().count(), names.len(), "{down}");
+    assert!(namespaces_present(&names).is_empty());
+    assert!(topology::run(&[&exe(), "down", "nonsense"], None, Duration::from_secs(10)).is_err());
+}
