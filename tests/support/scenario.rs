@@ -176,7 +176,7 @@ pub fn place_of(from: &str) -> Result<Place, String> {
     let ip: IpAddr = from
         .parse()
         .map_err(|_| format!("viewer from {from:?}: not an address or \"lan\""))?;
-    (0..100)
+    (0..topology::MAX_VIEWERS)
         .find_map(|i| {
             if IpAddr::V4(topology::viewer_v4(i)) == ip {
                 Some(Place::Remote {

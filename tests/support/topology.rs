@@ -53,14 +53,17 @@ pub const INET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x200)
 /// The Jellyfin port, forwarded from the WAN to `jf`.
 pub const JF_PORT: u16 = 8096;
 
-/// Remote viewer `i`'s IPv4 address (198.51.100.10 + i).
+/// At most this many remote viewer hosts (their addresses stay below the sink's).
+pub const MAX_VIEWERS: usize = 100;
+
+/// Remote viewer `i`'s IPv4 address (198.51.100.10 + i, i < [`MAX_VIEWERS`]).
 pub fn viewer_v4(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 51, 100, 10 + (i as u8))
+    Ipv4Addr::new(198, 51, 100, 10 + i.min(MAX_VIEWERS - 1) as u8)
 }
 
-/// Remote viewer `i`'s IPv6 address (2001:db8:1::10 + i, hex).
+/// Remote viewer `i`'s IPv6 address (2001:db8:1::10 + i, hex, i < [`MAX_VIEWERS`]).
 pub fn viewer_v6(i: usize) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i as u16)
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i.min(MAX_VIEWERS - 1) as u16)
 }
 
 /// How to build the network.
@@ -251,8 +254,8 @@ pub fn cleanup_tag(tag: &str) -> Vec<String> {
 impl HomeNet {
     /// Builds the whole network. On error, whatever was created is removed again.
     pub fn up(options: &Options) -> Result<HomeNet> {
-        if options.viewers > 100 {
-            return Err("at most 100 viewer hosts".into());
+        if options.viewers > MAX_VIEWERS {
+            return Err(format!("at most {MAX_VIEWERS} viewer hosts"));
         }
         if options.uplink_kbit == 0 {
             return Err("uplink rate must be positive".into());
