@@ -63,7 +63,8 @@ pub fn viewer_v4(i: usize) -> Ipv4Addr {
 
 /// Remote viewer `i`'s IPv6 address (2001:db8:1::10 + i, hex, i < [`MAX_VIEWERS`]).
 pub fn viewer_v6(i: usize) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i.min(MAX_VIEWERS - 1) as u16)
+    let host = 0x10 + i.min(MAX_VIEWERS - 1) as u16;
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, host)
 }
 
 /// How to build the network.
