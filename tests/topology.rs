@@ -323,6 +323,7 @@ fn household_latency_grows_under_a_greedy_upload_without_shaping() {
         homenet: topology::homenet_exe().unwrap(),
         daemon: None,
         live: false,
+        keep_logs: None,
     };
     let s = scenario::run_scenario(&sc, &opts).unwrap();
     let phase = |n: &str| s.phases.iter().find(|p| p.phase == n).cloned().unwrap();

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: homenet <up|down|demo|scenario|sink|upload|echo|ping> [options]
   up [--uplink-mbps R] [--buffer-ms MS] [--viewers N]   build the network, print its names, keep it
   down TAG | down --all [--force]                      remove one run, or leftovers of dead runs
-  demo --daemon PATH [--scenario FILE]                 the real daemon in the emulated network
-  scenario FILE (--daemon PATH | --no-daemon) [--json OUT]
+  demo --daemon PATH [--scenario FILE] [--keep-logs DIR]   the real daemon in the emulated network
+  scenario FILE (--daemon PATH | --no-daemon) [--json OUT] [--live] [--keep-logs DIR]
   sink --listen ADDR [--listen ADDR]...                TCP discard server (JSON lines)
   upload --to ADDR (--rate-mbps R | --greedy) [--seconds S]
   echo --listen ADDR [--listen ADDR]...                UDP echo server

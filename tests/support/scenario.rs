@@ -660,6 +660,9 @@ pub struct RunOptions {
     pub daemon: Option<PathBuf>,
     /// Print narrative and a table every tick.
     pub live: bool,
+    /// Copy the run's files here at the end (daemon, emulator and viewer logs, viewer stats,
+    /// the daemon's configuration), for a look after a failure.
+    pub keep_logs: Option<PathBuf>,
 }
 
 struct TempDir(PathBuf);
@@ -714,6 +717,21 @@ struct RunningViewer {
     started: u64,
     /// Bytes and time at the last live print.
     printed: (u64, u64),
+}
+
+/// Copies the plain files of `from` into `to` (created).
+fn copy_files(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_file() {
+            if let Some(name) = p.file_name() {
+                std::fs::copy(&p, to.join(name)).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// stdout and stderr of a process both going to the file at `path`.
@@ -1052,6 +1070,11 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> Result<Summary, String>
     summary.phases = summarise_phases(sc, &samples);
     summary.checks = control_checks(sc, &summary);
     drop(net);
+    if let Some(dir) = &opts.keep_logs {
+        if let Err(e) = copy_files(&tmp.0, dir) {
+            summary.errors.push(format!("keeping logs: {e}"));
+        }
+    }
     Ok(summary)
 }
 
@@ -1339,11 +1362,11 @@ fn read_scenario(path: &str) -> Result<Scenario, String> {
     Scenario::parse(&text).map_err(|e| format!("{path}: {e}"))
 }
 
-/// `homenet scenario FILE (--daemon PATH | --no-daemon) [--json OUT] [--live]`.
+/// `homenet scenario FILE (--daemon PATH | --no-daemon) [--json OUT] [--live] [--keep-logs DIR]`.
 pub fn scenario_main(args: &[String]) -> Result<(), String> {
     let (file, rest) = args
         .split_first()
-        .ok_or("usage: scenario FILE (--daemon PATH | --no-daemon) [--json OUT] [--live]")?;
+        .ok_or("usage: scenario FILE (--daemon PATH | --no-daemon) [--json OUT] [--live] [--keep-logs DIR]")?;
     let a = Args::parse(rest, &["no-daemon", "live"])?;
     let sc = read_scenario(file)?;
     let daemon = match (a.get("daemon"), a.has("no-daemon")) {
@@ -1355,6 +1378,7 @@ pub fn scenario_main(args: &[String]) -> Result<(), String> {
         homenet: topology::homenet_exe()?,
         daemon,
         live: a.has("live"),
+        keep_logs: a.get("keep-logs").map(PathBuf::from),
     };
     let summary = run_scenario(&sc, &opts)?;
     print!("{}", render_summary(&summary));
@@ -1365,7 +1389,7 @@ pub fn scenario_main(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `homenet demo --daemon PATH [--scenario FILE]`.
+/// `homenet demo --daemon PATH [--scenario FILE] [--keep-logs DIR]`.
 pub fn demo_main(args: &[String]) -> Result<(), String> {
     let a = Args::parse(args, &[])?;
     let daemon = PathBuf::from(a.get("daemon").ok_or("--daemon PATH is required")?);
@@ -1384,6 +1408,7 @@ pub fn demo_main(args: &[String]) -> Result<(), String> {
         homenet: topology::homenet_exe()?,
         daemon: Some(daemon),
         live: true,
+        keep_logs: a.get("keep-logs").map(PathBuf::from),
     };
     let summary = run_scenario(&sc, &opts)?;
     println!();
