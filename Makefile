@@ -29,9 +29,13 @@ test-package:
 	@echo "(package tests: to be written)"
 
 # ---- demo: the real daemon in an emulated home network ----
+# Root is needed for network namespaces. Leftovers of an interrupted earlier run are removed
+# first (only namespaces whose creating process is gone).
 demo: deps
+	@[ "$$(id -u)" = 0 ] || { echo "make demo needs root (it builds network namespaces)"; exit 1; }
 	$(CARGO) build --release --example homenet
 	$(CARGO) build --release
+	target/release/examples/homenet down --all
 	target/release/examples/homenet demo --daemon target/release/jellydemon
 
 # ---- bench ----

@@ -7,6 +7,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have ip || need+=(iproute2)
 have nft || need+=(nftables)
 have conntrack || need+=(conntrack)
+# homenet (the emulated home network): sysctl inside the namespaces.
+have sysctl || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq

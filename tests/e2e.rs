@@ -420,7 +420,7 @@ fn two_external_streams_split_and_household_upload_restarts_only_the_exceeding_o
         .net
         .spawn_io(
             &lan,
-            &[exe.to_str().unwrap(), "upload", "--to", "198.51.100.200:9000", "--rate", "8000000"],
+            &[exe.to_str().unwrap(), "upload", "--to", "198.51.100.200:9000", "--rate-mbps", "8"],
             Stdio::null(),
             Stdio::null(),
         )
