@@ -406,15 +406,35 @@ impl Daemon {
 
         if let Some(sessions) = sessions {
             let seen = self.classify(sessions);
-            let jellyfin_bps = counters.as_ref().map(|_| {
-                seen.iter()
-                    .filter(|s| s.external)
-                    .filter_map(|s| s.session.remote_ip)
-                    .collect::<std::collections::BTreeSet<_>>()
+            // Jellyfin's upload to external viewers: each viewer's class counter once it has a
+            // rate, else (a class created this tick, or no counter at all) the streams'
+            // estimated bitrate, so a new stream's burst is never mistaken for household
+            // traffic.
+            let jellyfin_bps = {
+                let mut per_ip: BTreeMap<IpAddr, u64> = BTreeMap::new();
+                for s in seen
                     .iter()
-                    .map(|ip| self.monitor.get(ip).map(|r| r.current()).unwrap_or(0))
-                    .sum::<u64>()
-            });
+                    .filter(|s| s.external && !s.session.play_state.is_paused)
+                {
+                    if let Some(ip) = s.session.remote_ip {
+                        let e = per_ip.entry(decide::canonical(ip)).or_insert(0);
+                        *e = e.saturating_add(s.stream_bps.unwrap_or(0));
+                    }
+                }
+                let measured = |ip: &IpAddr| {
+                    counters.as_ref()?;
+                    self.monitor
+                        .get(ip)
+                        .filter(|r| r.len() >= 2)
+                        .map(|r| r.current())
+                };
+                Some(
+                    per_ip
+                        .iter()
+                        .map(|(ip, est)| measured(ip).unwrap_or(*est))
+                        .sum::<u64>(),
+                )
+            };
             let input = decide::Input {
                 now,
                 wan_tx_bps: wan_bps,

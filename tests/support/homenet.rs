@@ -9,7 +9,8 @@ mod viewer;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: homenet <up|down|demo|scenario|jellyfin|viewer|sink|upload|echo|ping> [options]
+const USAGE: &str =
+    "usage: homenet <up|down|demo|scenario|jellyfin|viewer|sink|upload|echo|ping> [options]
   jellyfin --listen ADDR:PORT [--listen ...] --world FILE   the Jellyfin emulator
   viewer --server HOST:PORT --user N --item ID ...     a remote viewer (see docs-emulator.md)
   up [--uplink-mbps R] [--buffer-ms MS] [--viewers N]   build the network, print its names, keep it
