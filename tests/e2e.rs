@@ -3,7 +3,6 @@
 //! builds its own home network with unique namespace names and tears it down on drop, so they
 //! run in parallel. Needs root.
 
-#[allow(dead_code)]
 #[path = "support/topology.rs"]
 mod topology;
 
