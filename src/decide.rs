@@ -101,6 +101,8 @@ pub struct StreamMemory {
     pub restarts: u32,
     /// The user limit this stream last (re)negotiated under, if known.
     pub negotiated_limit_bps: Option<u64>,
+    /// Monotonic second the session was last seen playing.
+    pub last_seen: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -345,6 +347,7 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         } else {
             mem.raise_ticks = 0;
         }
+        mem.last_seen = input.now;
         let share = mem.applied_bps;
         plan.shares.push(Share {
             session_id: s.session_id.clone(),
@@ -433,8 +436,15 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             });
         }
     }
-    // Carry restart history of streams that paused or vanished briefly? No: a vanished
-    // session id is a new playback when it returns, which renegotiates by itself.
+    // A restart makes a session vanish from the playing list for a moment, and viewers
+    // reconnect: keep what we know of recently seen sessions, so the minimum interval
+    // between restarts and the hysteresis survive the gap.
+    let keep_s = policy.restart_min_interval_s.max(RESTORE_AFTER_S);
+    for (id, mem) in &prev.streams {
+        if !next.streams.contains_key(id) && input.now - mem.last_seen < keep_s {
+            next.streams.insert(id.clone(), mem.clone());
+        }
+    }
 
     for (ip, rate) in per_ip {
         let ceil = rate.saturating_mul(policy.burst_pct as u64) / 100;
@@ -767,6 +777,25 @@ mod tests {
             assert_eq!(plan.user_limits[0].limit_bps, 8 * M, "no flapping at {i}");
             st = n;
         }
+    }
+
+    #[test]
+    fn restart_interval_survives_a_session_vanishing_briefly() {
+        let p = policy();
+        let s = stream("s1", "alice", "203.0.113.7", 12 * M);
+        let (_, st) = decide(&State::default(), &input(0.0, 12 * M, 12 * M, vec![s.clone()]), &p);
+        let (_, st) = decide(&st, &input(1.0, 22 * M, 12 * M, vec![s.clone()]), &p);
+        let (plan, st) = decide(&st, &input(2.0, 22 * M, 12 * M, vec![s.clone()]), &p);
+        assert_eq!(plan.restarts.len(), 1);
+        // The restart stops the session for a tick...
+        let (_, st) = decide(&st, &input(3.0, 22 * M, 12 * M, vec![]), &p);
+        // ...and when it is back (still above its limit) it is not restarted again.
+        let (plan, st) = decide(&st, &input(4.0, 22 * M, 12 * M, vec![s.clone()]), &p);
+        assert!(plan.restarts.is_empty());
+        assert_eq!(st.streams["s1"].restarts, 1);
+        // Long gone sessions are forgotten.
+        let (_, st) = decide(&st, &input(4.0 + 601.0, 0, 0, vec![]), &p);
+        assert!(st.streams.is_empty());
     }
 
     #[test]
