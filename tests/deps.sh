@@ -7,6 +7,10 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have ip || need+=(iproute2)
 have nft || need+=(nftables)
 have conntrack || need+=(conntrack)
+# ---- LuCI browser tests (make test-luci): Debian's Chromium, node and npm ----
+have chromium || need+=(chromium)
+have node || need+=(nodejs)
+have npm || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq

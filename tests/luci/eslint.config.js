@@ -43,7 +43,7 @@ module.exports = [
 			sourceType: 'commonjs',
 			globals: { require: 'readonly', module: 'writable', process: 'readonly', __dirname: 'readonly',
 				console: 'readonly', Buffer: 'readonly', URL: 'readonly', setTimeout: 'readonly',
-				clearTimeout: 'readonly', document: 'readonly', window: 'readonly' }
+				clearTimeout: 'readonly', document: 'readonly', window: 'readonly', fetch: 'readonly' }
 		},
 		rules: Object.assign({}, js.configs.recommended.rules, rules)
 	}

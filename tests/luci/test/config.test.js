@@ -271,6 +271,18 @@ test('settings page', async (s) => {
 		assert.deepEqual(t.problems, []);
 	});
 
+	await s.test('disabling keeps enabled=0 in the file (rmempty=false)', async () => {
+		await tab(t.page, 'main');
+		await t.page.locator('[id="widget.cbid.jellydemon.main.enabled"]').uncheck();
+		await t.page.locator('.cbi-page-actions .cbi-button-apply').click();
+		await t.page.waitForFunction(() => document.querySelectorAll('.alert-message.info').length >= 2);
+		assert.ok(t.server.state.uci.jellydemon.show().includes("jellydemon.main.enabled='0'"));
+		await t.page.locator('[id="widget.cbid.jellydemon.main.enabled"]').check();
+		await t.page.locator('.cbi-page-actions .cbi-button-apply').click();
+		await t.page.waitForFunction(() => document.querySelectorAll('.alert-message.info').length >= 3);
+		assert.ok(t.server.state.uci.jellydemon.show().includes("jellydemon.main.enabled='1'"));
+	});
+
 	await s.test('removing a viewer deletes its section', async () => {
 		await tab(t.page, 'user');
 		const sid = t.server.state.uci.jellydemon.committed.filter((x) => x.type == 'user')[1].name;
