@@ -47,6 +47,7 @@ const EXPECTED = {
 	'shaping.burst_pct': '115',
 	'wol.enabled': '0',
 	'wol.mac': '',
+	'wol.password': '',
 	'wol.interface': 'br-lan',
 	'wol.broadcast': '',
 	'wol.on_connect': '1',
@@ -90,7 +91,7 @@ async function tab(page, name) {
 	await page.locator(`.cbi-map-tabbed > [data-tab="${name}"]`).waitFor({ state: 'visible' });
 }
 
-async function saveExpectingError(t, expected) {
+async function saveExpectingError(t, expected, shot) {
 	const before = t.server.state.calls.filter((c) => c.object == 'uci' && c.method != 'get').length;
 	await t.page.locator('.cbi-page-actions .cbi-button-save').click();
 	const msg = t.page.locator('#modal_overlay .save-error');
@@ -99,6 +100,8 @@ async function saveExpectingError(t, expected) {
 	const after = t.server.state.calls.filter((c) => c.object == 'uci' && c.method != 'get').length;
 	assert.equal(after, before, 'an invalid form must not send any change');
 	assert.deepEqual(t.server.state.uci.jellydemon.changes, []);
+	if (shot)
+		await t.shot(shot, false);
 	await t.page.locator('#modal_overlay .cbi-button').click();
 }
 
@@ -132,7 +135,7 @@ test('settings page', async (s) => {
 		await mac.press('Tab');
 		assert.equal(await mac.getAttribute('data-tooltip'), 'Expecting: valid MAC address');
 		assert.match(await mac.getAttribute('class'), /cbi-input-invalid/);
-		await saveExpectingError(t, 'Option "Server MAC address" contains an invalid input value. Expecting: valid MAC address');
+		await saveExpectingError(t, 'Option "Server MAC address" contains an invalid input value. Expecting: valid MAC address', 'settings-invalid');
 
 		/* A multicast address is no wake target either. */
 		await mac.fill('01:00:5e:00:00:01');
@@ -146,26 +149,37 @@ test('settings page', async (s) => {
 	await s.test('an invalid CIDR shows the datatype message and blocks saving', async () => {
 		await tab(t.page, 'network');
 		const add = field(t.page, 'network.internal');
-		for (const bad of [ '10.0.0.0', '300.1.2.0/24', '10.0.0.0/33', 'fd00::/129' ]) {
+		const msg = 'Expecting: One of the following: \n - valid IPv4 or IPv6 CIDR\n - valid IP address';
+		for (const bad of [ '10.0.0.300', '300.1.2.0/24', '10.0.0.0/33', 'fd00::/129', '10.0.0.0/255.0.0.0', 'lan' ]) {
 			await add.fill(bad);
 			await add.press('Tab');
-			assert.equal(await add.getAttribute('data-tooltip'), 'Expecting: valid IPv4 or IPv6 CIDR', bad);
+			assert.equal(await add.getAttribute('data-tooltip'), msg, bad);
 		}
-		await saveExpectingError(t, 'Option "Local networks" contains an invalid input value. Expecting: valid IPv4 or IPv6 CIDR');
+		await saveExpectingError(t, 'Option "Local networks" contains an invalid input value. ' + msg);
+		for (const good of [ '100.64.0.0/10', '2001:db8::/32', '192.168.7.7' ]) {
+			await add.fill(good);
+			await add.press('Tab');
+			assert.equal(await add.getAttribute('data-tooltip'), null, good);
+		}
 		await add.fill('');
 		await add.press('Tab');
 	});
 
-	await s.test('URLs must be plain http and ranges match the daemon', async () => {
+	await s.test('URLs, ranges and cross-checks match the daemon', async () => {
 		await tab(t.page, 'jellyfin');
 		const url = field(t.page, 'jellyfin.url');
-		for (const bad of [ 'https://jf.example.org', 'jellyfin:8096', 'http://host:99999', 'http://a b' ]) {
+		const urlMsg = 'Expecting: an http:// or https:// URL such as http://192.168.1.2:8096';
+		for (const bad of [ 'ftp://jf.example.org', 'jellyfin:8096', 'http://host:99999', 'http://a b', 'http://me@host', 'http://host/?x=1' ]) {
 			await url.fill(bad);
 			await url.press('Tab');
-			assert.equal(await url.getAttribute('data-tooltip'),
-				'Expecting: an http:// URL such as http://192.168.1.2:8096', bad);
+			assert.equal(await url.getAttribute('data-tooltip'), urlMsg, bad);
 		}
-		await saveExpectingError(t, 'Option "Server URL" contains an invalid input value. Expecting: an http:// URL such as http://192.168.1.2:8096');
+		await saveExpectingError(t, 'Option "Server URL" contains an invalid input value. ' + urlMsg);
+		for (const good of [ 'https://jf.example.org/jellyfin', 'http://[fd00::2]:8096' ]) {
+			await url.fill(good);
+			await url.press('Tab');
+			assert.equal(await url.getAttribute('data-tooltip'), null, good);
+		}
 		await url.fill('http://192.168.1.2:8096');
 		await url.press('Tab');
 
@@ -179,9 +193,20 @@ test('settings page', async (s) => {
 			[ 'bandwidth', 'bandwidth.reserve_mbps', '-1', 'Expecting: positive decimal value' ],
 			[ 'shaping', 'shaping.burst_pct', '99', 'Expecting: value between 100 and 1000' ],
 			[ 'network', 'network.lan_device', 'br lan', 'Expecting: valid network device name between 1 and 15 characters not containing ":", "/", "%" or spaces' ],
-			[ 'wol', 'wol.broadcast', '192.168.1.0/24', 'Expecting: valid IPv4 address' ]
+			[ 'wol', 'wol.broadcast', '192.168.1.0/24', 'Expecting: valid IPv4 address' ],
+			[ 'wol', 'wol.mac', '00:00:00:00:00:00', 'Expecting: valid MAC address' ],
+			[ 'wol', 'wol.cooldown', '86401', 'Expecting: value between 0 and 86400' ],
+			[ 'bandwidth', 'bandwidth.upload_mbps', '0', 'Expecting: a number above 0' ],
+			[ 'bandwidth', 'bandwidth.min_stream_mbps', '25', 'Expecting: a value not above the maximum per stream' ],
+			[ 'bandwidth', 'bandwidth.max_stream_mbps', '10001', 'Expecting: value smaller or equal to 10000' ],
+			[ 'jellyfin', 'jellyfin.api_key', 'two words', 'Expecting: printable characters without spaces' ],
+			[ 'user', `${userSid}.priority`, '0', 'Expecting: a number above 0' ]
 		];
 		const tabOf = { general: 'main' };
+		await tab(t.page, 'wol');
+		await t.page.locator('[id="widget.cbid.jellydemon.wol.enabled"]').check();
+		await saveExpectingError(t, 'Option "Server MAC address" contains an invalid input value. Expecting: the server\'s MAC address (needed to wake it)');
+		await t.page.locator('[id="widget.cbid.jellydemon.wol.enabled"]').uncheck();
 		for (const [tb, key, bad, msg] of cases) {
 			await tab(t.page, tabOf[tb] || tb);
 			const f = field(t.page, key);
@@ -208,9 +233,12 @@ test('settings page', async (s) => {
 		/* An empty user name is refused. */
 		await saveExpectingErrorLoose(t, 'Option "Jellyfin user" contains an invalid input value. Expecting: non-empty value');
 
+		await field(t.page, `${newSid}.name`).fill('ALICE');
+		await saveExpectingErrorLoose(t, 'Option "Jellyfin user" contains an invalid input value. Expecting: a user name not listed twice');
 		await field(t.page, `${newSid}.name`).fill('carol');
 		await t.page.locator(`[id="widget.cbid.jellydemon.${newSid}.exempt"]`).check();
 		await field(t.page, `${userSid}.priority`).fill('1');
+		await t.shot('settings-viewers');
 
 		await tab(t.page, 'main');
 		await field(t.page, 'main.interval').fill('10');

@@ -41,10 +41,10 @@ async function setup(opts) {
 				(document.getElementById('view-error') || {}).textContent);
 			if (err) throw new Error('view failed: ' + err);
 		},
-		async shot(name) {
+		async shot(name, fullPage) {
 			fs.mkdirSync(SHOTS, { recursive: true });
 			const file = path.join(SHOTS, name + '.png');
-			await page.screenshot({ path: file, fullPage: true });
+			await page.screenshot({ path: file, fullPage: fullPage !== false });
 			return file;
 		},
 		async close() {

@@ -47,22 +47,43 @@ function dropDefault(o) {
 	return o;
 }
 
-/* The daemon speaks plain HTTP only (no TLS on the router), so https is refused here too. */
-function validateHttpUrl(section_id, value) {
-	if (value == null || value === '')
+/* What the daemon accepts: http(s)://host[:port][/path]; no user part, no fragment. */
+function urlChecker(allowQuery) {
+	return function(section_id, value) {
+		if (value == null || value === '')
+			return true;
+		const m = String(value).match(/^https?:\/\/(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?(\/[^\s?#]*)?(\?[^\s#]*)?$/);
+		if (!m || (m[2] != null && (+m[2] < 1 || +m[2] > 65535)) || (m[4] != null && !allowQuery))
+			return _('Expecting: %s').format(_('an http:// or https:// URL such as http://192.168.1.2:8096'));
 		return true;
-	const m = String(value).match(/^http:\/\/(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(:(\d{1,5}))?(\/[^\s]*)?$/);
-	if (!m || (m[3] != null && (+m[3] < 1 || +m[3] > 65535)))
-		return _('Expecting: %s').format(_('an http:// URL such as http://192.168.1.2:8096'));
-	return true;
+	};
 }
 
 function validateAbsPath(section_id, value) {
 	if (value == null || value === '')
 		return true;
-	if (!/^\/[^\s]*$/.test(value) || /(^|\/)\.\.(\/|$)/.test(value))
-		return _('Expecting: %s').format(_('an absolute path without spaces or ".."'));
+	if (!/^\//.test(value))
+		return _('Expecting: %s').format(_('an absolute path'));
 	return true;
+}
+
+/* The daemon wants decimals strictly above zero where LuCI's ufloat would allow 0. */
+function validatePositive(section_id, value) {
+	if (value == null || value === '' || +value > 0)
+		return true;
+	return _('Expecting: %s').format(_('a number above 0'));
+}
+
+function minNotAboveMax(maxOption, message) {
+	return function(section_id, value) {
+		const pos = validatePositive(section_id, value);
+		if (pos !== true)
+			return pos;
+		const max = this.section.formvalue(section_id, maxOption);
+		if (value !== '' && max != null && max !== '' && +value > +max)
+			return _('Expecting: %s').format(message);
+		return true;
+	};
 }
 
 function addValue(s, tab, cls, name, title, help, dflt, datatype) {
@@ -134,14 +155,18 @@ return view.extend({
 		s.addremove = false;
 
 		o = addValue(s, null, form.Value, 'url', _('Server URL'),
-			_('Address of your Jellyfin server as seen from the router, e.g. http://192.168.1.2:8096. Use the server\'s LAN address and plain http (the router does not speak https).'));
+			_('Address of your Jellyfin server as seen from the router, e.g. http://192.168.1.2:8096. Use the server\'s LAN address: it is also where the media traffic is recognised.'));
 		o.placeholder = 'http://192.168.1.2:8096';
-		o.validate = validateHttpUrl;
+		o.validate = urlChecker(false);
 
 		o = addValue(s, null, form.Value, 'api_key', _('API key'),
 			_('Create one in Jellyfin under Dashboard > API Keys. It is kept secret: never logged and never shown on the status page.'));
 		o.password = true;
-		o.datatype = 'maxlength(256)';
+		o.validate = function(section_id, value) {
+			if (/^[\x21-\x7e]*$/.test(value))
+				return true;
+			return _('Expecting: %s').format(_('printable characters without spaces'));
+		};
 
 		o = addValue(s, null, form.Value, 'server_ip', _('Server LAN address'),
 			_('The LAN address the media traffic comes from. Leave empty to use the host of the server URL; set it when the URL uses a host name.'),
@@ -186,12 +211,12 @@ return view.extend({
 		o.placeholder = _('from the WAN interface');
 
 		addValue(s, null, form.Value, 'lan_device', _('LAN device'),
-			_('The device your Jellyfin server is connected to, usually the LAN bridge br-lan. Viewers\' upload is shaped there.'),
+			_('The device your Jellyfin server is connected to, usually the LAN bridge br-lan. Remote viewers\' streams are shaped there.'),
 			'br-lan', 'netdevname');
 
 		addValue(s, null, form.DynamicList, 'internal', _('Local networks'),
-			_('Viewers with an address in these networks are local: they are never limited. Add your VPN ranges here if VPN viewers should count as local.'),
-			DEFAULT_INTERNAL.slice(), 'cidr');
+			_('Viewers with an address in these networks (or equal to a single address listed) are local: they are never limited. Add your VPN ranges here if VPN viewers should count as local.'),
+			DEFAULT_INTERNAL.slice(), 'or(cidr,ipaddr("nomask"))');
 
 		/* ---- Bandwidth ---- */
 		s = m.section(form.NamedSection, 'bandwidth', 'bandwidth', _('Bandwidth'));
@@ -199,12 +224,13 @@ return view.extend({
 
 		o = addValue(s, null, form.Value, 'upload_mbps', _('Upload capacity (Mbit/s)'),
 			_('Your real uplink speed in Mbit/s (decimals allowed). Leave empty to take the upload speed of SQM on the WAN device; with neither, jellydemon only watches and limits nothing.'),
-			null, 'and(ufloat,min(0.1))');
+			null, 'and(ufloat,max(100000))');
 		o.placeholder = _('from SQM');
+		o.validate = validatePositive;
 
 		addValue(s, null, form.Value, 'reserve_mbps', _('Household reserve (Mbit/s)'),
 			_('Upload always kept free for everything that is not Jellyfin, so video calls and games stay smooth while friends stream.'),
-			'2', 'ufloat');
+			'2', 'and(ufloat,max(100000))');
 
 		addValue(s, null, form.Value, 'target_pct', _('Target use (%)'),
 			_('Share of the capacity all traffic together may use (1-100). Staying a little below 100% keeps latency low.'),
@@ -219,39 +245,48 @@ return view.extend({
 
 		o = addValue(s, null, form.Value, 'min_stream_mbps', _('Minimum per stream (Mbit/s)'),
 			_('No remote stream is limited below this, even on a busy uplink.'),
-			'1', 'ufloat');
-		o.validate = function(section_id, value) {
-			const max = this.section.formvalue(section_id, 'max_stream_mbps');
-			if (value !== '' && max != null && max !== '' && +value > +max)
-				return _('Expecting: %s').format(_('a value not above the maximum per stream'));
-			return true;
-		};
+			'1', 'and(ufloat,max(10000))');
+		o.validate = minNotAboveMax('max_stream_mbps', _('a value not above the maximum per stream'));
 
-		addValue(s, null, form.Value, 'max_stream_mbps', _('Maximum per stream (Mbit/s)'),
+		o = addValue(s, null, form.Value, 'max_stream_mbps', _('Maximum per stream (Mbit/s)'),
 			_('No remote stream gets more than this, even on an idle uplink.'),
-			'20', 'ufloat');
+			'20', 'and(ufloat,max(10000))');
+		o.validate = validatePositive;
 
 		/* ---- Viewers ---- */
 		s = m.section(form.GridSection, 'user', _('Viewers'),
-			_('Optional settings per Jellyfin user. Users not listed here get the defaults above.'));
+			_('Optional settings per Jellyfin user; users not listed here get the defaults. Priority is a weight used by the "Priority" sharing (2 gets twice the share of 1). Min and Max override the per-stream limits of the Bandwidth tab. "Never limit" leaves that user\'s streams alone.'));
 		s.anonymous = true;
 		s.addremove = true;
 		s.nodescriptions = true;
 
 		o = s.option(form.Value, 'name', _('Jellyfin user'));
 		o.rmempty = false;
-		o.datatype = 'maxlength(64)';
+		o.editable = true;
+		/* The daemon refuses two sections for one user; Jellyfin names ignore case. */
+		o.validate = function(section_id, value) {
+			const name = String(value).toLowerCase();
+			const clash = this.section.cfgsections().some(L.bind(function(sid) {
+				if (sid == section_id)
+					return false;
+				const other = this.formvalue(sid);
+				return String(other != null ? other : (this.cfgvalue(sid) || '')).toLowerCase() == name;
+			}, this));
+			return clash ? _('Expecting: %s').format(_('a user name not listed twice')) : true;
+		};
+
+		o = addValue(s, null, form.Value, 'priority', _('Priority'), null, '1', 'and(ufloat,max(1000))');
+		o.validate = validatePositive;
 		o.editable = true;
 
-		o = addValue(s, null, form.Value, 'priority', _('Priority'), null, '1', 'and(ufloat,range(0.1,100))');
-		o.editable = true;
-
-		o = addValue(s, null, form.Value, 'min_mbps', _('Min Mbit/s'), null, null, 'ufloat');
+		o = addValue(s, null, form.Value, 'min_mbps', _('Min Mbit/s'), null, null, 'and(ufloat,max(10000))');
 		o.placeholder = _('default');
+		o.validate = minNotAboveMax('max_mbps', _('a value not above the user\'s maximum'));
 		o.editable = true;
 
-		o = addValue(s, null, form.Value, 'max_mbps', _('Max Mbit/s'), null, null, 'ufloat');
+		o = addValue(s, null, form.Value, 'max_mbps', _('Max Mbit/s'), null, null, 'and(ufloat,max(10000))');
 		o.placeholder = _('default');
+		o.validate = validatePositive;
 		o.editable = true;
 
 		o = addValue(s, null, form.Flag, 'exempt', _('Never limit'), null, '0');
@@ -277,9 +312,21 @@ return view.extend({
 			_('Send a Wake-on-LAN packet to the media server when someone wants to watch, so it can sleep the rest of the time.'),
 			'0');
 
-		addValue(s, null, form.Value, 'mac', _('Server MAC address'),
+		o = addValue(s, null, form.Value, 'mac', _('Server MAC address'),
 			_('Hardware address of the media server\'s network card, e.g. 00:11:22:33:44:55 (see Status > Overview > DHCP leases).'),
 			null, 'macaddr');
+		o.validate = function(section_id, value) {
+			if (/^(00:){5}00$/.test(value))
+				return _('Expecting: %s').format(_('valid MAC address'));
+			if (value === '' && this.section.formvalue(section_id, 'enabled') == '1')
+				return _('Expecting: %s').format(_('the server\'s MAC address (needed to wake it)'));
+			return true;
+		};
+
+		o = addValue(s, null, form.Value, 'password', _('SecureOn password'),
+			_('Only for network cards that require one: 6 bytes written like a MAC address, or 4 bytes like an IPv4 address. Leave empty otherwise.'));
+		o.password = true;
+		o.datatype = 'or(macaddr(0),macaddr(1),ip4addr("nomask"))';
 
 		addValue(s, null, form.Value, 'interface', _('Send on device'),
 			_('The device the server is reached through, usually br-lan.'),
@@ -299,16 +346,16 @@ return view.extend({
 			'1');
 
 		addValue(s, null, form.Value, 'cooldown', _('Pause between packets (s)'),
-			_('Send at most one wake packet in this many seconds (1-3600).'),
-			'60', 'and(uinteger,range(1,3600))');
+			_('Send at most one wake packet in this many seconds (0-86400).'),
+			'60', 'and(uinteger,range(0,86400))');
 
 		addValue(s, null, form.Value, 'idle_minutes', _('Idle after (min)'),
 			_('After this many minutes without streams or connections, run the idle command once. 0 never runs it.'),
-			'0', 'and(uinteger,range(0,10080))');
+			'0', 'and(uinteger,range(0,525600))');
 
 		o = addValue(s, null, form.Value, 'idle_command', _('Idle command'),
-			_('Program and arguments to run when idle, e.g. "ssh media@192.168.1.2 sudo poweroff". Run directly, without a shell: no pipes or redirections.'),
-			null, 'maxlength(512)');
+			_('Program and arguments to run when idle, e.g. ssh -i /etc/dropbear/id nas \'sudo poweroff\'. Run directly, without a shell: quotes group words, but there are no variables, pipes or redirections.'),
+			null);
 		o.placeholder = _('none');
 
 		/* ---- Publishing ---- */
@@ -321,9 +368,9 @@ return view.extend({
 		o.validate = validateAbsPath;
 
 		o = addValue(s, null, form.Value, 'webhook_url', _('Webhook URL'),
-			_('POST a short JSON message (with a Discord-compatible "content" field) to this http:// address on events such as a wake or a restart. Empty: off.'));
+			_('POST a short JSON message (with a Discord-compatible "content" field) to this address on events such as a wake or a restart. Empty: off.'));
 		o.placeholder = _('off');
-		o.validate = validateHttpUrl;
+		o.validate = urlChecker(true);
 
 		return m.render();
 	}
