@@ -174,3 +174,17 @@ test('status page with the daemon disabled', async (s) => {
 		assert.deepEqual(t.problems, []);
 	});
 });
+
+test('status page with a moved runtime directory', async (s) => {
+	const t = await setup({ config: CONFIG.replace("option enabled '1'", "option enabled '1'\n\toption run_dir '/tmp/jd'"),
+		files: { '/tmp/jd/status.json': JSON.stringify(status(now())) } });
+	s.after(() => t.close());
+
+	await s.test('explains that the ACL covers only the default directory', async () => {
+		await t.open('status', '?poll=1');
+		assert.match(await t.page.locator('#jd-stopped').textContent(),
+			/may read the status only from \/var\/run\/jellydemon, but the runtime directory is set to \/tmp\/jd/);
+		assert.equal(await t.page.locator('#jd-start').count(), 0, 'starting would not help');
+		assert.deepEqual([ ...new Set(t.server.state.calls.filter((c) => c.object == 'file').map((c) => c.args.path)) ], [ '/tmp/jd/status.json' ]);
+	});
+});

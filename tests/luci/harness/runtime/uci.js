@@ -203,11 +203,12 @@ return baseclass.extend({
 		});
 	},
 
+	/* As LuCI: resolves once the commit is accepted; the confirm follows a second later. */
 	apply: function(timeout) {
 		return callApply(timeout || 10, true).then(function(rv) {
 			if (rv != 0)
 				return Promise.reject(rv);
-			return callConfirm();
+			window.setTimeout(function() { callConfirm(); }, 1000);
 		});
 	},
 
