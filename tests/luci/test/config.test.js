@@ -6,8 +6,8 @@
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { setup } = require('./helpers');
-const { CONFIG } = require('./fixtures');
+const { setup, TEST_TIMEOUT } = require('./helpers');
+const { CONFIG, SHIPPED } = require('./fixtures');
 
 const DEFAULT_INTERNAL = [ '192.168.0.0/16', '10.0.0.0/8', '172.16.0.0/12', 'fc00::/7' ];
 
@@ -105,7 +105,7 @@ async function saveExpectingError(t, expected, shot) {
 	await t.page.locator('#modal_overlay .cbi-button').click();
 }
 
-test('settings page', async (s) => {
+test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 	const t = await setup({ config: CONFIG });
 	s.after(() => t.close());
 	const userSid = t.server.state.uci.jellydemon.committed.find((x) => x.type == 'user').name;
@@ -333,3 +333,29 @@ async function saveExpectingErrorLoose(t, expected) {
 	assert.equal(t.server.state.uci.jellydemon.changes.length, staged);
 	await t.page.locator('#modal_overlay .cbi-button').click();
 }
+
+test('settings page on the file as installed', { timeout: TEST_TIMEOUT }, async (s) => {
+	const t = await setup({ config: SHIPPED });
+	s.after(() => t.close());
+
+	await s.test('saving it untouched keeps every setting the daemon reads', async () => {
+		await t.open('config');
+		await t.page.locator('.cbi-page-actions .cbi-button-apply').click();
+		await t.page.locator('.alert-message', { hasText: 'Configuration changes applied.' }).waitFor();
+
+		/* Absent means default: the effective value of every option must be unchanged. */
+		const effective = {};
+		for (const sec of t.server.state.uci.jellydemon.committed)
+			for (const [k, v] of Object.entries(sec.opts))
+				effective[`${sec.name}.${k}`] = v;
+		for (const [k, v] of Object.entries(EXPECTED)) {
+			if (k.startsWith('USER') || k == 'jellyfin.url' || k == 'jellyfin.api_key' || k == 'bandwidth.upload_mbps')
+				continue;
+			const want = k == 'main.enabled' ? '0' : v;
+			assert.deepEqual(effective[k] != null ? effective[k] : want, want, k);
+		}
+		assert.equal(effective['main.enabled'], '0', 'enabled stays written');
+		assert.equal(effective['jellyfin.url'], 'http://192.168.1.2:8096');
+		assert.deepEqual(t.problems, []);
+	});
+});

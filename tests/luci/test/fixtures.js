@@ -28,6 +28,65 @@ config wol 'wol'
 config publish 'publish'
 `;
 
+/* The file as the package installs it: every option written out at its default. */
+const SHIPPED = `
+config jellydemon 'main'
+	option enabled '0'
+	option interval '5'
+	option dry_run '0'
+	option log_level 'info'
+	option state_dir '/etc/jellydemon'
+	option run_dir '/var/run/jellydemon'
+
+config jellyfin 'jellyfin'
+	option url 'http://192.168.1.2:8096'
+	option api_key ''
+	option server_ip ''
+	list port '8096'
+	option timeout '5'
+	option manage_limits '1'
+	option restart_playback '1'
+	option restart_min_interval '600'
+	option notify_viewer '1'
+
+config network 'network'
+	option wan_interface 'wan'
+	option wan_device ''
+	option lan_device 'br-lan'
+	list internal '192.168.0.0/16'
+	list internal '10.0.0.0/8'
+	list internal '172.16.0.0/12'
+	list internal 'fc00::/7'
+
+config bandwidth 'bandwidth'
+	option upload_mbps ''
+	option reserve_mbps '2'
+	option target_pct '90'
+	option algorithm 'equal'
+	option min_stream_mbps '1'
+	option max_stream_mbps '20'
+
+config shaping 'shaping'
+	option enabled '1'
+	option burst_pct '115'
+
+config wol 'wol'
+	option enabled '0'
+	option mac ''
+	option password ''
+	option interface 'br-lan'
+	option broadcast ''
+	option on_connect '1'
+	option on_session '1'
+	option cooldown '60'
+	option idle_minutes '0'
+	option idle_command ''
+
+config publish 'publish'
+	option prometheus_file ''
+	option webhook_url ''
+`;
+
 function status(now, over) {
 	const st = {
 		version: 1,
@@ -60,4 +119,4 @@ function status(now, over) {
 	return Object.assign(st, over || {});
 }
 
-module.exports = { STATUS_PATH, CONFIG, status };
+module.exports = { STATUS_PATH, CONFIG, SHIPPED, status };

@@ -17,14 +17,22 @@ const TIMEOUT = 15000;
 async function setup(opts) {
 	const server = await startServer(opts);
 	const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'jd-luci-'));
-	const context = await chromium.launchPersistentContext(profile, {
-		executablePath: CHROMIUM,
-		headless: true,
-		args: [ '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-			'--disable-background-networking', '--disable-component-update', '--disable-sync' ],
-		viewport: { width: 1200, height: 900 },
-		timeout: TIMEOUT
-	});
+	let context;
+	try {
+		context = await chromium.launchPersistentContext(profile, {
+			executablePath: CHROMIUM,
+			headless: true,
+			args: [ '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+				'--disable-background-networking', '--disable-component-update', '--disable-sync' ],
+			viewport: { width: 1200, height: 900 },
+			timeout: TIMEOUT
+		});
+	}
+	catch (e) {
+		await server.close();
+		fs.rmSync(profile, { recursive: true, force: true });
+		throw new Error(`cannot start ${CHROMIUM} (install Debian's chromium: tests/deps.sh): ${e.message}`);
+	}
 	context.setDefaultTimeout(TIMEOUT);
 	const page = context.pages()[0] || await context.newPage();
 	const problems = [];
@@ -55,4 +63,7 @@ async function setup(opts) {
 	};
 }
 
-module.exports = { setup, SHOTS };
+/* Upper bound for one top-level test, browser start included. */
+const TEST_TIMEOUT = 180000;
+
+module.exports = { setup, SHOTS, TEST_TIMEOUT };

@@ -6,7 +6,7 @@
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { setup } = require('./helpers');
+const { setup, TEST_TIMEOUT } = require('./helpers');
 const { CONFIG, STATUS_PATH, status } = require('./fixtures');
 
 const now = () => Math.floor(Date.now() / 1000);
@@ -29,7 +29,7 @@ function pointsOf(page, key) {
 	}, key);
 }
 
-test('status page with a running daemon', async (s) => {
+test('status page with a running daemon', { timeout: TEST_TIMEOUT }, async (s) => {
 	const t0 = now();
 	const t = await setup({ config: CONFIG, files: { [STATUS_PATH]: JSON.stringify(status(t0)) } });
 	s.after(() => t.close());
@@ -116,7 +116,7 @@ test('status page with a running daemon', async (s) => {
 	});
 });
 
-test('status page with the daemon stopped', async (s) => {
+test('status page with the daemon stopped', { timeout: TEST_TIMEOUT }, async (s) => {
 	const t = await setup({ config: CONFIG });
 	s.after(() => t.close());
 
@@ -154,7 +154,7 @@ test('status page with the daemon stopped', async (s) => {
 	});
 });
 
-test('status page with the daemon disabled', async (s) => {
+test('status page with the daemon disabled', { timeout: TEST_TIMEOUT }, async (s) => {
 	const t = await setup({ config: CONFIG.replace("option enabled '1'", "option enabled '0'") });
 	s.after(() => t.close());
 
@@ -175,7 +175,7 @@ test('status page with the daemon disabled', async (s) => {
 	});
 });
 
-test('status page with a moved runtime directory', async (s) => {
+test('status page with a moved runtime directory', { timeout: TEST_TIMEOUT }, async (s) => {
 	const t = await setup({ config: CONFIG.replace("option enabled '1'", "option enabled '1'\n\toption run_dir '/tmp/jd'"),
 		files: { '/tmp/jd/status.json': JSON.stringify(status(now())) } });
 	s.after(() => t.close());
