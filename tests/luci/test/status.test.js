@@ -83,6 +83,9 @@ test('status page with a running daemon', { timeout: TEST_TIMEOUT }, async (s) =
 			st.streams[0].measured_bps['1m'] = 11000000 + i * 100000;
 			st.streams[0].restarts = 1 + i;
 			if (i == ticks) {
+				st.dry_run = true;
+				st.wan.capacity_bps = null;
+				st.shaping = { enabled: true, active: false, error: 'the kernel has no ifb module' };
 				st.streams.pop();
 				st.errors = [];
 				st.jellyfin = { reachable: false, server_version: null, error: 'connection refused' };
@@ -100,6 +103,11 @@ test('status page with a running daemon', { timeout: TEST_TIMEOUT }, async (s) =
 		assert.match(await page.locator('[data-card=jellyfin]').textContent(), /Unreachable.*connection refused/);
 		assert.equal(await page.locator('#jd-errors').count(), 0);
 		assert.equal(await pointsOf(page, 'tx'), ticks + 1, 'one chart sample per daemon tick');
+		assert.equal(await pointsOf(page, 'capacity'), ticks, 'an unknown capacity is not drawn');
+		assert.match(await page.locator('[data-card=wan]').textContent(), /Capacity unknown/);
+		assert.match(await page.locator('[data-card=shaping]').textContent(), /Not working.*the kernel has no ifb module/);
+		assert.match(await page.locator('[data-card=service]').textContent(), /Dry run/);
+		assert.match(await page.locator('#jd-dryrun').textContent(), /changes nothing/);
 		const last = status(0);
 		last.wan.jellyfin_bps = Math.round(17200000 + 3000000 * Math.sin(ticks / 2));
 		last.wan.other_bps = Math.round(6300000 - 2500000 * Math.sin(ticks / 2));
