@@ -222,21 +222,52 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 	});
 
 	await s.test('saving writes the changes and omits values equal to the defaults', async () => {
-		/* A new viewer first: Add saves the form and shows an empty row. */
+		/* A new viewer first: Add opens a dialog with every column for the new section. */
 		await tab(t.page, 'user');
-		await t.page.locator('#cbi-jellydemon-user .cbi-button-add').click();
+		const modal = t.page.locator('#modal_overlay .modal');
 		const rows = t.page.locator('#cbi-jellydemon-user tr[data-sid]');
-		await assert.doesNotReject(rows.nth(1).waitFor());
+		const pkg = t.server.state.uci.jellydemon;
+
+		/* Dismissed: nothing is added. */
+		await t.page.locator('#cbi-jellydemon-user .cbi-button-add').click();
+		await modal.waitFor({ state: 'visible' });
+		await modal.locator('.cbi-button', { hasText: 'Dismiss' }).click();
+		await modal.waitFor({ state: 'hidden' });
+		assert.equal(await rows.count(), 1);
+
+		await t.page.locator('#cbi-jellydemon-user .cbi-button-add').click();
+		await modal.waitFor({ state: 'visible' });
+		assert.equal(await modal.locator('h4').textContent(), 'JellyDemon » Viewers');
+		const name = modal.locator('input[id$=".name"]');
+		assert.equal(await modal.locator('input[id$=".priority"]').inputValue(), '1');
+		assert.equal(await modal.locator('input[id$=".exempt"]').isChecked(), false);
+
+		/* Saving is refused (silently, as in LuCI) for an empty or already listed name. */
+		await modal.locator('.cbi-button-positive').click();
+		assert.equal(await name.getAttribute('data-tooltip'), 'Expecting: non-empty value');
+		await name.fill('ALICE');
+		await name.press('Tab');
+		assert.equal(await name.getAttribute('data-tooltip'), 'Expecting: a user name not listed twice');
+		await modal.locator('.cbi-button-positive').click();
+		assert.ok(await modal.isVisible());
+		assert.deepEqual(pkg.changes, []);
+
+		await name.fill('carol');
+		await modal.locator('input[id$=".exempt"]').check();
+		await t.shot('settings-add-viewer', false);
+		await modal.locator('.cbi-button-positive').click();
+		await modal.waitFor({ state: 'hidden' });
+		await rows.nth(1).waitFor();
 		const newSid = await rows.nth(1).getAttribute('data-sid');
-		await tab(t.page, 'user');
+		/* Only the new section; priority 1 is the default and is not written. */
+		assert.deepEqual(pkg.changes.filter((c) => c[1] == newSid),
+			[ [ 'add', newSid, 'user' ], [ 'set', newSid, 'name', 'carol' ], [ 'set', newSid, 'exempt', '1' ] ]);
+		assert.equal(await field(t.page, `${newSid}.name`).inputValue(), 'carol');
 
-		/* An empty user name is refused. */
-		await saveExpectingErrorLoose(t, 'Option "Jellyfin user" contains an invalid input value. Expecting: non-empty value');
-
-		await field(t.page, `${newSid}.name`).fill('ALICE');
+		/* In the table too, a name may not be listed twice. */
+		await field(t.page, `${newSid}.name`).fill('Alice');
 		await saveExpectingErrorLoose(t, 'Option "Jellyfin user" contains an invalid input value. Expecting: a user name not listed twice');
 		await field(t.page, `${newSid}.name`).fill('carol');
-		await t.page.locator(`[id="widget.cbid.jellydemon.${newSid}.exempt"]`).check();
 		await field(t.page, `${userSid}.priority`).fill('1');
 		await t.shot('settings-viewers');
 

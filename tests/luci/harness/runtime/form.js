@@ -13,8 +13,8 @@
  *  - a value is written only when it differs from the configured one;
  *  - a Flag equal to its default is removed when rmempty/optional (so `enabled` needs
  *    rmempty=false to stay in the file).
- * GridSection rows are edited inline (LuCI's modal editor is not reproduced); tabs follow
- * Map.tabbed. Option dependencies (depends()) are not implemented: the app uses none.
+ * GridSection edits `editable` options in the table and adds rows through a modal, as LuCI;
+ * tabs follow Map.tabbed. Option dependencies (depends()) are not implemented: the app uses none.
  */
 
 function isEqual(x, y) {
@@ -466,8 +466,66 @@ const CBITableSection = CBITypedSection.extend({
 	}
 });
 
+/*
+ * As LuCI's GridSection: options marked `editable` are edited in the table; Add opens a modal
+ * with every option for the new section, whose Save stores it and whose Dismiss drops it.
+ */
 const CBIGridSection = CBITableSection.extend({
-	__name__: 'CBI.GridSection'
+	__name__: 'CBI.GridSection',
+
+	handleAdd: function(ev, name) {
+		const section_id = this.map.data.add(this.uciconfig || this.map.config, this.sectiontype, name);
+		this.addedSection = section_id;
+		return this.renderMoreOptionsModal(section_id);
+	},
+
+	cloneOptions: function(dest) {
+		this.children.forEach(function(o1) {
+			const o2 = dest.option(o1.constructor, o1.option, o1.title, o1.description);
+			for (const k in o1) {
+				if (!Object.prototype.hasOwnProperty.call(o1, k))
+					continue;
+				if ([ 'map', 'section', 'option', 'title', 'description', 'data' ].indexOf(k) >= 0)
+					continue;
+				o2[k] = o1[k];
+			}
+		});
+	},
+
+	renderMoreOptionsModal: function(section_id) {
+		const m = new CBIMap(this.uciconfig || this.map.config, null, null);
+		const s = m.section(CBINamedSection, section_id, this.sectiontype);
+		m.parent = this.map;
+		this.cloneOptions(s);
+		const title = (this.map.title ? this.map.title + ' » ' : '') + (this.titleFn('modaltitle', section_id) || this.title || _('Edit'));
+		return m.render().then(L.bind(function(nodes) {
+			ui.showModal(title, [
+				nodes,
+				E('div', { 'class': 'right button-row' }, [
+					E('button', { 'class': 'btn cbi-button', 'click': ui.createHandlerFn(this, 'handleModalCancel', m) }, [ _('Dismiss') ]), ' ',
+					E('button', { 'class': 'btn cbi-button cbi-button-positive important', 'click': ui.createHandlerFn(this, 'handleModalSave', m) }, [ _('Save') ])
+				])
+			]);
+		}, this));
+	},
+
+	handleModalCancel: function() {
+		if (this.addedSection != null) {
+			this.map.data.remove(this.uciconfig || this.map.config, this.addedSection);
+			this.addedSection = null;
+		}
+		ui.hideModal();
+		return Promise.resolve();
+	},
+
+	handleModalSave: function(modalMap) {
+		return modalMap.save(null, true)
+			.then(L.bind(this.map.load, this.map))
+			.then(L.bind(this.map.reset, this.map))
+			.then(L.bind(function() { this.addedSection = null; }, this))
+			.then(ui.hideModal)
+			.catch(function() {});
+	}
 });
 
 const CBIAbstractValue = CBIAbstractElement.extend({

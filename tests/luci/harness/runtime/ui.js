@@ -8,7 +8,8 @@
  * MOCK of LuCI's ui.js: the widgets form.js renders (Textfield, Checkbox, Select, DynamicList),
  * validators bound to keyup/blur, modal dialogs, notifications, tab groups, button handlers and
  * the "apply changes" step. Markup and class names follow LuCI's so the app's pages look and
- * behave as on a router. Tooltips are shown as text under the field (LuCI shows them on hover).
+ * behave as on a router. Validation messages float under the field while it is invalid (LuCI
+ * shows the same text as a tooltip).
  */
 
 const callApply = rpc.declare({ object: 'uci', method: 'apply', params: [ 'timeout', 'rollback' ] });

@@ -263,15 +263,20 @@ return view.extend({
 		o = s.option(form.Value, 'name', _('Jellyfin user'));
 		o.rmempty = false;
 		o.editable = true;
-		/* The daemon refuses two sections for one user; Jellyfin names ignore case. */
+		/*
+		 * The daemon refuses two sections for one user; Jellyfin names ignore case. The check
+		 * goes through the table's option, so it also works in the "Add" dialog's copy.
+		 */
+		o.gridOption = o;
 		o.validate = function(section_id, value) {
+			const grid = this.gridOption;
 			const name = String(value).toLowerCase();
-			const clash = this.section.cfgsections().some(L.bind(function(sid) {
+			const clash = grid.section.cfgsections().some(function(sid) {
 				if (sid == section_id)
 					return false;
-				const other = this.formvalue(sid);
-				return String(other != null ? other : (this.cfgvalue(sid) || '')).toLowerCase() == name;
-			}, this));
+				const other = grid.getUIElement(sid) ? grid.formvalue(sid) : grid.cfgvalue(sid);
+				return String(other != null ? other : '').toLowerCase() == name;
+			});
 			return clash ? _('Expecting: %s').format(_('a user name not listed twice')) : true;
 		};
 
