@@ -158,6 +158,8 @@ test('status page with the daemon stopped', { timeout: TEST_TIMEOUT }, async (s)
 		t.server.state.files.set(STATUS_PATH, '{"version": 1, "updated": ');
 		await t.open('status', '?poll=1');
 		assert.match(await t.page.locator('#jd-stopped').textContent(), /not valid JSON/);
+		t.server.state.files.set(STATUS_PATH, JSON.stringify(status(now(), { errors: [ 'x'.repeat(300 * 1024) ] })));
+		await t.page.locator('#jd-stopped', { hasText: 'too large' }).waitFor();
 		assert.deepEqual(t.problems, []);
 	});
 });

@@ -260,7 +260,8 @@ return view.extend({
 		s.addremove = true;
 		s.nodescriptions = true;
 
-		o = s.option(form.Value, 'name', _('Jellyfin user'));
+		o = s.option(form.Value, 'name', _('Jellyfin user'),
+			_('The user name as it appears in Jellyfin (case does not matter).'));
 		o.rmempty = false;
 		o.editable = true;
 		/*
@@ -280,21 +281,25 @@ return view.extend({
 			return clash ? _('Expecting: %s').format(_('a user name not listed twice')) : true;
 		};
 
-		o = addValue(s, null, form.Value, 'priority', _('Priority'), null, '1', 'and(ufloat,max(1000))');
+		o = addValue(s, null, form.Value, 'priority', _('Priority'),
+			_('Weight with "Priority" sharing: 2 gets twice the share of 1.'), '1', 'and(ufloat,max(1000))');
 		o.validate = validatePositive;
 		o.editable = true;
 
-		o = addValue(s, null, form.Value, 'min_mbps', _('Min Mbit/s'), null, null, 'and(ufloat,max(10000))');
+		o = addValue(s, null, form.Value, 'min_mbps', _('Min Mbit/s'),
+			_('This user\'s streams are never limited below this. Empty: the minimum per stream.'), null, 'and(ufloat,max(10000))');
 		o.placeholder = _('default');
 		o.validate = minNotAboveMax('max_mbps', _('a value not above the user\'s maximum'));
 		o.editable = true;
 
-		o = addValue(s, null, form.Value, 'max_mbps', _('Max Mbit/s'), null, null, 'and(ufloat,max(10000))');
+		o = addValue(s, null, form.Value, 'max_mbps', _('Max Mbit/s'),
+			_('This user\'s streams never get more than this. Empty: the maximum per stream.'), null, 'and(ufloat,max(10000))');
 		o.placeholder = _('default');
 		o.validate = validatePositive;
 		o.editable = true;
 
-		o = addValue(s, null, form.Flag, 'exempt', _('Never limit'), null, '0');
+		o = addValue(s, null, form.Flag, 'exempt', _('Never limit'),
+			_('Leave this user\'s streams alone: no Jellyfin limit, no shaping.'), '0');
 		o.editable = true;
 
 		/* ---- Shaping ---- */

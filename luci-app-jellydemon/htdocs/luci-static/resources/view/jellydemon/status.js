@@ -308,7 +308,8 @@ return view.extend({
 				return { error: 'garbled' };
 			}
 		}, function(err) {
-			return { error: (err && err.name == 'PermissionError') ? 'denied' : 'missing' };
+			const name = err ? err.name : '';
+			return { error: name == 'PermissionError' ? 'denied' : name == 'UnsupportedError' ? 'toolarge' : 'missing' };
 		});
 	},
 
@@ -381,6 +382,8 @@ return view.extend({
 				.format(DEFAULT_RUN_DIR, this.runDir);
 		else if (disabled)
 			msg = _('jellydemon is disabled, so it is not sharing your upload. Check the settings, then enable and start it.');
+		else if (res.error == 'toolarge')
+			msg = _('The status file is too large for this page to read (rpcd reads at most 256 KiB). Fewer streams or a newer jellydemon should fix it.');
 		else if (res.error == 'garbled')
 			msg = _('The status file cannot be read (it is not valid JSON). jellydemon may be crashing; see the system log.');
 		else if (res.status)
@@ -389,7 +392,7 @@ return view.extend({
 		else
 			msg = _('jellydemon is not running. Start it, or see the system log (logread -e jellydemon) if it stops again.');
 
-		const btn = res.error == 'denied' ? '' : E('button', {
+		const btn = (res.error == 'denied' || res.error == 'toolarge') ? '' : E('button', {
 			'class': 'btn cbi-button cbi-button-apply',
 			'id': 'jd-start',
 			'click': ui.createHandlerFn(this, 'handleStart', disabled)
