@@ -117,8 +117,11 @@ test('status page with a running daemon', { timeout: TEST_TIMEOUT }, async (s) =
 	});
 
 	await s.test('a status file that stops changing means the daemon stopped', async () => {
-		/* The last file stays as it is: after 3 intervals (15 s) the page must say so. */
-		await t.page.locator('#jd-stopped').waitFor({ timeout: 25000 });
+		/* One last tick with a 1 s interval, then silence: after 3 s the page must say so. */
+		t.server.state.files.set(STATUS_PATH, JSON.stringify(status(t0 + 100, { interval: 1 })));
+		await t.page.waitForFunction(() => /every 1 s/.test(document.querySelector('[data-card=service]').textContent));
+		assert.equal(await t.page.locator('#jd-stopped').count(), 0);
+		await t.page.locator('#jd-stopped').waitFor({ timeout: 10000 });
 		assert.match(await t.page.locator('#jd-stopped').textContent(), /jellydemon is not running: its status stopped changing/);
 		assert.equal(await t.page.locator('#jd-start').textContent(), 'Start');
 	});
