@@ -721,13 +721,6 @@ const CBIDynamicList = CBIValue.extend({
 		return widget.render();
 	},
 
-	cfgvalue: function(section_id, set_value) {
-		const v = arguments.length == 2
-			? CBIAbstractValue.prototype.cfgvalue.call(this, section_id, set_value)
-			: CBIAbstractValue.prototype.cfgvalue.call(this, section_id);
-		return v == null ? v : L.toArray(v);
-	},
-
 	textvalue: function(section_id) {
 		const v = this.cfgvalue(section_id);
 		return L.toArray(v != null ? v : this.default).join(', ');
