@@ -86,8 +86,8 @@ function minNotAboveMax(maxOption, message) {
 	};
 }
 
-function addValue(s, tab, cls, name, title, help, dflt, datatype) {
-	const o = tab ? s.taboption(tab, cls, name, title, help) : s.option(cls, name, title, help);
+function addValue(s, cls, name, title, help, dflt, datatype) {
+	const o = s.option(cls, name, title, help);
 	if (dflt != null)
 		o.default = dflt;
 	if (datatype)
@@ -124,15 +124,15 @@ return view.extend({
 		o.default = '0';
 		o.rmempty = false;
 
-		addValue(s, null, form.Value, 'interval', _('Interval (s)'),
+		addValue(s, form.Value, 'interval', _('Interval (s)'),
 			_('How often jellydemon measures and re-divides the upload, in seconds (1-300). Shorter reacts faster to new viewers; longer uses less CPU.'),
 			'5', 'and(uinteger,range(1,300))');
 
-		addValue(s, null, form.Flag, 'dry_run', _('Dry run'),
+		addValue(s, form.Flag, 'dry_run', _('Dry run'),
 			_('Measure and decide, log what would be done, but change nothing in Jellyfin or on the router. Useful to try settings safely.'),
 			'0');
 
-		o = addValue(s, null, form.ListValue, 'log_level', _('Log level'),
+		o = addValue(s, form.ListValue, 'log_level', _('Log level'),
 			_('How much jellydemon writes to the system log (see Status > System Log). Use "debug" only while investigating a problem.'),
 			'info');
 		o.value('error', _('Errors only'));
@@ -140,12 +140,12 @@ return view.extend({
 		o.value('info', _('Information'));
 		o.value('debug', _('Debug'));
 
-		o = addValue(s, null, form.Value, 'state_dir', _('State directory'),
+		o = addValue(s, form.Value, 'state_dir', _('State directory'),
 			_('Persistent place (on flash) where the users\' original Jellyfin limits are backed up so they can be restored. Written only when a backup changes.'),
 			'/etc/jellydemon');
 		o.validate = validateAbsPath;
 
-		o = addValue(s, null, form.Value, 'run_dir', _('Runtime directory'),
+		o = addValue(s, form.Value, 'run_dir', _('Runtime directory'),
 			_('Temporary place (RAM) for the live status file. Leave the default: this status page may read only /var/run/jellydemon.'),
 			'/var/run/jellydemon');
 		o.validate = validateAbsPath;
@@ -154,12 +154,12 @@ return view.extend({
 		s = m.section(form.NamedSection, 'jellyfin', 'jellyfin', _('Jellyfin'));
 		s.addremove = false;
 
-		o = addValue(s, null, form.Value, 'url', _('Server URL'),
+		o = addValue(s, form.Value, 'url', _('Server URL'),
 			_('Address of your Jellyfin server as seen from the router, e.g. http://192.168.1.2:8096. Use the server\'s LAN address: it is also where the media traffic is recognised.'));
 		o.placeholder = 'http://192.168.1.2:8096';
 		o.validate = urlChecker(false);
 
-		o = addValue(s, null, form.Value, 'api_key', _('API key'),
+		o = addValue(s, form.Value, 'api_key', _('API key'),
 			_('Create one in Jellyfin under Dashboard > API Keys. It is kept secret: never logged and never shown on the status page.'));
 		o.password = true;
 		o.validate = function(section_id, value) {
@@ -168,32 +168,32 @@ return view.extend({
 			return _('Expecting: %s').format(_('printable characters without spaces'));
 		};
 
-		o = addValue(s, null, form.Value, 'server_ip', _('Server LAN address'),
+		o = addValue(s, form.Value, 'server_ip', _('Server LAN address'),
 			_('The LAN address the media traffic comes from. Leave empty to use the host of the server URL; set it when the URL uses a host name.'),
 			null, 'ipaddr("nomask")');
 		o.placeholder = _('host of the server URL');
 
-		addValue(s, null, form.DynamicList, 'port', _('Streaming ports'),
+		addValue(s, form.DynamicList, 'port', _('Streaming ports'),
 			_('TCP ports Jellyfin streams from: 8096 (http) and, if you use it, 8920 (https). Traffic from other ports is not counted as Jellyfin\'s.'),
 			[ '8096' ], 'and(uinteger,range(1,65535))');
 
-		addValue(s, null, form.Value, 'timeout', _('Request timeout (s)'),
+		addValue(s, form.Value, 'timeout', _('Request timeout (s)'),
 			_('How long to wait for Jellyfin to answer one request, in seconds (1-60). Raise it for a slow or sleepy server.'),
 			'5', 'and(uinteger,range(1,60))');
 
-		addValue(s, null, form.Flag, 'manage_limits', _('Set viewers\' limits'),
+		addValue(s, form.Flag, 'manage_limits', _('Set viewers\' limits'),
 			_('Set each remote viewer\'s "Internet streaming bitrate limit" in Jellyfin to their share, so Jellyfin transcodes to fit. The original limits are restored when jellydemon stops.'),
 			'1');
 
-		addValue(s, null, form.Flag, 'restart_playback', _('Restart playback for a new limit'),
+		addValue(s, form.Flag, 'restart_playback', _('Restart playback for a new limit'),
 			_('A Jellyfin limit applies only when a stream starts. Allow jellydemon to restart a stream at the same position when it must change quality. Paused streams are never restarted.'),
 			'1');
 
-		addValue(s, null, form.Value, 'restart_min_interval', _('Minimum time between restarts (s)'),
+		addValue(s, form.Value, 'restart_min_interval', _('Minimum time between restarts (s)'),
 			_('A stream is restarted at most once in this many seconds (0-86400), so viewers are not interrupted often.'),
 			'600', 'and(uinteger,range(0,86400))');
 
-		addValue(s, null, form.Flag, 'notify_viewer', _('Tell the viewer'),
+		addValue(s, form.Flag, 'notify_viewer', _('Tell the viewer'),
 			_('Show a short message on the viewer\'s screen before their stream is restarted.'),
 			'1');
 
@@ -201,20 +201,20 @@ return view.extend({
 		s = m.section(form.NamedSection, 'network', 'network', _('Network'));
 		s.addremove = false;
 
-		addValue(s, null, form.Value, 'wan_interface', _('WAN interface'),
+		addValue(s, form.Value, 'wan_interface', _('WAN interface'),
 			_('The logical network interface of your internet connection (as in Network > Interfaces), usually "wan".'),
 			'wan', 'uciname');
 
-		o = addValue(s, null, form.Value, 'wan_device', _('WAN device'),
+		o = addValue(s, form.Value, 'wan_device', _('WAN device'),
 			_('Only if the interface cannot be resolved: the Linux device of the uplink, e.g. eth0 or pppoe-wan. When set it wins over the WAN interface.'),
 			null, 'netdevname');
 		o.placeholder = _('from the WAN interface');
 
-		addValue(s, null, form.Value, 'lan_device', _('LAN device'),
+		addValue(s, form.Value, 'lan_device', _('LAN device'),
 			_('The device your Jellyfin server is connected to, usually the LAN bridge br-lan. Remote viewers\' streams are shaped there.'),
 			'br-lan', 'netdevname');
 
-		addValue(s, null, form.DynamicList, 'internal', _('Local networks'),
+		addValue(s, form.DynamicList, 'internal', _('Local networks'),
 			_('Viewers with an address in these networks (or equal to a single address listed) are local: they are never limited. Add your VPN ranges here if VPN viewers should count as local.'),
 			DEFAULT_INTERNAL.slice(), 'or(cidr,ipaddr("nomask"))');
 
@@ -222,33 +222,33 @@ return view.extend({
 		s = m.section(form.NamedSection, 'bandwidth', 'bandwidth', _('Bandwidth'));
 		s.addremove = false;
 
-		o = addValue(s, null, form.Value, 'upload_mbps', _('Upload capacity (Mbit/s)'),
+		o = addValue(s, form.Value, 'upload_mbps', _('Upload capacity (Mbit/s)'),
 			_('Your real uplink speed in Mbit/s (decimals allowed). Leave empty to take the upload speed of SQM on the WAN device; with neither, jellydemon only watches and limits nothing.'),
 			null, 'and(ufloat,max(100000))');
 		o.placeholder = _('from SQM');
 		o.validate = validatePositive;
 
-		addValue(s, null, form.Value, 'reserve_mbps', _('Household reserve (Mbit/s)'),
+		addValue(s, form.Value, 'reserve_mbps', _('Household reserve (Mbit/s)'),
 			_('Upload always kept free for everything that is not Jellyfin, so video calls and games stay smooth while friends stream.'),
 			'2', 'and(ufloat,max(100000))');
 
-		addValue(s, null, form.Value, 'target_pct', _('Target use (%)'),
+		addValue(s, form.Value, 'target_pct', _('Target use (%)'),
 			_('Share of the capacity all traffic together may use (1-100). Staying a little below 100% keeps latency low.'),
 			'90', 'range(1,100)');
 
-		o = addValue(s, null, form.ListValue, 'algorithm', _('Sharing'),
+		o = addValue(s, form.ListValue, 'algorithm', _('Sharing'),
 			_('How the spare upload is divided among remote viewers.'),
 			'equal');
 		o.value('equal', _('Equal: the same share for everyone'));
 		o.value('priority', _('Priority: weighted by each viewer\'s priority'));
 		o.value('demand', _('Demand: nobody gets more than their video needs'));
 
-		o = addValue(s, null, form.Value, 'min_stream_mbps', _('Minimum per stream (Mbit/s)'),
+		o = addValue(s, form.Value, 'min_stream_mbps', _('Minimum per stream (Mbit/s)'),
 			_('No remote stream is limited below this, even on a busy uplink.'),
 			'1', 'and(ufloat,max(10000))');
 		o.validate = minNotAboveMax('max_stream_mbps', _('a value not above the maximum per stream'));
 
-		o = addValue(s, null, form.Value, 'max_stream_mbps', _('Maximum per stream (Mbit/s)'),
+		o = addValue(s, form.Value, 'max_stream_mbps', _('Maximum per stream (Mbit/s)'),
 			_('No remote stream gets more than this, even on an idle uplink.'),
 			'20', 'and(ufloat,max(10000))');
 		o.validate = validatePositive;
@@ -281,24 +281,24 @@ return view.extend({
 			return clash ? _('Expecting: %s').format(_('a user name not listed twice')) : true;
 		};
 
-		o = addValue(s, null, form.Value, 'priority', _('Priority'),
+		o = addValue(s, form.Value, 'priority', _('Priority'),
 			_('Weight with "Priority" sharing: 2 gets twice the share of 1.'), '1', 'and(ufloat,max(1000))');
 		o.validate = validatePositive;
 		o.editable = true;
 
-		o = addValue(s, null, form.Value, 'min_mbps', _('Min Mbit/s'),
+		o = addValue(s, form.Value, 'min_mbps', _('Min Mbit/s'),
 			_('This user\'s streams are never limited below this. Empty: the minimum per stream.'), null, 'and(ufloat,max(10000))');
 		o.placeholder = _('default');
 		o.validate = minNotAboveMax('max_mbps', _('a value not above the user\'s maximum'));
 		o.editable = true;
 
-		o = addValue(s, null, form.Value, 'max_mbps', _('Max Mbit/s'),
+		o = addValue(s, form.Value, 'max_mbps', _('Max Mbit/s'),
 			_('This user\'s streams never get more than this. Empty: the maximum per stream.'), null, 'and(ufloat,max(10000))');
 		o.placeholder = _('default');
 		o.validate = validatePositive;
 		o.editable = true;
 
-		o = addValue(s, null, form.Flag, 'exempt', _('Never limit'),
+		o = addValue(s, form.Flag, 'exempt', _('Never limit'),
 			_('Leave this user\'s streams alone: no Jellyfin limit, no shaping.'), '0');
 		o.editable = true;
 
@@ -306,11 +306,11 @@ return view.extend({
 		s = m.section(form.NamedSection, 'shaping', 'shaping', _('Shaping'));
 		s.addremove = false;
 
-		addValue(s, null, form.Flag, 'enabled', _('Shape on the router'),
+		addValue(s, form.Flag, 'enabled', _('Shape on the router'),
 			_('Hold each remote viewer to their share on the router too (one traffic class per viewer), which smooths bursts and catches apps that ignore Jellyfin\'s limit. Also gives exact per-viewer figures.'),
 			'1');
 
-		addValue(s, null, form.Value, 'burst_pct', _('Burst allowance (%)'),
+		addValue(s, form.Value, 'burst_pct', _('Burst allowance (%)'),
 			_('How far above their share a viewer may burst while the uplink has room, in percent of the share (100-1000).'),
 			'115', 'and(uinteger,range(100,1000))');
 
@@ -318,11 +318,11 @@ return view.extend({
 		s = m.section(form.NamedSection, 'wol', 'wol', _('Wake-on-LAN'));
 		s.addremove = false;
 
-		addValue(s, null, form.Flag, 'enabled', _('Wake the server'),
+		addValue(s, form.Flag, 'enabled', _('Wake the server'),
 			_('Send a Wake-on-LAN packet to the media server when someone wants to watch, so it can sleep the rest of the time.'),
 			'0');
 
-		o = addValue(s, null, form.Value, 'mac', _('Server MAC address'),
+		o = addValue(s, form.Value, 'mac', _('Server MAC address'),
 			_('Hardware address of the media server\'s network card, e.g. 00:11:22:33:44:55 (see Status > Overview > DHCP leases).'),
 			null, 'macaddr');
 		o.validate = function(section_id, value) {
@@ -333,37 +333,37 @@ return view.extend({
 			return true;
 		};
 
-		o = addValue(s, null, form.Value, 'password', _('SecureOn password'),
+		o = addValue(s, form.Value, 'password', _('SecureOn password'),
 			_('Only for network cards that require one: 6 bytes written like a MAC address, or 4 bytes like an IPv4 address. Leave empty otherwise.'));
 		o.password = true;
 		o.datatype = 'or(macaddr(0),macaddr(1),ip4addr("nomask"))';
 
-		addValue(s, null, form.Value, 'interface', _('Send on device'),
+		addValue(s, form.Value, 'interface', _('Send on device'),
 			_('The device the server is reached through, usually br-lan.'),
 			'br-lan', 'netdevname');
 
-		o = addValue(s, null, form.Value, 'broadcast', _('Broadcast address'),
+		o = addValue(s, form.Value, 'broadcast', _('Broadcast address'),
 			_('Where the UDP wake packet goes. Leave empty for the broadcast address of the device above.'),
 			null, 'ip4addr("nomask")');
 		o.placeholder = _('automatic');
 
-		addValue(s, null, form.Flag, 'on_connect', _('Wake on connection'),
+		addValue(s, form.Flag, 'on_connect', _('Wake on connection'),
 			_('Wake as soon as someone outside connects to Jellyfin, before they press play.'),
 			'1');
 
-		addValue(s, null, form.Flag, 'on_session', _('Wake while playing'),
+		addValue(s, form.Flag, 'on_session', _('Wake while playing'),
 			_('Keep sending wake packets while streams are playing.'),
 			'1');
 
-		addValue(s, null, form.Value, 'cooldown', _('Pause between packets (s)'),
+		addValue(s, form.Value, 'cooldown', _('Pause between packets (s)'),
 			_('Send at most one wake packet in this many seconds (0-86400).'),
 			'60', 'and(uinteger,range(0,86400))');
 
-		addValue(s, null, form.Value, 'idle_minutes', _('Idle after (min)'),
+		addValue(s, form.Value, 'idle_minutes', _('Idle after (min)'),
 			_('After this many minutes without streams or connections, run the idle command once. 0 never runs it.'),
 			'0', 'and(uinteger,range(0,525600))');
 
-		o = addValue(s, null, form.Value, 'idle_command', _('Idle command'),
+		o = addValue(s, form.Value, 'idle_command', _('Idle command'),
 			_('Program and arguments to run when idle, e.g. ssh -i /etc/dropbear/id nas \'sudo poweroff\'. Run directly, without a shell: quotes group words, but there are no variables, pipes or redirections.'),
 			null);
 		o.placeholder = _('none');
@@ -372,12 +372,12 @@ return view.extend({
 		s = m.section(form.NamedSection, 'publish', 'publish', _('Publishing'));
 		s.addremove = false;
 
-		o = addValue(s, null, form.Value, 'prometheus_file', _('Prometheus file'),
+		o = addValue(s, form.Value, 'prometheus_file', _('Prometheus file'),
 			_('Write live figures in Prometheus text format to this file each interval, for node-exporter\'s textfile collector, e.g. /var/prometheus/jellydemon.prom. Empty: off.'));
 		o.placeholder = _('off');
 		o.validate = validateAbsPath;
 
-		o = addValue(s, null, form.Value, 'webhook_url', _('Webhook URL'),
+		o = addValue(s, form.Value, 'webhook_url', _('Webhook URL'),
 			_('POST a short JSON message (with a Discord-compatible "content" field) to this address on events such as a wake or a restart. Empty: off.'));
 		o.placeholder = _('off');
 		o.validate = urlChecker(true);
