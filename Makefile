@@ -22,8 +22,12 @@ test-rust:
 	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 
-test-luci:
-	@echo "(luci tests: to be written)"
+# ---- test-luci: lint + browser tests of luci-app-jellydemon (Chromium from apt, npm packages
+# pinned by tests/luci/package-lock.json; no browser download) ----
+test-luci: deps
+	cd tests/luci && npm ci --no-audit --no-fund
+	cd tests/luci && npm run lint
+	cd tests/luci && npm test
 
 test-package:
 	@echo "(package tests: to be written)"

@@ -9,6 +9,10 @@ have nft || need+=(nftables)
 have conntrack || need+=(conntrack)
 # homenet (the emulated home network): sysctl inside the namespaces.
 have sysctl || need+=(procps)
+# ---- LuCI browser tests (make test-luci): Debian's Chromium, node and npm ----
+have chromium || need+=(chromium)
+have node || need+=(nodejs)
+have npm || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq
