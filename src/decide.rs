@@ -277,9 +277,12 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         .saturating_add(exempt_bps);
     let jf = input.jellyfin_bps.unwrap_or(estimated_jf);
     let other_now = input.wan_tx_bps.unwrap_or(0).saturating_sub(jf);
-    // Other traffic must be seen on two ticks in a row before it cuts the budget: one tick's
-    // spike is usually a transcoder burst attributed to the wrong side of the counters.
-    plan.other_bps = prev.last_other_bps.map_or(other_now, |p| p.min(other_now));
+    // Two speeds: the router's classes follow the other traffic of this tick (cheap to
+    // change, and the household's latency depends on it), while Jellyfin limits — which may
+    // restart playback — follow other traffic only once two ticks in a row confirm it, so a
+    // one-tick burst never costs a viewer a restart.
+    let other_confirmed = prev.last_other_bps.map_or(other_now, |p| p.min(other_now));
+    plan.other_bps = other_now;
     next.last_other_bps = Some(other_now);
 
     let Some(capacity) = policy.capacity_bps else {
@@ -289,13 +292,10 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         return (plan, next);
     };
     plan.managing = true;
-    plan.budget_bps = budget(
-        capacity,
-        policy.target_pct,
-        plan.other_bps,
-        policy.reserve_bps,
-    )
-    .saturating_sub(exempt_bps);
+    plan.budget_bps = budget(capacity, policy.target_pct, other_now, policy.reserve_bps)
+        .saturating_sub(exempt_bps);
+    let limit_budget = budget(capacity, policy.target_pct, other_confirmed, policy.reserve_bps)
+        .saturating_sub(exempt_bps);
 
     let claims: Vec<Claim> = competing
         .iter()
@@ -320,11 +320,12 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             Claim { weight, min, max }
         })
         .collect();
-    let targets = max_min_fair(plan.budget_bps, &claims);
+    let targets = max_min_fair(limit_budget, &claims);
+    let fast = max_min_fair(plan.budget_bps, &claims);
 
     let mut per_user: BTreeMap<&str, (String, u64)> = BTreeMap::new();
     let mut per_ip: BTreeMap<IpAddr, u64> = BTreeMap::new();
-    for ((s, &target), claim) in competing.iter().zip(&targets).zip(&claims) {
+    for (((s, &target), claim), &fast) in competing.iter().zip(&targets).zip(&claims).zip(&fast) {
         let target = round_down(target).max(claim.min).max(LIMIT_STEP_BPS);
         let mut mem = prev.streams.get(&s.session_id).cloned().unwrap_or_default();
         let fresh = mem.applied_bps == 0;
@@ -358,8 +359,11 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             .or_insert((s.user_name.clone(), u64::MAX));
         e.1 = e.1.min(share);
         if let Some(ip) = s.remote_ip {
+            // The class never grants more than the Jellyfin share, and drops at once with
+            // this tick's budget.
+            let rate = share.min(round_down(fast).max(claim.min));
             let v = per_ip.entry(canonical(ip)).or_insert(0);
-            *v = v.saturating_add(share);
+            *v = v.saturating_add(rate);
         }
         next.streams.insert(s.session_id.clone(), mem);
     }
@@ -679,8 +683,12 @@ mod tests {
         );
         assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
         assert!(plan.restarts.is_empty());
-        // The household starts a 10 Mbit/s upload: one tick of it is not trusted yet...
+        // The household starts a 10 Mbit/s upload: the router's classes follow at once...
         let (plan, st) = decide(&st, &input(5.0, 18 * M, 8 * M, streams.clone()), &p);
+        assert_eq!(plan.budget_bps, 8 * M);
+        let rates: Vec<u64> = plan.viewers.iter().map(|v| v.rate_bps).collect();
+        assert_eq!(rates, vec![4 * M, 4 * M]);
+        // ...but one tick is not trusted enough to change Jellyfin limits or restart anyone.
         assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
         assert!(plan.restarts.is_empty());
         // ...the second confirms it: budget 18 - 10 = 8, 4 each.
