@@ -300,10 +300,20 @@ fn per_viewer_bytes_from_both_sources() {
     n.router.exec(&["conntrack", "-D", "-s", VIEWER_A]);
     let k3 = by_tracker.update(&tick(&mut tracker, &servers)).clone();
     within(k3[&ip(VIEWER_A)], 5_800_000, "viewer A's final bytes");
+    // The deleted entries are not read again. (A's open connections may get new entries
+    // from a trailing ACK; those start from zero.)
     let last = tick(&mut tracker, &servers);
-    assert!(last.iter().all(|f| f.viewer != ip(VIEWER_A)), "{last:?}");
-    assert_eq!(last.len(), 2);
-    assert_eq!(by_tracker.update(&last)[&ip(VIEWER_A)], k3[&ip(VIEWER_A)]);
+    assert!(
+        last.iter()
+            .all(|f| f.viewer != ip(VIEWER_A) || f.bytes < 100_000),
+        "{last:?}"
+    );
+    assert_eq!(last.iter().filter(|f| f.viewer != ip(VIEWER_A)).count(), 2);
+    within(
+        by_tracker.update(&last)[&ip(VIEWER_A)],
+        5_800_000,
+        "viewer A afterwards",
+    );
     assert_eq!(tracker.dumps(), dumps);
 
     drop((a, a2, b, b_other, c));
