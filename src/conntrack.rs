@@ -408,12 +408,31 @@ impl FlowCounter {
 /// Reads conntrack text in chunks, calling `f` for every parsable line, without holding the
 /// whole table: memory stays at the buffer size whatever the table size. Over-long lines are
 /// skipped.
-pub fn parse_stream<R: Read>(
+pub fn parse_stream<R: Read>(r: R, buf: &mut Vec<u8>, f: impl FnMut(Entry)) -> io::Result<()> {
+    parse_stream_matching(r, buf, &[], f)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Like [`parse_stream`], but parses only lines that contain one of `needles` (all lines when
+/// empty): a cheap byte search spares the full parse of the many unrelated entries.
+pub fn parse_stream_matching<R: Read>(
     mut r: R,
     buf: &mut Vec<u8>,
+    needles: &[Vec<u8>],
     mut f: impl FnMut(Entry),
 ) -> io::Result<()> {
     const CHUNK: usize = 32 * 1024;
+    let mut line_fn = |line: &[u8]| {
+        if !needles.is_empty() && !needles.iter().any(|n| contains(line, n)) {
+            return;
+        }
+        if let Some(e) = std::str::from_utf8(line).ok().and_then(parse_line) {
+            f(e);
+        }
+    };
     buf.clear();
     buf.resize(CHUNK, 0);
     let mut filled = 0usize;
@@ -433,23 +452,16 @@ pub fn parse_stream<R: Read>(
         let end = filled + n;
         let mut start = 0usize;
         while let Some(pos) = buf[start..end].iter().position(|&b| b == b'\n') {
-            let line = &buf[start..start + pos];
             if skipping {
                 skipping = false;
-            } else if let Ok(s) = std::str::from_utf8(line) {
-                if let Some(e) = parse_line(s) {
-                    f(e);
-                }
+            } else {
+                line_fn(&buf[start..start + pos]);
             }
             start += pos + 1;
         }
         if eof {
             if !skipping && start < end {
-                if let Ok(s) = std::str::from_utf8(&buf[start..end]) {
-                    if let Some(e) = parse_line(s) {
-                        f(e);
-                    }
-                }
+                line_fn(&buf[start..end]);
             }
             return Ok(());
         }
@@ -491,9 +503,19 @@ impl ProcSource {
 
     /// Calls `f` for every entry of the table.
     pub fn for_each(&mut self, f: impl FnMut(Entry)) -> Result<(), Error> {
+        self.for_each_matching(&[], f)
+    }
+
+    /// Calls `f` for the entries whose line contains one of `needles` (all when empty).
+    pub fn for_each_matching(
+        &mut self,
+        needles: &[Vec<u8>],
+        f: impl FnMut(Entry),
+    ) -> Result<(), Error> {
         let file =
             std::fs::File::open(&self.path).map_err(io_err("opening the conntrack table"))?;
-        parse_stream(file, &mut self.buf, f).map_err(io_err("reading the conntrack table"))
+        parse_stream_matching(file, &mut self.buf, needles, f)
+            .map_err(io_err("reading the conntrack table"))
     }
 }
 
@@ -504,7 +526,11 @@ impl FlowSource for ProcSource {
         ports: &[u16],
         out: &mut Vec<Flow>,
     ) -> Result<(), Error> {
-        self.for_each(|e| {
+        let needles: Vec<Vec<u8>> = ports
+            .iter()
+            .map(|p| format!(" sport={p} ").into_bytes())
+            .collect();
+        self.for_each_matching(&needles, |e| {
             if let Some(fl) = flow_of(&e, server, ports) {
                 out.push(fl);
             }
@@ -1354,7 +1380,11 @@ impl ProcConnectPoll {
     pub fn poll(&mut self, ports: &[u16], out: &mut Vec<NewConn>) -> Result<(), Error> {
         let mut now = HashSet::new();
         let seen = &self.seen;
-        self.src.for_each(|e| {
+        let needles: Vec<Vec<u8>> = ports
+            .iter()
+            .map(|p| format!(" dport={p} ").into_bytes())
+            .collect();
+        self.src.for_each_matching(&needles, |e| {
             let waiting = e.unreplied || e.state == Some(State::SynSent);
             if waiting && ports.contains(&e.orig.dport) {
                 let k = (e.proto, e.orig);
@@ -1628,6 +1658,32 @@ mod tests {
         let mut got2 = vec![];
         parse_stream(Trickle(text.as_bytes()), &mut buf, |e| got2.push(e)).unwrap();
         assert_eq!(got, got2);
+    }
+
+    #[test]
+    fn stream_prefilter_only_skips_unrelated_lines() {
+        let text = format!("{L1}\n{L2}\n{L6}\n{L9}\n");
+        let mut got = vec![];
+        let needles = vec![b" sport=8096 ".to_vec()];
+        parse_stream_matching(
+            io::Cursor::new(text.as_bytes()),
+            &mut vec![],
+            &needles,
+            |e| got.push(e),
+        )
+        .unwrap();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got.iter().all(|e| e.reply.sport == 8096));
+        let needles = vec![b" sport=809 ".to_vec()];
+        let mut n = 0;
+        parse_stream_matching(
+            io::Cursor::new(text.as_bytes()),
+            &mut vec![],
+            &needles,
+            |_| n += 1,
+        )
+        .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]
