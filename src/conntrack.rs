@@ -408,12 +408,31 @@ impl FlowCounter {
 /// Reads conntrack text in chunks, calling `f` for every parsable line, without holding the
 /// whole table: memory stays at the buffer size whatever the table size. Over-long lines are
 /// skipped.
-pub fn parse_stream<R: Read>(
+pub fn parse_stream<R: Read>(r: R, buf: &mut Vec<u8>, f: impl FnMut(Entry)) -> io::Result<()> {
+    parse_stream_matching(r, buf, &[], f)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Like [`parse_stream`], but parses only lines that contain one of `needles` (all lines when
+/// empty): a cheap byte search spares the full parse of the many unrelated entries.
+pub fn parse_stream_matching<R: Read>(
     mut r: R,
     buf: &mut Vec<u8>,
+    needles: &[Vec<u8>],
     mut f: impl FnMut(Entry),
 ) -> io::Result<()> {
     const CHUNK: usize = 32 * 1024;
+    let mut line_fn = |line: &[u8]| {
+        if !needles.is_empty() && !needles.iter().any(|n| contains(line, n)) {
+            return;
+        }
+        if let Some(e) = std::str::from_utf8(line).ok().and_then(parse_line) {
+            f(e);
+        }
+    };
     buf.clear();
     buf.resize(CHUNK, 0);
     let mut filled = 0usize;
@@ -433,23 +452,16 @@ pub fn parse_stream<R: Read>(
         let end = filled + n;
         let mut start = 0usize;
         while let Some(pos) = buf[start..end].iter().position(|&b| b == b'\n') {
-            let line = &buf[start..start + pos];
             if skipping {
                 skipping = false;
-            } else if let Ok(s) = std::str::from_utf8(line) {
-                if let Some(e) = parse_line(s) {
-                    f(e);
-                }
+            } else {
+                line_fn(&buf[start..start + pos]);
             }
             start += pos + 1;
         }
         if eof {
             if !skipping && start < end {
-                if let Ok(s) = std::str::from_utf8(&buf[start..end]) {
-                    if let Some(e) = parse_line(s) {
-                        f(e);
-                    }
-                }
+                line_fn(&buf[start..end]);
             }
             return Ok(());
         }
@@ -491,9 +503,19 @@ impl ProcSource {
 
     /// Calls `f` for every entry of the table.
     pub fn for_each(&mut self, f: impl FnMut(Entry)) -> Result<(), Error> {
+        self.for_each_matching(&[], f)
+    }
+
+    /// Calls `f` for the entries whose line contains one of `needles` (all when empty).
+    pub fn for_each_matching(
+        &mut self,
+        needles: &[Vec<u8>],
+        f: impl FnMut(Entry),
+    ) -> Result<(), Error> {
         let file =
             std::fs::File::open(&self.path).map_err(io_err("opening the conntrack table"))?;
-        parse_stream(file, &mut self.buf, f).map_err(io_err("reading the conntrack table"))
+        parse_stream_matching(file, &mut self.buf, needles, f)
+            .map_err(io_err("reading the conntrack table"))
     }
 }
 
@@ -504,7 +526,11 @@ impl FlowSource for ProcSource {
         ports: &[u16],
         out: &mut Vec<Flow>,
     ) -> Result<(), Error> {
-        self.for_each(|e| {
+        let needles: Vec<Vec<u8>> = ports
+            .iter()
+            .map(|p| format!(" sport={p} ").into_bytes())
+            .collect();
+        self.for_each_matching(&needles, |e| {
             if let Some(fl) = flow_of(&e, server, ports) {
                 out.push(fl);
             }
@@ -525,13 +551,16 @@ mod nl {
     pub const NLMSG_ERROR: u16 = 2;
     pub const NLMSG_DONE: u16 = 3;
     pub const NLM_F_REQUEST: u16 = 1;
+    pub const NLM_F_ACK: u16 = 4;
     pub const NLM_F_DUMP: u16 = 0x300;
     pub const NLA_F_NESTED: u16 = 0x8000;
     pub const NLA_TYPE_MASK: u16 = 0x3fff;
     pub const NFNL_SUBSYS_CTNETLINK: u16 = 1;
     pub const IPCTNL_MSG_CT_NEW: u16 = 0;
     pub const IPCTNL_MSG_CT_GET: u16 = 1;
+    pub const IPCTNL_MSG_CT_DELETE: u16 = 2;
     pub const NFNLGRP_CONNTRACK_NEW: u32 = 1;
+    pub const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 
     pub const CTA_TUPLE_ORIG: u16 = 1;
     pub const CTA_TUPLE_REPLY: u16 = 2;
@@ -777,32 +806,94 @@ pub struct DumpFilter {
     pub reply_sport: Option<u16>,
 }
 
-/// Flows from a ctnetlink dump (`IPCTNL_MSG_CT_GET`) that the kernel filters by reply source
-/// address, protocol and source port (`CTA_FILTER`, Linux 5.9+), so only the server's flows are
-/// serialised, whatever the size of the table. Older kernels ignore the filter and send the
-/// whole table of that address family; the same filter then runs here.
+/// Ticks between two safety resynchronisations of the tracked flows by a dump.
+const RESYNC_EVERY: u32 = 720;
+
+/// Flows from ctnetlink, at a cost that does not grow with the size of the conntrack table.
+///
+/// Every dump walks the kernel's whole conntrack hash table (tens of milliseconds of CPU with
+/// 65,536 entries), even when a filter keeps it from serialising anything. So a dump only
+/// (re)builds the set of the server's flows: at the first tick, when the servers or ports
+/// change, after lost events and every [`RESYNC_EVERY`] ticks. In between, conntrack NEW and
+/// DESTROY events keep the set current, and each tick reads just those flows by exact tuple
+/// (`IPCTNL_MSG_CT_GET`, a hash lookup). DESTROY events carry the final counters, so a flow
+/// that ends between two ticks still counts fully.
+///
+/// Dumps are filtered in the kernel by the reply tuple (`CTA_FILTER`, Linux 5.9+). Older
+/// kernels ignore the filter and send the whole table of that address family; the same filter
+/// then runs here. Without events (`nf_conntrack_events=0`) every tick is a filtered dump.
 pub struct NetlinkSource {
     fd: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
     kernel_filter: bool,
+    events: Option<OwnedFd>,
+    tracked: HashSet<(u8, u8, Tuple)>,
+    ended: Vec<Entry>,
+    query: (Vec<IpAddr>, Vec<u16>),
+    resync: bool,
+    ticks_since_dump: u32,
+    dumps: u64,
+}
+
+fn family_of(a: &IpAddr) -> u8 {
+    if a.is_ipv4() {
+        AF_INET
+    } else {
+        AF_INET6
+    }
+}
+
+fn is_server_reply(e: &Entry, servers: &[IpAddr], ports: &[u16]) -> bool {
+    e.proto == IPPROTO_TCP
+        && ports.contains(&e.reply.sport)
+        && servers.contains(&canonical(e.reply.src))
 }
 
 impl NetlinkSource {
-    /// Opens a ctnetlink socket in the calling thread's network namespace.
+    /// Opens ctnetlink sockets in the calling thread's network namespace.
     pub fn new() -> Result<Self, Error> {
-        let fd = netlink_socket(nix::sys::socket::SockFlag::empty())?;
-        let addr = nix::sys::socket::NetlinkAddr::new(0, 0);
-        nix::sys::socket::bind(fd.as_raw_fd(), &addr).map_err(|e| Error::Netlink {
+        use nix::sys::socket::{bind, setsockopt, sockopt, NetlinkAddr, SockFlag};
+        let fd = netlink_socket(SockFlag::empty())?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|e| Error::Netlink {
             what: "binding a ctnetlink socket",
             errno: e as i32,
         })?;
+        // A kernel that never answers must not stall the daemon's loop.
+        let _ = setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(5, 0),
+        );
+        let events_on = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_events")
+            .map(|s| s.trim() != "0")
+            .unwrap_or(false);
+        let events = if events_on {
+            let ev = netlink_socket(SockFlag::SOCK_NONBLOCK)?;
+            if setsockopt(&ev, sockopt::RcvBufForce, &(1 << 20)).is_err() {
+                let _ = setsockopt(&ev, sockopt::RcvBuf, &(1 << 20));
+            }
+            let groups = (1u32 << (nl::NFNLGRP_CONNTRACK_NEW - 1))
+                | (1u32 << (nl::NFNLGRP_CONNTRACK_DESTROY - 1));
+            bind(ev.as_raw_fd(), &NetlinkAddr::new(0, groups))
+                .ok()
+                .map(|()| ev)
+        } else {
+            None
+        };
         // Dump replies are bounded by the kernel's skb size (at most 32 KiB); 64 KiB is safe.
         Ok(NetlinkSource {
             fd,
             seq: 0,
             buf: vec![0; 64 * 1024],
             kernel_filter: true,
+            events,
+            tracked: HashSet::new(),
+            ended: Vec::new(),
+            query: (Vec::new(), Vec::new()),
+            resync: true,
+            ticks_since_dump: 0,
+            dumps: 0,
         })
     }
 
@@ -811,12 +902,27 @@ impl NetlinkSource {
         self.kernel_filter
     }
 
-    fn request(&mut self, family: u8, filter: Option<DumpFilter>) -> Vec<u8> {
+    /// True when conntrack events keep the flow set current between dumps.
+    pub fn tracking(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// How many table dumps this source has made.
+    pub fn dumps(&self) -> u64 {
+        self.dumps
+    }
+
+    fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn dump_request(&mut self, family: u8, filter: Option<DumpFilter>) -> Vec<u8> {
+        let seq = self.next_seq();
         let mut m = nl::Msg::new(
             (nl::NFNL_SUBSYS_CTNETLINK << 8) | nl::IPCTNL_MSG_CT_GET,
             nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
-            self.seq,
+            seq,
             family,
         );
         if let Some(f) = filter {
@@ -846,19 +952,51 @@ impl NetlinkSource {
         m.finish()
     }
 
-    /// Dumps the entries of one address family (2 = IPv4, 10 = IPv6), optionally only the TCP
-    /// ones whose reply tuple matches `filter`; calls `f` for each.
-    pub fn dump(
+    fn get_request(&mut self, family: u8, proto: u8, t: &Tuple) -> Vec<u8> {
+        let seq = self.next_seq();
+        let mut m = nl::Msg::new(
+            (nl::NFNL_SUBSYS_CTNETLINK << 8) | nl::IPCTNL_MSG_CT_GET,
+            nl::NLM_F_REQUEST | nl::NLM_F_ACK,
+            seq,
+            family,
+        );
+        m.begin(nl::CTA_TUPLE_ORIG);
+        m.begin(nl::CTA_TUPLE_IP);
+        match (t.src, t.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                m.attr(nl::CTA_IP_V4_SRC, &s.octets());
+                m.attr(nl::CTA_IP_V4_DST, &d.octets());
+            }
+            (s, d) => {
+                let v6 = |a: IpAddr| match a {
+                    IpAddr::V6(x) => x,
+                    IpAddr::V4(x) => x.to_ipv6_mapped(),
+                };
+                m.attr(nl::CTA_IP_V6_SRC, &v6(s).octets());
+                m.attr(nl::CTA_IP_V6_DST, &v6(d).octets());
+            }
+        }
+        m.end();
+        m.begin(nl::CTA_TUPLE_PROTO);
+        m.attr(nl::CTA_PROTO_NUM, &[proto]);
+        m.attr(nl::CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
+        m.attr(nl::CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
+        m.end();
+        m.end();
+        m.finish()
+    }
+
+    /// Sends one request and reads its answer up to DONE or the ACK/error.
+    fn transact(
         &mut self,
-        family: u8,
-        filter: Option<DumpFilter>,
+        req: &[u8],
+        what: &'static str,
         mut f: impl FnMut(Entry),
     ) -> Result<(), Error> {
         use nix::sys::socket::{recv, send, MsgFlags};
-        let req = self.request(family, filter);
         let seq = self.seq;
-        send(self.fd.as_raw_fd(), &req, MsgFlags::empty()).map_err(|e| Error::Netlink {
-            what: "sending the conntrack dump request",
+        send(self.fd.as_raw_fd(), req, MsgFlags::empty()).map_err(|e| Error::Netlink {
+            what,
             errno: e as i32,
         })?;
         loop {
@@ -867,7 +1005,7 @@ impl NetlinkSource {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     return Err(Error::Netlink {
-                        what: "reading the conntrack dump",
+                        what,
                         errno: e as i32,
                     })
                 }
@@ -888,9 +1026,7 @@ impl NetlinkSource {
                             .get(..4)
                             .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
                             .unwrap_or(0);
-                        if code != 0 {
-                            err = -code;
-                        }
+                        err = code.saturating_neg();
                         done = true;
                     }
                     t if t >> 8 == nl::NFNL_SUBSYS_CTNETLINK => {
@@ -902,13 +1038,141 @@ impl NetlinkSource {
                 }
             });
             if err != 0 {
-                return Err(Error::Netlink {
-                    what: "dumping conntrack",
-                    errno: err,
-                });
+                return Err(Error::Netlink { what, errno: err });
             }
             if done {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Dumps the entries of one address family (2 = IPv4, 10 = IPv6), optionally only the TCP
+    /// ones whose reply tuple matches `filter`; calls `f` for each.
+    pub fn dump(
+        &mut self,
+        family: u8,
+        filter: Option<DumpFilter>,
+        f: impl FnMut(Entry),
+    ) -> Result<(), Error> {
+        let req = self.dump_request(family, filter);
+        self.dumps = self.dumps.saturating_add(1);
+        self.transact(&req, "dumping conntrack", f)
+    }
+
+    /// Reads one entry by its original tuple; `None` when it no longer exists.
+    pub fn get(&mut self, proto: u8, orig: &Tuple) -> Result<Option<Entry>, Error> {
+        let req = self.get_request(family_of(&orig.src), proto, orig);
+        let mut found = None;
+        match self.transact(&req, "reading a conntrack entry", |e| found = Some(e)) {
+            Ok(()) => Ok(found),
+            Err(Error::Netlink { errno, .. }) if errno == nix::libc::ENOENT => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// All entries from the servers on the ports, by as few filtered dumps as possible.
+    fn dump_servers(
+        &mut self,
+        servers: &[IpAddr],
+        ports: &[u16],
+        mut push: impl FnMut(Entry),
+    ) -> Result<(), Error> {
+        let mut keep = |e: Entry| {
+            if is_server_reply(&e, servers, ports) {
+                push(e);
+            }
+        };
+        if self.kernel_filter {
+            // One dump per IPv4 server (the address alone is selective), one per port for IPv6
+            // (see `dump_request` for why not by address).
+            let mut dumps: Vec<(u8, DumpFilter)> = vec![];
+            for s in servers.iter().filter(|s| s.is_ipv4()) {
+                dumps.push((
+                    AF_INET,
+                    DumpFilter {
+                        reply_src: Some(*s),
+                        reply_sport: None,
+                    },
+                ));
+            }
+            if servers.iter().any(IpAddr::is_ipv6) {
+                for p in ports {
+                    dumps.push((
+                        AF_INET6,
+                        DumpFilter {
+                            reply_src: None,
+                            reply_sport: Some(*p),
+                        },
+                    ));
+                }
+            }
+            let mut refused = false;
+            for (family, filter) in dumps {
+                match self.dump(family, Some(filter), &mut keep) {
+                    Ok(()) => {}
+                    Err(Error::Netlink { errno, .. })
+                        if errno == nix::libc::EOPNOTSUPP || errno == nix::libc::EINVAL =>
+                    {
+                        refused = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !refused {
+                return Ok(());
+            }
+            log::info!("kernel refuses conntrack dump filters; filtering conntrack in jellydemon");
+            self.kernel_filter = false;
+        }
+        // Entries a refused filtered pass delivered come again: FlowCounter drops duplicates.
+        if servers.iter().any(IpAddr::is_ipv4) {
+            self.dump(AF_INET, None, &mut keep)?;
+        }
+        if servers.iter().any(IpAddr::is_ipv6) {
+            self.dump(AF_INET6, None, &mut keep)?;
+        }
+        Ok(())
+    }
+
+    /// Applies pending NEW/DESTROY events to the tracked set.
+    fn drain_events(&mut self) {
+        use nix::errno::Errno;
+        use nix::sys::socket::{recv, MsgFlags};
+        let Some(ev) = self.events.as_ref() else {
+            return;
+        };
+        let (servers, ports) = (&self.query.0, &self.query.1);
+        loop {
+            match recv(ev.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return,
+                Ok(n) => for_each_msg(&self.buf[..n], |ty, _, _, payload| {
+                    if ty >> 8 != nl::NFNL_SUBSYS_CTNETLINK {
+                        return;
+                    }
+                    let Some(e) = parse_ct_msg(payload) else {
+                        return;
+                    };
+                    if !is_server_reply(&e, servers, ports) {
+                        return;
+                    }
+                    let fam = payload.first().copied().unwrap_or(0);
+                    let key = (fam, e.proto, e.orig);
+                    match ty & 0xff {
+                        nl::IPCTNL_MSG_CT_NEW => {
+                            self.tracked.insert(key);
+                        }
+                        nl::IPCTNL_MSG_CT_DELETE => {
+                            self.tracked.remove(&key);
+                            self.ended.push(e);
+                        }
+                        _ => {}
+                    }
+                }),
+                Err(Errno::EINTR) => continue,
+                // Events were lost: only a dump can tell what exists now.
+                Err(Errno::ENOBUFS) => self.resync = true,
+                Err(_) => return,
             }
         }
     }
@@ -927,71 +1191,45 @@ impl FlowSource for NetlinkSource {
         let mut ports_u: Vec<u16> = ports.to_vec();
         ports_u.sort_unstable();
         ports_u.dedup();
-        let mut push = |e: Entry| {
-            if let Some(fl) = flow_of(&e, &servers, &ports_u) {
-                out.push(fl);
-            }
-        };
-        if self.kernel_filter {
-            // Every dump walks the whole conntrack hash table in the kernel, so make as few as
-            // possible: one per IPv4 server (the address alone is selective), one per port for
-            // IPv6 (see `request` for why not by address).
-            let mut dumps: Vec<(u8, DumpFilter)> = vec![];
-            for s in &servers {
-                if s.is_ipv4() {
-                    dumps.push((
-                        AF_INET,
-                        DumpFilter {
-                            reply_src: Some(*s),
-                            reply_sport: None,
-                        },
-                    ));
-                }
-            }
-            if servers.iter().any(IpAddr::is_ipv6) {
-                for p in &ports_u {
-                    dumps.push((
-                        AF_INET6,
-                        DumpFilter {
-                            reply_src: None,
-                            reply_sport: Some(*p),
-                        },
-                    ));
-                }
-            }
-            let mut refused = false;
-            for (family, filter) in dumps {
-                match self.dump(family, Some(filter), &mut push) {
-                    Ok(()) => {}
-                    Err(Error::Netlink { errno, .. })
-                        if errno == nix::libc::EOPNOTSUPP || errno == nix::libc::EINVAL =>
-                    {
-                        refused = true;
-                        break;
+        if self.query != (servers.clone(), ports_u.clone()) {
+            self.query = (servers.clone(), ports_u.clone());
+            self.tracked.clear();
+            self.ended.clear();
+            self.resync = true;
+        }
+        self.drain_events();
+        self.ticks_since_dump = self.ticks_since_dump.saturating_add(1);
+        let dump = self.resync || self.events.is_none() || self.ticks_since_dump >= RESYNC_EVERY;
+
+        let mut entries: Vec<Entry> = std::mem::take(&mut self.ended);
+        if dump {
+            let mut fresh = Vec::new();
+            // A failed dump leaves `resync` set, so the next tick tries again.
+            self.dump_servers(&servers, &ports_u, |e| fresh.push(e))?;
+            self.tracked = fresh
+                .iter()
+                .map(|e| (family_of(&e.orig.src), e.proto, e.orig))
+                .collect();
+            entries.extend(fresh);
+            self.resync = false;
+            self.ticks_since_dump = 0;
+        } else {
+            let keys: Vec<(u8, u8, Tuple)> = self.tracked.iter().copied().collect();
+            for key in keys {
+                match self.get(key.1, &key.2)? {
+                    Some(e) => entries.push(e),
+                    // Gone without a DESTROY event (e.g. created before we subscribed).
+                    None => {
+                        self.tracked.remove(&key);
                     }
-                    Err(e) => return Err(e),
                 }
             }
-            if !refused {
-                return Ok(());
-            }
-            log::info!("kernel refuses conntrack dump filters; filtering conntrack in jellydemon");
-            self.kernel_filter = false;
         }
-        let mut v4 = false;
-        let mut v6 = false;
-        for s in &servers {
-            v4 |= s.is_ipv4();
-            v6 |= s.is_ipv6();
-        }
-        // Entries a refused filtered pass may have delivered are dropped by FlowCounter's
-        // per-update de-duplication.
-        if v4 {
-            self.dump(AF_INET, None, &mut push)?;
-        }
-        if v6 {
-            self.dump(AF_INET6, None, &mut push)?;
-        }
+        out.extend(
+            entries
+                .iter()
+                .filter_map(|e| flow_of(e, &servers, &ports_u)),
+        );
         Ok(())
     }
 }
@@ -1142,7 +1380,11 @@ impl ProcConnectPoll {
     pub fn poll(&mut self, ports: &[u16], out: &mut Vec<NewConn>) -> Result<(), Error> {
         let mut now = HashSet::new();
         let seen = &self.seen;
-        self.src.for_each(|e| {
+        let needles: Vec<Vec<u8>> = ports
+            .iter()
+            .map(|p| format!(" dport={p} ").into_bytes())
+            .collect();
+        self.src.for_each_matching(&needles, |e| {
             let waiting = e.unreplied || e.state == Some(State::SynSent);
             if waiting && ports.contains(&e.orig.dport) {
                 let k = (e.proto, e.orig);
@@ -1416,6 +1658,32 @@ mod tests {
         let mut got2 = vec![];
         parse_stream(Trickle(text.as_bytes()), &mut buf, |e| got2.push(e)).unwrap();
         assert_eq!(got, got2);
+    }
+
+    #[test]
+    fn stream_prefilter_only_skips_unrelated_lines() {
+        let text = format!("{L1}\n{L2}\n{L6}\n{L9}\n");
+        let mut got = vec![];
+        let needles = vec![b" sport=8096 ".to_vec()];
+        parse_stream_matching(
+            io::Cursor::new(text.as_bytes()),
+            &mut vec![],
+            &needles,
+            |e| got.push(e),
+        )
+        .unwrap();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got.iter().all(|e| e.reply.sport == 8096));
+        let needles = vec![b" sport=809 ".to_vec()];
+        let mut n = 0;
+        parse_stream_matching(
+            io::Cursor::new(text.as_bytes()),
+            &mut vec![],
+            &needles,
+            |_| n += 1,
+        )
+        .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]

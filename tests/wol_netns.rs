@@ -311,3 +311,51 @@ fn idle_command_runs_once_per_idle_period() {
     let log = std::fs::read_to_string(&path).expect("idle log");
     assert_eq!(log.lines().count(), 3, "{log}");
 }
+
+/// Drops CAP_NET_RAW from the calling thread only (capabilities are per thread on Linux).
+fn drop_net_raw() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_RAW: u32 = 13;
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and the two data words it expects.
+    unsafe {
+        let r = nix::libc::syscall(nix::libc::SYS_capget, &mut hdr, data.as_mut_ptr());
+        assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
+        data[0].effective &= !(1 << CAP_NET_RAW);
+        data[0].permitted &= !(1 << CAP_NET_RAW);
+        let r = nix::libc::syscall(nix::libc::SYS_capset, &mut hdr, data.as_ptr());
+        assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+fn without_cap_net_raw_the_raw_frame_fails_with_a_permission_error() {
+    let l = lan();
+    let r = l
+        .router
+        .run(|| {
+            drop_net_raw();
+            Sender::new("lan0", None).send(TARGET, None)
+        })
+        .expect("the UDP copy needs no privilege (Linux 5.7+ binds to a device without it)");
+    assert!(r.udp.is_ok());
+    let raw = r.raw.unwrap_err();
+    assert!(matches!(raw, Error::Permission { .. }), "{raw}");
+    assert!(raw.to_string().contains("CAP_NET_RAW"), "{raw}");
+}

@@ -46,9 +46,14 @@ impl Netns {
             .args(argv))
     }
 
-    /// Sets a sysctl inside the namespace.
+    /// Sets a sysctl inside the namespace (through /proc/sys, which follows the namespace of
+    /// the thread that opens it).
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_string();
+        self.run(move || {
+            std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
+        });
     }
 
     /// Loads an nftables ruleset inside the namespace (from stdin, no shell).
