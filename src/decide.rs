@@ -294,8 +294,13 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
     plan.managing = true;
     plan.budget_bps = budget(capacity, policy.target_pct, other_now, policy.reserve_bps)
         .saturating_sub(exempt_bps);
-    let limit_budget = budget(capacity, policy.target_pct, other_confirmed, policy.reserve_bps)
-        .saturating_sub(exempt_bps);
+    let limit_budget = budget(
+        capacity,
+        policy.target_pct,
+        other_confirmed,
+        policy.reserve_bps,
+    )
+    .saturating_sub(exempt_bps);
 
     let claims: Vec<Claim> = competing
         .iter()
@@ -791,7 +796,11 @@ mod tests {
     fn restart_interval_survives_a_session_vanishing_briefly() {
         let p = policy();
         let s = stream("s1", "alice", "203.0.113.7", 12 * M);
-        let (_, st) = decide(&State::default(), &input(0.0, 12 * M, 12 * M, vec![s.clone()]), &p);
+        let (_, st) = decide(
+            &State::default(),
+            &input(0.0, 12 * M, 12 * M, vec![s.clone()]),
+            &p,
+        );
         let (_, st) = decide(&st, &input(1.0, 22 * M, 12 * M, vec![s.clone()]), &p);
         let (plan, st) = decide(&st, &input(2.0, 22 * M, 12 * M, vec![s.clone()]), &p);
         assert_eq!(plan.restarts.len(), 1);

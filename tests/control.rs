@@ -36,7 +36,11 @@ fn run(daemon: bool) -> Summary {
     let s = run_scenario(&sc, &opts).expect("scenario ran");
     eprintln!(
         "--- {} ---\n{}",
-        if daemon { "with jellydemon" } else { "without jellydemon" },
+        if daemon {
+            "with jellydemon"
+        } else {
+            "without jellydemon"
+        },
         render_summary(&s)
     );
     s
@@ -62,17 +66,30 @@ fn jellydemon_keeps_every_control_goal_and_beats_the_baseline() {
     let baseline = baseline.join().expect("baseline run");
 
     assert!(with.errors.is_empty(), "errors: {:?}", with.errors);
-    assert_eq!(with.daemon, Some(true), "the daemon ran and left cleanly on SIGTERM");
+    assert_eq!(
+        with.daemon,
+        Some(true),
+        "the daemon ran and left cleanly on SIGTERM"
+    );
     let failed: Vec<_> = with.checks.iter().filter(|c| !c.ok).collect();
-    assert!(failed.is_empty(), "control goals missed with jellydemon: {failed:#?}");
+    assert!(
+        failed.is_empty(),
+        "control goals missed with jellydemon: {failed:#?}"
+    );
 
     // The difference the product makes, asserted: without it the household's latency under
     // load is far above idle, with it it is not.
     let (b, w) = (worst_loaded_p95(&baseline), worst_loaded_p95(&with));
     assert!(
-        baseline.checks.iter().any(|c| !c.ok && c.name.starts_with("latency")),
+        baseline
+            .checks
+            .iter()
+            .any(|c| !c.ok && c.name.starts_with("latency")),
         "the baseline should show bufferbloat: {:#?}",
         baseline.checks
     );
-    assert!(w + 20.0 < b, "household p95 with jellydemon {w:.1} ms vs without {b:.1} ms");
+    assert!(
+        w + 20.0 < b,
+        "household p95 with jellydemon {w:.1} ms vs without {b:.1} ms"
+    );
 }

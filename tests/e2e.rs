@@ -8,7 +8,7 @@ mod topology;
 
 use serde_json::Value;
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -781,4 +781,130 @@ fn status_verb_renders_the_running_daemon() {
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(json.trim()).expect("status --json is JSON");
     assert_eq!(v["version"], 1);
+}
+
+#[test]
+fn wake_on_lan_within_a_second_of_the_first_syn_then_cooldown() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::new(
+        "config wol 'wol'\n\toption enabled '1'\n\toption mac '52:54:00:12:34:56'\n\toption interface 'br-lan'\n\toption on_connect '1'\n\toption on_session '1'\n\toption cooldown '60'\n",
+    );
+    // The media server sleeps: nothing answers on 8096.
+    if let Some(mut e) = h.emu.take() {
+        let _ = e.kill();
+        let _ = e.wait();
+    }
+    h.start_daemon(&[]);
+    // The server's NIC, as seen from its LAN: the UDP form of the magic packet on port 9.
+    let jf = h.net.jf.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        in_ns(&jf, move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:9").expect("bind :9");
+            sock.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let viewer = h.net.viewers[0].clone();
+    let connect = || {
+        in_ns(&viewer, || {
+            let t = Instant::now();
+            let _ = std::net::TcpStream::connect_timeout(
+                &"198.51.100.1:8096".parse().unwrap(),
+                Duration::from_millis(500),
+            );
+            t
+        })
+    };
+    let t0 = connect();
+    let (t1, pkt) = rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("a magic packet within 2 s");
+    assert!(
+        t1.duration_since(t0) < Duration::from_secs(1),
+        "wake took {:?}",
+        t1.duration_since(t0)
+    );
+    let mut want = vec![0xffu8; 6];
+    for _ in 0..16 {
+        want.extend_from_slice(&[0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+    }
+    assert_eq!(pkt, want, "the magic packet, byte for byte");
+    // A second connection within the cooldown sends nothing.
+    connect();
+    assert!(
+        rx.recv_timeout(Duration::from_secs(2)).is_err(),
+        "cooldown holds"
+    );
+    let st = h.status().unwrap();
+    assert_eq!(st["wol"]["last_reason"], "connect");
+    assert_eq!(st["wol"]["wakes"], 1);
+}
+
+#[test]
+fn webhook_receives_the_events_of_a_stream() {
+    if !need_root() {
+        return;
+    }
+    // A receiver inside the router namespace, where the daemon posts from.
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let (port_tx, port_rx) = std::sync::mpsc::channel::<u16>();
+    let mut h0 = Home::new("");
+    let router = h0.net.router.clone();
+    std::thread::spawn(move || {
+        in_ns(&router, move || {
+            let server = tiny_http::Server::http("127.0.0.1:0").expect("receiver");
+            let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or(0);
+            port_tx.send(port).unwrap();
+            while let Ok(Some(mut req)) = server.recv_timeout(Duration::from_secs(60)) {
+                let mut body = String::new();
+                let _ = req.as_reader().read_to_string(&mut body);
+                let _ = req.respond(tiny_http::Response::empty(204));
+                if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+    });
+    let port = port_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let cfg = fs::read_to_string(&h0.cfg).unwrap()
+        + &format!(
+            "config publish 'publish'\n\toption webhook_url 'http://127.0.0.1:{port}/hook'\n"
+        );
+    fs::write(&h0.cfg, cfg).unwrap();
+    h0.start_daemon(&[]);
+    h0.remote_viewer(0, "alice", ITEM2, "transcode");
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(seen.contains(&"stream_started".into()) && seen.contains(&"limit_changed".into())) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("events so far: {seen:?}"));
+        assert!(v["content"].is_string(), "Discord-compatible content: {v}");
+        assert!(!v.to_string().contains(KEY), "never the API key");
+        seen.push(v["event"].as_str().unwrap_or_default().to_string());
+    }
+    for mut v in h0.viewers.drain(..) {
+        HomeNet::stop(&mut v, Duration::from_secs(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains(&"stream_stopped".into()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("events so far: {seen:?}"));
+        seen.push(v["event"].as_str().unwrap_or_default().to_string());
+    }
 }
