@@ -310,6 +310,15 @@ impl Sender {
         &self.interface
     }
 
+    /// Sends the packet `config wol` describes (`wol.mac`, its password); what `jellydemon
+    /// wake` and the daemon call.
+    pub fn wake(wol: &config::Wol) -> Result<SendReport, Error> {
+        let mac = wol.mac.ok_or_else(|| {
+            Error::BadMac("wol.mac is not set (the media server's MAC address)".into())
+        })?;
+        Sender::from_config(wol).send(mac, wol.password.as_deref())
+    }
+
     /// Sends the magic packet for `mac` both as a UDP broadcast to port 9 and as a raw
     /// Ethernet broadcast frame. Succeeds when at least one form left; the report says which.
     pub fn send(&self, mac: [u8; 6], password: Option<&[u8]>) -> Result<SendReport, Error> {
@@ -730,6 +739,13 @@ mod tests {
             s.send(MAC, Some(&[1, 2, 3])),
             Err(Error::BadPassword(3))
         ));
+    }
+
+    #[test]
+    fn wake_needs_a_mac() {
+        let w = config::Config::default().wol;
+        let e = Sender::wake(&w).unwrap_err();
+        assert!(e.to_string().contains("wol.mac is not set"), "{e}");
     }
 
     #[test]

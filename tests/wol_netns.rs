@@ -250,14 +250,18 @@ fn clear_errors() {
 #[test]
 fn scheduler_cooldown_holds_on_the_wire() {
     let l = lan();
-    let sender = Sender::new("lan0", None);
-    let mut s = Scheduler::new(60, true, true, 0);
+    let mut wol = jellydemon::config::Config::default().wol;
+    wol.enabled = true;
+    wol.mac = Some(TARGET);
+    wol.interface = "lan0".into();
+    let mut s = Scheduler::from_config(&wol);
     let mut sent = 0;
     // Three simulated minutes of playback, one tick every 5 s: wakes at 0, 60, 120, 180.
     for t in (0..=180).step_by(5) {
         for a in s.step(t, true, usize::from(t % 20 == 0)) {
             assert!(matches!(a, Action::Wake(_)));
-            l.router.run(|| sender.send(TARGET, None)).expect("send");
+            let r = l.router.run(|| Sender::wake(&wol)).expect("send");
+            assert!(r.complete());
             sent += 1;
         }
     }
