@@ -530,7 +530,14 @@ impl Daemon {
         let (src, counter) = self.flows.as_mut()?;
         let mut flows = Vec::new();
         match src.flows(&[server], &self.cfg.jellyfin.ports, &mut flows) {
-            Ok(()) => Some(counter.update(&flows).clone()),
+            Ok(()) => {
+                counter.update(&flows);
+                // Bounded memory when many addresses come and go: forget viewers silent for
+                // about ten minutes (the longest average shown).
+                let ticks = (600 / self.cfg.main.interval.max(1) as u64).max(2);
+                counter.forget_idle(ticks);
+                Some(counter.totals().clone())
+            }
             Err(e) => {
                 errors.push(format!("conntrack unreadable: {e}"));
                 None
@@ -846,7 +853,13 @@ impl Daemon {
         }
         let sender = wol::Sender::from_config(&self.cfg.wol);
         match sender.send(mac, self.cfg.wol.password.as_deref()) {
-            Ok(_) => {
+            Ok(report) => {
+                if let Err(e) = &report.udp {
+                    warn!("Wake-on-LAN: the UDP form was not sent ({e}); the raw frame was");
+                }
+                if let Err(e) = &report.raw {
+                    warn!("Wake-on-LAN: the raw frame was not sent ({e}); the UDP form was");
+                }
                 info!("Wake-on-LAN packet sent ({why})");
                 self.wol_status.last_wake = Some(unix_now());
                 self.wol_status.last_reason = Some(why.into());
