@@ -632,7 +632,7 @@ fn newcomers_are_held_to_the_budget_and_counted_as_jellyfin() {
 }
 
 #[test]
-fn an_old_tree_is_migrated_in_place() {
+fn an_old_tree_is_rebuilt_with_the_newcomer_default() {
     let t = Topo::new();
     // What an earlier version left behind: `default f`, no newcomer class, its filters.
     let mut sh = shaper();
