@@ -804,6 +804,8 @@ impl Daemon {
             server_ip6: None,
             ports: self.cfg.jellyfin.ports.clone(),
             total_bps: self.last_plan.budget_bps.max(sum).max(1_000_000),
+            newcomer_bps: (self.cfg.bandwidth.min_stream_mbps * 1e6).round() as u64,
+            internal: self.cfg.network.internal.clone(),
             viewers,
             enforce: self.cfg.shaping.enabled,
         };

@@ -38,6 +38,13 @@ pub struct Spec {
     pub ports: Vec<u16>,
     /// Cap of the Jellyfin parent class (the Jellyfin budget).
     pub total_bps: u64,
+    /// Guaranteed rate of the newcomer class: server traffic to an external destination that
+    /// has no viewer class yet (a stream starting between two ticks). Its ceil is the budget.
+    pub newcomer_bps: u64,
+    /// Internal destinations (the LAN ranges, which hold the router's own address): server
+    /// traffic to them is never limited nor counted as Jellyfin's. Link-local ranges are
+    /// always added.
+    pub internal: Vec<ipnet::IpNet>,
     pub viewers: Vec<ViewerClass>,
     /// false = counting only: classes unlimited.
     pub enforce: bool,
@@ -108,6 +115,10 @@ pub trait Shaper {
     /// Cumulative bytes sent per viewer class since the class was created (the per-viewer
     /// Jellyfin byte counter for the daemon; stays right under nlbwmon and flow offloading).
     fn counters(&mut self) -> Result<HashMap<IpAddr, u64>, Error>;
+    /// Cumulative bytes of the Jellyfin parent class: all the server's traffic to external
+    /// destinations (viewers and newcomers), since the tree was built. 0 without a tree; it
+    /// starts again from 0 when the tree is rebuilt, so treat a decrease as a reset.
+    fn jellyfin_bytes(&mut self) -> Result<u64, Error>;
     /// Removes every own qdisc, class, filter and the ifb.
     fn remove(&mut self) -> Result<(), Error>;
 }
@@ -302,7 +313,13 @@ pub struct TcShaper {
     leaf: Option<Leaf>,
     /// The LAN device of the last reconcile, for `remove`.
     lan_device: Option<String>,
+    /// The class list read by the last `counters()`, for one `jellyfin_bytes()` right after
+    /// it: both counters of a tick from one `tc` run.
+    classes_read: Option<(Instant, Vec<parse::Class>)>,
 }
+
+/// How long a `counters()` reading may serve `jellyfin_bytes()`; well under a tick (>= 1 s).
+const READING_REUSE: Duration = Duration::from_millis(900);
 
 impl TcShaper {
     /// `ifb_name` must not contain "ifb" (sqm-scripts greps for `ifb[^) ]+`), e.g. "jdshape0".
@@ -312,6 +329,7 @@ impl TcShaper {
             tc: tc_path.to_string(),
             leaf: None,
             lan_device: None,
+            classes_read: None,
         }
     }
 
@@ -346,12 +364,32 @@ impl TcShaper {
         }
     }
 
+    /// Reads the ifb's qdiscs, filters and classes (with statistics) in one `tc` run. The
+    /// classes come last: `Sent` lines of qdiscs and filters then precede every class line
+    /// and are not taken for a class's counter.
     fn read_ifb(&self, a: &mut Actual) -> Result<(), Error> {
         let ifb = self.ifb.as_str();
-        a.ifb_qdiscs = parse::qdiscs(&self.show(&["qdisc", "show", "dev", ifb])?);
-        a.ifb_classes = parse::classes(&self.show(&["-s", "class", "show", "dev", ifb])?);
-        a.ifb_filters =
-            parse::filters(&self.show(&["filter", "show", "dev", ifb, "parent", "4a44:"])?);
+        // The name goes into batch text split on whitespace and lines.
+        if !plan::valid_device_name(ifb) {
+            return Err(Error::InvalidSpec(format!(
+                "invalid ifb name '{}'",
+                ifb.escape_debug()
+            )));
+        }
+        let script = format!(
+            "qdisc show dev {ifb}\nfilter show dev {ifb} parent {:x}:\nclass show dev {ifb}\n",
+            plan::ROOT_MAJOR
+        );
+        let text = match run(&self.tc, &["-s", "-batch", "-"], Some(&script)) {
+            Ok((true, out, _)) => out,
+            Ok((false, out, err)) => {
+                return Err(self.tc_error("show (batch)", &format!("{out}{err}")))
+            }
+            Err(e) => return Err(self.spawn_error("show (batch)", e)),
+        };
+        a.ifb_qdiscs = parse::qdiscs(&text);
+        a.ifb_filters = parse::filters(&text);
+        a.ifb_classes = parse::classes(&text);
         Ok(())
     }
 
@@ -446,15 +484,35 @@ impl Shaper for TcShaper {
     }
 
     fn counters(&mut self) -> Result<HashMap<IpAddr, u64>, Error> {
+        self.classes_read = None;
         if !netlink::link_exists(&self.ifb) {
             return Ok(HashMap::new());
         }
         let mut a = Actual::default();
         self.read_ifb(&mut a)?;
-        Ok(plan::counters(&a.ifb_classes, &a.ifb_filters))
+        let c = plan::counters(&a.ifb_classes, &a.ifb_filters);
+        self.classes_read = Some((Instant::now(), a.ifb_classes));
+        Ok(c)
+    }
+
+    /// Uses the class list of the last `counters()` call once, when that call was less than
+    /// 0.9 s ago (so a tick costs one `tc` run for both counters); otherwise reads the kernel.
+    fn jellyfin_bytes(&mut self) -> Result<u64, Error> {
+        if let Some((at, classes)) = self.classes_read.take() {
+            if at.elapsed() < READING_REUSE {
+                return Ok(plan::jellyfin_bytes(&classes));
+            }
+        }
+        if !netlink::link_exists(&self.ifb) {
+            return Ok(0);
+        }
+        let mut a = Actual::default();
+        self.read_ifb(&mut a)?;
+        Ok(plan::jellyfin_bytes(&a.ifb_classes))
     }
 
     fn remove(&mut self) -> Result<(), Error> {
+        self.classes_read = None;
         let mut result = Ok(());
         if let Some(lan) = self.lan_device.clone() {
             if let Err(e) = self.remove_lan(&lan) {

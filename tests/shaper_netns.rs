@@ -5,8 +5,9 @@
 //!    └ veth ── rtr: br-lan 192.0.2.1 / 2001:db8::1 ── routes ── wan veth 198.51.100.1
 //!                                                                 └ cli 198.51.100.2-.4 / 2001:db8:1::2
 //!
-//! Every namespace name carries the pid and a counter, so tests run in parallel; a Drop guard
-//! deletes them even when a test fails.
+//! The LAN (192.0.2.0/24, 2001:db8::/64) is the internal range: the router's own address is
+//! in it. Every namespace name carries the pid and a counter, so tests run in parallel; a Drop
+//! guard deletes them even when a test fails.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -208,6 +209,10 @@ impl Topo {
         in_ns(&self.rtr, || sh.counters()).expect("counters")
     }
 
+    fn jellyfin_bytes(&self, sh: &mut TcShaper) -> u64 {
+        in_ns(&self.rtr, || sh.jellyfin_bytes()).expect("jellyfin_bytes")
+    }
+
     fn remove(&self, sh: &mut TcShaper) {
         in_ns(&self.rtr, || sh.remove()).expect("remove");
     }
@@ -222,6 +227,12 @@ impl Topo {
     fn stream(&mut self, from: IpAddr) -> Stream {
         self.serve();
         Stream::start(&self.cli, from)
+    }
+
+    /// A download by the router itself (e.g. the daemon's own API calls): internal.
+    fn stream_to_router(&mut self) -> Stream {
+        self.serve();
+        Stream::start(&self.rtr, "192.0.2.1".parse().expect("ip"))
     }
 }
 
@@ -431,6 +442,11 @@ fn spec(viewers: Vec<ViewerClass>) -> Spec {
         server_ip6: Some("2001:db8::2".parse::<Ipv6Addr>().expect("ip")),
         ports: vec![PORT],
         total_bps: 10 * MBIT,
+        newcomer_bps: MBIT,
+        internal: vec![
+            "192.0.2.0/24".parse().expect("net"),
+            "2001:db8::/64".parse().expect("net"),
+        ],
         viewers,
         enforce: true,
     }
@@ -467,12 +483,13 @@ fn viewers_are_held_to_their_share_and_others_are_not_limited() {
         r[1]
     );
     drop((a, b));
-    // Not a viewer: the default class, outside the capped Jellyfin parent (10 Mbit/s).
-    let c = t.stream("198.51.100.4".parse().expect("ip"));
+    // An internal destination (the router itself): the unlimited class, outside the capped
+    // Jellyfin parent (10 Mbit/s).
+    let c = t.stream_to_router();
     let r = measure(&[&c], Duration::from_millis(500), Duration::from_secs(2));
     assert!(
         r[0] > 30.0 * MBIT as f64,
-        "default class limited: {:.0} bit/s",
+        "internal destination limited: {:.0} bit/s",
         r[0]
     );
     drop(c);
@@ -482,6 +499,183 @@ fn viewers_are_held_to_their_share_and_others_are_not_limited() {
         "{classes}"
     );
     t.remove(&mut sh);
+}
+
+/// Runs `tc` through a wrapper that logs each run, to count the forks.
+struct CountingTc {
+    dir: std::path::PathBuf,
+}
+
+impl CountingTc {
+    fn new() -> CountingTc {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("jdtc{}x{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let script = format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec tc \"$@\"\n",
+            dir.join("log").display()
+        );
+        let path = dir.join("tc");
+        std::fs::write(&path, script).expect("wrapper");
+        let mut perm = std::fs::metadata(&path).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&path, perm).expect("chmod");
+        CountingTc { dir }
+    }
+
+    fn path(&self) -> String {
+        self.dir.join("tc").display().to_string()
+    }
+
+    fn runs(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("log"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for CountingTc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn newcomers_are_held_to_the_budget_and_counted_as_jellyfin() {
+    let mut t = Topo::new();
+    let tc = CountingTc::new();
+    let mut sh = TcShaper::new(IFB, &tc.path());
+    let viewer: IpAddr = "198.51.100.2".parse().expect("ip");
+    let newcomer: IpAddr = "198.51.100.4".parse().expect("ip");
+    t.reconcile(&mut sh, &spec(vec![v("198.51.100.2", 4 * MBIT, 4 * MBIT)]))
+        .expect("reconcile");
+    t.serve();
+    let jb0 = t.jellyfin_bytes(&mut sh);
+    let rx0 = t.cli_rx_bytes();
+    // A destination with no class yet (a stream that started after the last tick): capped at
+    // the Jellyfin budget, not unlimited.
+    let n = t.stream(newcomer);
+    let r = measure(&[&n], Duration::from_secs(2), Duration::from_secs(5));
+    assert!(
+        within(r[0], 10 * MBIT, 10.0),
+        "newcomer alone got {:.0} bit/s, budget 10 Mbit/s",
+        r[0]
+    );
+    // Beside a viewer: the viewer keeps its share, both together stay within the budget.
+    let a = t.stream(viewer);
+    let r = measure(&[&a, &n], Duration::from_secs(2), Duration::from_secs(6));
+    assert!(
+        within(r[0], 4 * MBIT, 10.0),
+        "viewer got {:.0} bit/s beside a newcomer, share 4 Mbit/s",
+        r[0]
+    );
+    assert!(
+        within(r[0] + r[1], 10 * MBIT, 10.0),
+        "viewer + newcomer = {:.0} bit/s, budget 10 Mbit/s",
+        r[0] + r[1]
+    );
+    drop((a, n));
+    // Everything sent to external destinations is in the Jellyfin counter.
+    let (jb1, rx1) = (t.jellyfin_bytes(&mut sh), t.cli_rx_bytes());
+    let (djb, drx) = (jb1 - jb0, rx1 - rx0);
+    assert!(drx > 5_000_000, "too little traffic: {drx}");
+    let diff = djb.abs_diff(drx) as f64 / drx as f64;
+    eprintln!("jellyfin class counted {djb} bytes, viewers received {drx}");
+    assert!(
+        diff <= 0.05,
+        "jellyfin class counted {djb}, viewers received {drx}"
+    );
+    // Internal traffic is neither limited nor counted as Jellyfin's.
+    let c = t.stream_to_router();
+    let r = measure(&[&c], Duration::from_millis(500), Duration::from_secs(2));
+    let internal_bytes = c.bytes();
+    drop(c);
+    assert!(r[0] > 30.0 * MBIT as f64, "internal: {:.0} bit/s", r[0]);
+    let jb2 = t.jellyfin_bytes(&mut sh);
+    assert!(
+        jb2 - jb1 < internal_bytes / 100,
+        "internal traffic counted: {} of {internal_bytes} bytes",
+        jb2 - jb1
+    );
+    // Both counters of a tick come from one tc run.
+    let before = tc.runs();
+    let counters = t.counters(&mut sh);
+    assert!(counters.contains_key(&viewer), "{counters:?}");
+    let jb3 = t.jellyfin_bytes(&mut sh);
+    assert_eq!(
+        tc.runs() - before,
+        1,
+        "counters + jellyfin_bytes ran tc more than once"
+    );
+    assert!(jb3 >= jb2);
+    // Counting only: a newcomer is unlimited and still counted.
+    let mut s = spec(vec![v("198.51.100.2", 4 * MBIT, 4 * MBIT)]);
+    s.enforce = false;
+    t.reconcile(&mut sh, &s).expect("reconcile");
+    let n = t.stream(newcomer);
+    let r = measure(&[&n], Duration::from_millis(500), Duration::from_secs(2));
+    let got = n.bytes();
+    drop(n);
+    assert!(
+        r[0] > 30.0 * MBIT as f64,
+        "counting-only newcomer: {:.0}",
+        r[0]
+    );
+    let jb4 = t.jellyfin_bytes(&mut sh);
+    assert!(
+        jb4 - jb3 >= got * 95 / 100,
+        "counting-only: counted {} of {got} bytes",
+        jb4 - jb3
+    );
+    t.remove(&mut sh);
+    assert_eq!(t.jellyfin_bytes(&mut sh), 0);
+}
+
+#[test]
+fn an_old_tree_is_rebuilt_with_the_newcomer_default() {
+    let t = Topo::new();
+    // What an earlier version left behind: `default f`, no newcomer class, its filters.
+    let mut sh = shaper();
+    t.reconcile(&mut sh, &spec(vec![v("198.51.100.2", 4 * MBIT, 4 * MBIT)]))
+        .expect("reconcile");
+    t.tc(&["qdisc", "del", "dev", IFB, "root"]);
+    for args in [
+        "qdisc add dev jdshape0 root handle 4a44: htb default f",
+        "class add dev jdshape0 parent 4a44: classid 4a44:1 htb rate 10gbit ceil 10gbit",
+        "class add dev jdshape0 parent 4a44:1 classid 4a44:a htb rate 10mbit ceil 10mbit",
+        "class add dev jdshape0 parent 4a44:1 classid 4a44:f htb rate 10gbit ceil 10gbit",
+        "class add dev jdshape0 parent 4a44:a classid 4a44:100 htb rate 4mbit ceil 4mbit",
+        "filter add dev jdshape0 parent 4a44: protocol ip prio 256 u32 match ip dst 198.51.100.2/32 flowid 4a44:100",
+    ] {
+        let a: Vec<&str> = args.split(' ').collect();
+        t.tc(&a);
+    }
+    let lan_before = t.tc(&["filter", "show", "dev", "br-lan", "ingress"]);
+    let mut fresh = shaper();
+    t.reconcile(
+        &mut fresh,
+        &spec(vec![v("198.51.100.2", 4 * MBIT, 4 * MBIT)]),
+    )
+    .expect("migrate");
+    let q = t.tc(&["qdisc", "show", "dev", IFB]);
+    assert!(q.contains("default 0xe"), "{q}");
+    let classes = t.tc(&["class", "show", "dev", IFB]);
+    assert!(classes.contains("4a44:e parent 4a44:a"), "{classes}");
+    let filters = t.tc(&["filter", "show", "dev", IFB, "parent", "4a44:"]);
+    assert!(filters.contains("c0000200/ffffff00 at 16"), "{filters}");
+    assert_eq!(
+        lan_before,
+        t.tc(&["filter", "show", "dev", "br-lan", "ingress"])
+    );
+    // Settled: the next tick changes nothing.
+    let state = t.state();
+    t.reconcile(
+        &mut fresh,
+        &spec(vec![v("198.51.100.2", 4 * MBIT, 4 * MBIT)]),
+    )
+    .expect("again");
+    assert_eq!(state, t.state());
+    t.remove(&mut fresh);
 }
 
 #[test]
@@ -595,15 +789,21 @@ fn reconcile_is_idempotent_and_drops_vanished_viewers() {
     }
     let classes = t.tc(&["class", "show", "dev", IFB]);
     let filters = t.tc(&["filter", "show", "dev", IFB, "parent", "4a44:"]);
-    assert!(!filters.contains("20010db8"), "IPv6 filter left: {filters}");
-    assert_eq!(filters.matches("*flowid").count(), 1, "{filters}");
-    assert_eq!(classes.matches("parent 4a44:a").count(), 1, "{classes}");
+    // The viewer 2001:db8:1::2 (the LAN's 2001:db8::/64 filter stays).
+    assert!(
+        !filters.contains("00010000/ffffffff at 28"),
+        "IPv6 viewer filter left: {filters}"
+    );
+    // One viewer filter (4a44:1xx) beside the internal ones (4a44:f).
+    assert_eq!(filters.matches("*flowid 4a44:1").count(), 1, "{filters}");
+    // The viewer and the newcomer class.
+    assert_eq!(classes.matches("parent 4a44:a").count(), 2, "{classes}");
     assert!(classes.contains("rate 3Mbit ceil 3450Kbit"), "{classes}");
     assert_eq!(
         t.tc(&["qdisc", "show", "dev", IFB])
             .matches("parent 4a44:")
             .count(),
-        2
+        3
     );
 
     t.remove(&mut sh);

@@ -1,9 +1,12 @@
 //! The pure part of the shaper: desired state + parsed actual state → tc batch commands.
 //!
 //! Handles (all hex, as tc writes them):
-//! - `4a44:` ("JD") root htb qdisc on the own ifb, `default f`;
+//! - `4a44:` ("JD") root htb qdisc on the own ifb, `default e`;
 //! - `4a44:1` root class (fast), `4a44:a` Jellyfin parent (capped at the budget),
-//!   `4a44:f` default class (fast, outside the capped parent: LAN viewers, artwork);
+//!   `4a44:e` newcomer class under the parent (the htb default: external destinations that
+//!   have no class yet, held to the minimum share until the next tick gives them one),
+//!   `4a44:f` unlimited class outside the parent (internal destinations: LAN, the router);
+//! - u32 filters at priorities 0x10..0xff, one per internal prefix, to `4a44:f`;
 //! - `4a44:100`..`4a44:fff` one class per viewer, leaf qdisc `<minor>:`, one u32 filter at
 //!   priority = minor (so a viewer's filter can be deleted by priority alone);
 //! - on the LAN device's ingress hook: u32 filters at priorities 4 (IPv4) and 6 (IPv6) whose
@@ -11,6 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::parse::{Class, Filter, Key, Qdisc};
 use super::Spec;
@@ -21,8 +26,14 @@ pub const ROOT_MAJOR: u16 = 0x4a44;
 pub const MINOR_ROOT: u16 = 0x1;
 /// The Jellyfin parent class, capped at the budget.
 pub const MINOR_JELLYFIN: u16 = 0xa;
-/// Default class for everything else from the server (unlimited).
-pub const MINOR_DEFAULT: u16 = 0xf;
+/// The htb default, under the Jellyfin parent: external destinations without a class yet.
+pub const MINOR_NEWCOMER: u16 = 0xe;
+/// Unlimited class outside the Jellyfin parent, for internal destinations.
+pub const MINOR_UNLIMITED: u16 = 0xf;
+/// First filter priority for internal prefixes (below the viewer range, so tried first).
+pub const INTERNAL_FIRST: u16 = 0x10;
+/// Last filter priority for internal prefixes.
+pub const INTERNAL_LAST: u16 = 0xff;
 /// First minor (and filter priority) used for viewer classes.
 pub const VIEWER_FIRST: u16 = 0x100;
 /// Last minor (and filter priority) used for viewer classes.
@@ -32,7 +43,7 @@ pub const VIEWER_LAST: u16 = 0xfff;
 pub const LAN_PRIO_V4: u32 = 4;
 /// Priority of the IPv6 redirect filters on the LAN ingress hook.
 pub const LAN_PRIO_V6: u32 = 6;
-/// "Unlimited": the rate of the root and default classes and of counting-only classes.
+/// "Unlimited": the rate of the root and unlimited classes and of counting-only classes.
 pub const FAST_BPS: u64 = 10_000_000_000;
 /// htb cannot do less than a byte per second; keep a floor far above that.
 pub const MIN_RATE_BPS: u64 = 8_000;
@@ -81,6 +92,11 @@ pub struct Desired {
     pub leaf: Leaf,
     /// Rate and ceil of the Jellyfin parent class.
     pub jellyfin_bps: u64,
+    /// Rate and ceil of the newcomer class.
+    pub newcomer: (u64, u64),
+    /// Internal destinations, aggregated and sorted; index i gets priority
+    /// [`INTERNAL_FIRST`] + i.
+    pub internal: Vec<IpNet>,
     /// Viewer address → (rate, ceil) in bit/s.
     pub viewers: BTreeMap<IpAddr, (u64, u64)>,
     pub lan_rules: Vec<LanRule>,
@@ -182,6 +198,74 @@ fn proto_of(ip: IpAddr) -> &'static str {
     }
 }
 
+/// Link-local destinations never leave the LAN, so they are internal whatever the list says.
+fn link_local() -> [IpNet; 2] {
+    [
+        IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0), 16)),
+        IpNet::V6(Ipv6Net::new_assert(
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+            10,
+        )),
+    ]
+}
+
+/// An IPv4-mapped IPv6 prefix (`::ffff:10.0.0.0/104`) is the IPv4 prefix: packets on the wire
+/// carry IPv4 headers.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, n.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+    .trunc()
+}
+
+/// The u32 keys matching destinations in `net`; a /0 still has one (all-zero) key, since u32
+/// needs at least one.
+fn prefix_keys(net: IpNet) -> Vec<Key> {
+    match net.trunc() {
+        IpNet::V4(n) => vec![Key {
+            value: u32::from(n.network()),
+            mask: u32::from(n.netmask()),
+            off: V4_DST,
+        }],
+        IpNet::V6(n) => {
+            let addr = n.network().octets();
+            let mask = n.netmask().octets();
+            let word = |o: &[u8; 16], i: usize| {
+                u32::from_be_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])
+            };
+            let mut keys: Vec<Key> = (0..4)
+                .filter(|i| word(&mask, *i) != 0)
+                .map(|i| Key {
+                    value: word(&addr, i),
+                    mask: word(&mask, i),
+                    off: V6_DST + 4 * i as i32,
+                })
+                .collect();
+            if keys.is_empty() {
+                keys.push(Key {
+                    value: 0,
+                    mask: 0,
+                    off: V6_DST,
+                });
+            }
+            keys
+        }
+    }
+}
+
+fn net_proto(net: IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "ip",
+        IpNet::V6(_) => "ipv6",
+    }
+}
+
 /// Reads a viewer's address back from its filter keys.
 fn ip_from_dst_keys(protocol: &str, keys: &[Key]) -> Option<IpAddr> {
     let mut keys = keys.to_vec();
@@ -231,6 +315,24 @@ pub fn desired(spec: &Spec, ifb: &str, leaf: Leaf) -> Result<Desired, String> {
     } else {
         FAST_BPS
     };
+    let newcomer = if spec.enforce {
+        (
+            spec.newcomer_bps.max(MIN_RATE_BPS).min(jellyfin_bps),
+            jellyfin_bps,
+        )
+    } else {
+        (FAST_BPS, FAST_BPS)
+    };
+    let mut nets: Vec<IpNet> = spec.internal.iter().copied().map(canonical_net).collect();
+    nets.extend(link_local());
+    let internal = IpNet::aggregate(&nets);
+    let slots = usize::from(INTERNAL_LAST - INTERNAL_FIRST) + 1;
+    if internal.len() > slots {
+        return Err(format!(
+            "too many internal ranges ({} after merging; at most {slots})",
+            internal.len()
+        ));
+    }
     let mut viewers: BTreeMap<IpAddr, (u64, u64)> = BTreeMap::new();
     for v in &spec.viewers {
         let ip = canonical(v.ip);
@@ -303,6 +405,8 @@ pub fn desired(spec: &Spec, ifb: &str, leaf: Leaf) -> Result<Desired, String> {
         ifb: ifb.to_string(),
         leaf,
         jellyfin_bps,
+        newcomer,
+        internal,
         viewers,
         lan_rules,
     })
@@ -418,6 +522,14 @@ pub fn counters(classes: &[Class], filters: &[Filter]) -> HashMap<IpAddr, u64> {
         .collect()
 }
 
+/// Cumulative bytes of the Jellyfin parent class (viewers + newcomers), 0 when it is absent.
+pub fn jellyfin_bytes(classes: &[Class]) -> u64 {
+    classes
+        .iter()
+        .find(|c| c.major == ROOT_MAJOR && c.minor == MINOR_JELLYFIN)
+        .map_or(0, |c| c.bytes)
+}
+
 fn is_ours_on_lan(f: &Filter, ifb: &str) -> bool {
     if !f.is_rule() {
         return false;
@@ -440,15 +552,19 @@ pub fn plan(d: &Desired, a: &Actual) -> Vec<Cmd> {
 
     // ---- the tree on the ifb (the whole device is ours) ----
     let root_q = a.ifb_qdiscs.iter().find(|q| q.parent.is_none());
+    let dflt = format!("{MINOR_NEWCOMER:x}");
+    // htb cannot change its default in place ("Change operation not supported"): a tree
+    // with another default (e.g. `default f` of older versions) is rebuilt.
     let tree_ok = root_q.is_some_and(|q| {
-        q.kind == "htb" && q.handle == root && q.default_minor == Some(u32::from(MINOR_DEFAULT))
+        q.kind == "htb" && q.handle == root && q.default_minor == Some(u32::from(MINOR_NEWCOMER))
     }) && a.ifb_classes.iter().all(|c| {
         c.major == ROOT_MAJOR
             && match c.minor {
                 MINOR_ROOT => c.parent.is_none(),
-                MINOR_JELLYFIN | MINOR_DEFAULT => {
+                MINOR_JELLYFIN | MINOR_UNLIMITED => {
                     c.parent.as_deref() == Some(classid(MINOR_ROOT).as_str())
                 }
+                MINOR_NEWCOMER => c.parent.as_deref() == Some(jf.as_str()),
                 m if (VIEWER_FIRST..=VIEWER_LAST).contains(&m) => {
                     c.parent.as_deref() == Some(jf.as_str())
                 }
@@ -463,33 +579,73 @@ pub fn plan(d: &Desired, a: &Actual) -> Vec<Cmd> {
             // `replace` with the same handle would only change the qdisc, keeping its classes.
             out.push(cmd(&["qdisc", "del", "dev", ifb, "root"]));
             out.push(cmd(&[
-                "qdisc", "add", "dev", ifb, "root", "handle", &root, "htb", "default", "f",
+                "qdisc", "add", "dev", ifb, "root", "handle", &root, "htb", "default", &dflt,
             ]));
         } else {
             out.push(cmd(&[
-                "qdisc", "replace", "dev", ifb, "root", "handle", &root, "htb", "default", "f",
+                "qdisc", "replace", "dev", ifb, "root", "handle", &root, "htb", "default", &dflt,
             ]));
         }
         (&empty.ifb_classes, &empty.ifb_filters, &empty.ifb_qdiscs)
     };
     let find = |minor: u16| classes.iter().find(|c| c.minor == minor);
+    // Parents before children.
     let fixed = [
-        (MINOR_ROOT, root.clone(), FAST_BPS),
-        (MINOR_JELLYFIN, classid(MINOR_ROOT), d.jellyfin_bps),
-        (MINOR_DEFAULT, classid(MINOR_ROOT), FAST_BPS),
+        (MINOR_ROOT, root.clone(), FAST_BPS, FAST_BPS),
+        (
+            MINOR_JELLYFIN,
+            classid(MINOR_ROOT),
+            d.jellyfin_bps,
+            d.jellyfin_bps,
+        ),
+        (MINOR_NEWCOMER, jf.clone(), d.newcomer.0, d.newcomer.1),
+        (MINOR_UNLIMITED, classid(MINOR_ROOT), FAST_BPS, FAST_BPS),
     ];
-    for (minor, parent, rate) in &fixed {
+    for (minor, parent, rate, ceil) in &fixed {
         match find(*minor) {
-            None => out.push(class_cmd("add", ifb, parent, *minor, *rate, *rate)),
-            Some(c) if !close(c.rate_bps, *rate) || !close(c.ceil_bps, *rate) => {
-                out.push(class_cmd("change", ifb, parent, *minor, *rate, *rate))
+            None => out.push(class_cmd("add", ifb, parent, *minor, *rate, *ceil)),
+            Some(c) if !close(c.rate_bps, *rate) || !close(c.ceil_bps, *ceil) => {
+                out.push(class_cmd("change", ifb, parent, *minor, *rate, *ceil))
             }
             Some(_) => {}
         }
     }
-    if !leaf_ok(qdiscs, MINOR_DEFAULT, d.leaf) {
-        out.push(leaf_cmd(ifb, MINOR_DEFAULT, d.leaf));
+    for minor in [MINOR_NEWCOMER, MINOR_UNLIMITED] {
+        if !leaf_ok(qdiscs, minor, d.leaf) {
+            out.push(leaf_cmd(ifb, minor, d.leaf));
+        }
     }
+
+    // Internal prefixes: priority INTERNAL_FIRST + index. A priority holding exactly the
+    // wanted rule stays; anything else in the range is deleted and the rule added again.
+    let wanted_internal: BTreeMap<u32, (&'static str, Vec<Key>)> = d
+        .internal
+        .iter()
+        .enumerate()
+        .map(|(i, net)| {
+            (
+                u32::from(INTERNAL_FIRST) + i as u32,
+                (net_proto(*net), prefix_keys(*net)),
+            )
+        })
+        .collect();
+    let unlimited = classid(MINOR_UNLIMITED);
+    let internal_ok: BTreeSet<u32> = wanted_internal
+        .iter()
+        .filter(|(prio, (protocol, keys))| {
+            let at: Vec<&Filter> = filters.iter().filter(|f| f.prio == **prio).collect();
+            let rules: Vec<&&Filter> = at.iter().filter(|f| f.is_rule()).collect();
+            let [f] = rules.as_slice() else { return false };
+            let (mut have, mut want) = (f.keys.clone(), keys.clone());
+            have.sort();
+            want.sort();
+            at.iter()
+                .all(|g| g.protocol == *protocol && g.kind == "u32")
+                && f.flowid.as_deref() == Some(unlimited.as_str())
+                && have == want
+        })
+        .map(|(prio, _)| *prio)
+        .collect();
 
     // Viewers: keep intact classes of wanted addresses, drop everything else.
     let intact = intact_viewers(classes, filters);
@@ -506,7 +662,8 @@ pub fn plan(d: &Desired, a: &Actual) -> Vec<Cmd> {
         if let Ok(p) = u16::try_from(f.prio) {
             used.insert(p);
         }
-        let wanted = u16::try_from(f.prio).is_ok_and(|p| kept.contains(&p));
+        let wanted =
+            internal_ok.contains(&f.prio) || u16::try_from(f.prio).is_ok_and(|p| kept.contains(&p));
         if !wanted && dropped_prios.insert((f.prio, f.protocol.clone())) {
             out.push(cmd(&[
                 "filter",
@@ -536,6 +693,27 @@ pub fn plan(d: &Desired, a: &Actual) -> Vec<Cmd> {
                 ]));
             }
         }
+    }
+    for (prio, (protocol, keys)) in &wanted_internal {
+        if internal_ok.contains(prio) {
+            continue;
+        }
+        let mut f = cmd(&[
+            "filter",
+            "add",
+            "dev",
+            ifb,
+            "parent",
+            &root,
+            "protocol",
+            protocol,
+            "prio",
+            &prio.to_string(),
+            "u32",
+        ]);
+        f.extend(u32_keys(keys));
+        f.extend(["flowid".to_string(), unlimited.clone()]);
+        out.push(f);
     }
     let mut next = VIEWER_FIRST;
     for (ip, (rate, ceil)) in &d.viewers {

@@ -20,6 +20,8 @@ fn spec(viewers: &[(&str, u64, u64)]) -> Spec {
         server_ip6: None,
         ports: vec![8096],
         total_bps: 20_000_000,
+        newcomer_bps: 1_000_000,
+        internal: vec!["192.168.0.0/16".parse().unwrap()],
         viewers: viewers
             .iter()
             .map(|(ip, r, c)| ViewerClass {
@@ -86,13 +88,13 @@ fn apply(a: &mut Actual, c: &Cmd, next_handle: &mut u32) -> Result<(), String> {
             a.ifb_qdiscs.clear();
             a.ifb_classes.clear();
             a.ifb_filters.clear();
-            a.ifb_qdiscs.push(root_htb());
+            a.ifb_qdiscs.push(root_htb_default(c));
         }
         ("qdisc", "add", true) if w.contains(&"root") => {
             if a.ifb_qdiscs.iter().any(|q| q.parent.is_none()) {
                 return Err("root exists".into());
             }
-            a.ifb_qdiscs.push(root_htb());
+            a.ifb_qdiscs.push(root_htb_default(c));
         }
         ("qdisc", "del", true) => {
             a.ifb_qdiscs.clear();
@@ -226,12 +228,12 @@ fn apply(a: &mut Actual, c: &Cmd, next_handle: &mut u32) -> Result<(), String> {
     Ok(())
 }
 
-fn root_htb() -> Qdisc {
+fn root_htb_default(c: &Cmd) -> Qdisc {
     Qdisc {
         kind: "htb".into(),
         handle: "4a44:".into(),
         parent: None,
-        default_minor: Some(0xf),
+        default_minor: arg(c, "default").and_then(|d| u32::from_str_radix(d, 16).ok()),
     }
 }
 
@@ -280,11 +282,16 @@ fn a_fresh_router_gets_the_whole_tree() {
     let s = spec(&[("203.0.113.7", 4_000_000, 4_600_000)]);
     let got = lines(&plan::plan(&desired(&s), &fresh()));
     let want = [
-        "qdisc replace dev jdshape0 root handle 4a44: htb default f",
+        "qdisc replace dev jdshape0 root handle 4a44: htb default e",
         "class add dev jdshape0 parent 4a44: classid 4a44:1 htb rate 10000000000bit ceil 10000000000bit quantum 200000",
         "class add dev jdshape0 parent 4a44:1 classid 4a44:a htb rate 20000000bit ceil 20000000bit quantum 200000",
+        "class add dev jdshape0 parent 4a44:a classid 4a44:e htb rate 1000000bit ceil 20000000bit quantum 12500",
         "class add dev jdshape0 parent 4a44:1 classid 4a44:f htb rate 10000000000bit ceil 10000000000bit quantum 200000",
+        "qdisc replace dev jdshape0 parent 4a44:e handle e: pfifo limit 128",
         "qdisc replace dev jdshape0 parent 4a44:f handle f: pfifo limit 128",
+        "filter add dev jdshape0 parent 4a44: protocol ip prio 16 u32 match u32 0xa9fe0000 0xffff0000 at 16 flowid 4a44:f",
+        "filter add dev jdshape0 parent 4a44: protocol ip prio 17 u32 match u32 0xc0a80000 0xffff0000 at 16 flowid 4a44:f",
+        "filter add dev jdshape0 parent 4a44: protocol ipv6 prio 18 u32 match u32 0xfe800000 0xffc00000 at 24 flowid 4a44:f",
         "class add dev jdshape0 parent 4a44:a classid 4a44:100 htb rate 4000000bit ceil 4600000bit quantum 50000",
         "qdisc replace dev jdshape0 parent 4a44:100 handle 100: pfifo limit 128",
         "filter add dev jdshape0 parent 4a44: protocol ip prio 256 u32 match u32 0xcb007107 0xffffffff at 16 flowid 4a44:100",
@@ -388,7 +395,7 @@ fn rates_read_back_rounded_are_not_changed_again() {
 }
 
 #[test]
-fn the_budget_change_touches_only_the_jellyfin_class() {
+fn the_budget_change_touches_only_the_jellyfin_and_newcomer_ceils() {
     let mut a = fresh();
     converge(&mut a, &spec(&[("203.0.113.7", 4_000_000, 4_000_000)]));
     let mut s = spec(&[("203.0.113.7", 4_000_000, 4_000_000)]);
@@ -396,7 +403,10 @@ fn the_budget_change_touches_only_the_jellyfin_class() {
     let got = lines(&plan::plan(&desired(&s), &a));
     assert_eq!(
         got,
-        ["class change dev jdshape0 parent 4a44:1 classid 4a44:a htb rate 15000000bit ceil 15000000bit quantum 187500"]
+        [
+            "class change dev jdshape0 parent 4a44:1 classid 4a44:a htb rate 15000000bit ceil 15000000bit quantum 187500",
+            "class change dev jdshape0 parent 4a44:a classid 4a44:e htb rate 1000000bit ceil 15000000bit quantum 12500",
+        ]
     );
 }
 
@@ -619,7 +629,7 @@ fn a_foreign_or_broken_tree_on_the_ifb_is_rebuilt() {
     a.ifb_qdiscs = parse::qdiscs("qdisc tbf 1: root refcnt 2 rate 1Mbit burst 10Kb lat 50ms\n");
     let got = plan::render(&plan::plan(&desired(&spec(&[])), &a));
     assert!(
-        got.starts_with("qdisc replace dev jdshape0 root handle 4a44: htb default f\n"),
+        got.starts_with("qdisc replace dev jdshape0 root handle 4a44: htb default e\n"),
         "{got}"
     );
     // Our root, but an unknown class under it.
@@ -642,7 +652,7 @@ fn a_foreign_or_broken_tree_on_the_ifb_is_rebuilt() {
     assert_eq!(got[0], "qdisc del dev jdshape0 root");
     assert_eq!(
         got[1],
-        "qdisc add dev jdshape0 root handle 4a44: htb default f"
+        "qdisc add dev jdshape0 root handle 4a44: htb default e"
     );
     apply_all(&mut a, &cmds);
     converge(&mut a, &spec(&[("203.0.113.7", 4_000_000, 4_000_000)]));
@@ -666,6 +676,7 @@ fn a_wrong_leaf_is_replaced_and_a_missing_one_added() {
     assert_eq!(
         got,
         [
+            "qdisc replace dev jdshape0 parent 4a44:e handle e: fq_codel limit 1000 memory_limit 4Mb",
             "qdisc replace dev jdshape0 parent 4a44:f handle f: fq_codel limit 1000 memory_limit 4Mb",
             "qdisc replace dev jdshape0 parent 4a44:100 handle 100: fq_codel limit 1000 memory_limit 4Mb",
         ]
@@ -759,8 +770,245 @@ fn the_viewer_range_can_run_out_without_panicking() {
         .count();
     assert_eq!(
         classes,
-        3 + usize::from(plan::VIEWER_LAST - plan::VIEWER_FIRST) + 1
+        4 + usize::from(plan::VIEWER_LAST - plan::VIEWER_FIRST) + 1
     );
+}
+
+#[test]
+fn newcomers_get_the_minimum_share_up_to_the_budget() {
+    let mut s = spec(&[]);
+    let d = desired(&s);
+    assert_eq!(d.newcomer, (1_000_000, 20_000_000));
+    s.newcomer_bps = 0;
+    assert_eq!(desired(&s).newcomer, (MIN_RATE_BPS, 20_000_000));
+    s.newcomer_bps = 50_000_000;
+    assert_eq!(desired(&s).newcomer, (20_000_000, 20_000_000));
+    // Counting only: newcomers are as unlimited as everyone else.
+    s.enforce = false;
+    assert_eq!(desired(&s).newcomer, (FAST_BPS, FAST_BPS));
+    // A new minimum is one class change.
+    let mut a = fresh();
+    converge(&mut a, &spec(&[("203.0.113.7", 4_000_000, 4_000_000)]));
+    let mut s = spec(&[("203.0.113.7", 4_000_000, 4_000_000)]);
+    s.newcomer_bps = 2_000_000;
+    assert_eq!(
+        lines(&plan::plan(&desired(&s), &a)),
+        ["class change dev jdshape0 parent 4a44:a classid 4a44:e htb rate 2000000bit ceil 20000000bit quantum 25000"]
+    );
+    let root = a.ifb_qdiscs.iter().find(|q| q.parent.is_none()).unwrap();
+    assert_eq!(root.default_minor, Some(u32::from(plan::MINOR_NEWCOMER)));
+    let e = a.ifb_classes.iter().find(|c| c.minor == 0xe).unwrap();
+    assert_eq!(e.parent.as_deref(), Some("4a44:a"));
+}
+
+fn internal_of(nets: &[&str]) -> Vec<String> {
+    let mut s = spec(&[]);
+    s.internal = nets.iter().map(|n| n.parse().unwrap()).collect();
+    desired(&s).internal.iter().map(|n| n.to_string()).collect()
+}
+
+#[test]
+fn internal_ranges_are_normalised() {
+    // Link-local is always there.
+    assert_eq!(internal_of(&[]), ["169.254.0.0/16", "fe80::/10"]);
+    // Host bits dropped, duplicates and covered ranges merged, adjacent halves joined,
+    // IPv4-mapped IPv6 taken as IPv4.
+    assert_eq!(
+        internal_of(&[
+            "192.168.1.77/16",
+            "192.168.1.0/24",
+            "10.0.0.0/9",
+            "10.128.0.0/9",
+            "::ffff:172.16.0.0/108",
+            "fc00::/7",
+            "fd00::/8",
+        ]),
+        [
+            "10.0.0.0/8",
+            "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+            "fe80::/10"
+        ]
+    );
+    let many: Vec<String> = (0..300u32)
+        .map(|i| format!("{}/32", Ipv4Addr::from(0x0a00_0000 + 2 * i)))
+        .collect();
+    let mut s = spec(&[]);
+    s.internal = many.iter().map(|n| n.parse().unwrap()).collect();
+    let e = plan::desired(&s, IFB, Leaf::Pfifo).unwrap_err();
+    assert!(e.contains("too many internal ranges"), "{e}");
+}
+
+#[test]
+fn internal_filters_match_ipv4_and_ipv6_prefixes() {
+    let mut s = spec(&[]);
+    s.internal = ["0.0.0.0/0", "2001:db8:aa::/48", "2001:db8::2/128", "::/0"]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let got: Vec<String> = lines(&plan::plan(&desired(&s), &fresh()))
+        .into_iter()
+        .filter(|l| l.contains("flowid 4a44:f"))
+        .collect();
+    let p = "filter add dev jdshape0 parent 4a44:";
+    assert_eq!(
+        got,
+        [
+            format!(
+                "{p} protocol ip prio 16 u32 match u32 0x00000000 0x00000000 at 16 flowid 4a44:f"
+            ),
+            format!(
+                "{p} protocol ipv6 prio 17 u32 match u32 0x00000000 0x00000000 at 24 flowid 4a44:f"
+            ),
+        ]
+    );
+    s.internal = ["2001:db8:aa::/48", "2001:db8::2/128", "fc00::/7"]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let got: Vec<String> = lines(&plan::plan(&desired(&s), &fresh()))
+        .into_iter()
+        .filter(|l| l.contains("flowid 4a44:f"))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            format!("{p} protocol ip prio 16 u32 match u32 0xa9fe0000 0xffff0000 at 16 flowid 4a44:f"),
+            format!("{p} protocol ipv6 prio 17 u32 match u32 0x20010db8 0xffffffff at 24 match u32 0x00000000 0xffffffff at 28 match u32 0x00000000 0xffffffff at 32 match u32 0x00000002 0xffffffff at 36 flowid 4a44:f"),
+            format!("{p} protocol ipv6 prio 18 u32 match u32 0x20010db8 0xffffffff at 24 match u32 0x00aa0000 0xffff0000 at 28 flowid 4a44:f"),
+            format!("{p} protocol ipv6 prio 19 u32 match u32 0xfc000000 0xfe000000 at 24 flowid 4a44:f"),
+            format!("{p} protocol ipv6 prio 20 u32 match u32 0xfe800000 0xffc00000 at 24 flowid 4a44:f"),
+        ]
+    );
+}
+
+#[test]
+fn a_changed_internal_list_touches_only_the_shifted_filters() {
+    let mut a = fresh();
+    let mut s = spec(&[("203.0.113.7", 4_000_000, 4_000_000)]);
+    converge(&mut a, &s);
+    // 10/8 sorts first: every internal priority shifts by one.
+    s.internal.push("10.0.0.0/8".parse().unwrap());
+    let got = lines(&plan::plan(&desired(&s), &a));
+    assert_eq!(
+        got,
+        [
+            "filter del dev jdshape0 parent 4a44: protocol ip prio 16",
+            "filter del dev jdshape0 parent 4a44: protocol ip prio 17",
+            "filter del dev jdshape0 parent 4a44: protocol ipv6 prio 18",
+            "filter add dev jdshape0 parent 4a44: protocol ip prio 16 u32 match u32 0x0a000000 0xff000000 at 16 flowid 4a44:f",
+            "filter add dev jdshape0 parent 4a44: protocol ip prio 17 u32 match u32 0xa9fe0000 0xffff0000 at 16 flowid 4a44:f",
+            "filter add dev jdshape0 parent 4a44: protocol ip prio 18 u32 match u32 0xc0a80000 0xffff0000 at 16 flowid 4a44:f",
+            "filter add dev jdshape0 parent 4a44: protocol ipv6 prio 19 u32 match u32 0xfe800000 0xffc00000 at 24 flowid 4a44:f",
+        ]
+    );
+    converge(&mut a, &s);
+    // Back again: the surplus priority goes, the viewer stays.
+    s.internal.pop();
+    converge(&mut a, &s);
+    let prios: Vec<u32> = a.ifb_filters.iter().map(|f| f.prio).collect();
+    assert_eq!(prios, [256, 16, 17, 18], "{:?}", a.ifb_filters);
+}
+
+#[test]
+fn a_tampered_internal_filter_is_replaced() {
+    let s = spec(&[("203.0.113.7", 4_000_000, 4_000_000)]);
+    let tampers: [fn(&mut Filter); 4] = [
+        |f| f.flowid = Some("4a44:e".into()),
+        |f| f.keys[0].mask = 0xff00_0000,
+        |f| f.kind = "bpf".into(),
+        |f| f.prio = 0x30,
+    ];
+    for tamper in tampers {
+        let mut a = fresh();
+        converge(&mut a, &s);
+        let i = a.ifb_filters.iter().position(|f| f.prio == 17).unwrap();
+        tamper(&mut a.ifb_filters[i]);
+        let cmds = plan::plan(&desired(&s), &a);
+        let got = plan::render(&cmds);
+        assert!(
+            got.contains("filter add dev jdshape0 parent 4a44: protocol ip prio 17 "),
+            "{got}"
+        );
+        assert!(!got.contains("class"), "{got}");
+        apply_all(&mut a, &cmds);
+        assert!(plan::plan(&desired(&s), &a).is_empty());
+        assert!(!a.ifb_filters.iter().any(|f| f.prio == 0x30));
+    }
+    // A second rule at an internal priority: the priority is rebuilt with one rule.
+    let mut a = fresh();
+    converge(&mut a, &s);
+    let mut dup = a.ifb_filters.iter().find(|f| f.prio == 17).unwrap().clone();
+    dup.handle = Some("800::999".into());
+    a.ifb_filters.push(dup);
+    let got = lines(&plan::plan(&desired(&s), &a));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        got[0],
+        "filter del dev jdshape0 parent 4a44: protocol ip prio 17"
+    );
+}
+
+#[test]
+fn an_old_tree_with_default_f_is_rebuilt_once() {
+    // What earlier versions left: `default f`, no newcomer class, no internal filters.
+    let s = spec(&[("203.0.113.7", 4_000_000, 4_000_000)]);
+    let mut a = fresh();
+    converge(&mut a, &s);
+    a.ifb_qdiscs
+        .iter_mut()
+        .filter(|q| q.parent.is_none())
+        .for_each(|q| q.default_minor = Some(0xf));
+    a.ifb_classes.retain(|c| c.minor != 0xe);
+    a.ifb_qdiscs.retain(|q| q.handle != "e:");
+    a.ifb_filters.retain(|f| f.prio >= 0x100);
+    let old_lan = a.lan_filters.clone();
+    let cmds = plan::plan(&desired(&s), &a);
+    let got = lines(&cmds);
+    assert_eq!(got[0], "qdisc del dev jdshape0 root");
+    assert_eq!(
+        got[1],
+        "qdisc add dev jdshape0 root handle 4a44: htb default e"
+    );
+    assert!(
+        got.iter().all(|l| !l.contains("br-lan")),
+        "the LAN hook was fine: {got:?}"
+    );
+    apply_all(&mut a, &cmds);
+    assert!(plan::plan(&desired(&s), &a).is_empty());
+    assert_eq!(a.lan_filters, old_lan);
+    assert_eq!(
+        plan::intact_viewers(&a.ifb_classes, &a.ifb_filters)
+            .values()
+            .collect::<Vec<_>>(),
+        [&"203.0.113.7".parse::<IpAddr>().unwrap()]
+    );
+    // A newcomer class in the wrong place is rebuilt too.
+    let e = a.ifb_classes.iter_mut().find(|c| c.minor == 0xe).unwrap();
+    e.parent = Some("4a44:1".into());
+    assert_eq!(
+        lines(&plan::plan(&desired(&s), &a))[0],
+        "qdisc del dev jdshape0 root"
+    );
+}
+
+#[test]
+fn jellyfin_bytes_is_the_parent_class_counter() {
+    let mut a = fresh();
+    assert_eq!(plan::jellyfin_bytes(&a.ifb_classes), 0);
+    converge(&mut a, &spec(&[("203.0.113.7", 4_000_000, 4_000_000)]));
+    for c in &mut a.ifb_classes {
+        c.bytes = u64::from(c.minor) + 1_000;
+    }
+    assert_eq!(plan::jellyfin_bytes(&a.ifb_classes), 0xa + 1_000);
+    let text = "class htb 4a44:a parent 4a44:1 rate 20Mbit ceil 20Mbit burst 1600b cburst 1600b
+ Sent 18446744073709551615 bytes 3 pkt (dropped 0, overlimits 0 requeues 0)
+class htb 1:a parent 1:1 rate 20Mbit ceil 20Mbit burst 1600b cburst 1600b
+ Sent 5 bytes 3 pkt (dropped 0, overlimits 0 requeues 0)
+";
+    assert_eq!(plan::jellyfin_bytes(&parse::classes(text)), u64::MAX);
 }
 
 fn ip_strategy() -> impl Strategy<Value = IpAddr> {
@@ -770,6 +1018,18 @@ fn ip_strategy() -> impl Strategy<Value = IpAddr> {
     ]
 }
 
+/// Overlapping, adjacent, IPv4-mapped and IPv6 ranges, so aggregation shifts priorities.
+const INTERNAL_CHOICES: [&str; 8] = [
+    "192.168.0.0/16",
+    "192.168.1.0/24",
+    "10.0.0.0/9",
+    "10.128.0.0/9",
+    "172.16.0.0/12",
+    "::ffff:100.64.0.0/106",
+    "fc00::/7",
+    "2001:db8:aa::/48",
+];
+
 fn spec_strategy() -> impl Strategy<Value = Spec> {
     (
         proptest::collection::vec((ip_strategy(), 0u64..60_000_000, 0u64..80_000_000), 0..7),
@@ -777,23 +1037,29 @@ fn spec_strategy() -> impl Strategy<Value = Spec> {
         any::<bool>(),
         proptest::collection::vec(prop_oneof![Just(8096u16), Just(8920u16), Just(0u16)], 0..3),
         any::<bool>(),
+        proptest::sample::subsequence(INTERNAL_CHOICES.to_vec(), 0..INTERNAL_CHOICES.len()),
+        0u64..5_000_000,
     )
-        .prop_map(|(viewers, total, enforce, ports, v6)| Spec {
-            lan_device: LAN.into(),
-            server_ip: "192.168.1.2".parse().unwrap(),
-            server_ip6: v6.then(|| "2001:db8::2".parse().unwrap()),
-            ports,
-            total_bps: total,
-            viewers: viewers
-                .into_iter()
-                .map(|(ip, rate_bps, ceil_bps)| ViewerClass {
-                    ip,
-                    rate_bps,
-                    ceil_bps,
-                })
-                .collect(),
-            enforce,
-        })
+        .prop_map(
+            |(viewers, total, enforce, ports, v6, internal, newcomer)| Spec {
+                lan_device: LAN.into(),
+                server_ip: "192.168.1.2".parse().unwrap(),
+                server_ip6: v6.then(|| "2001:db8::2".parse().unwrap()),
+                ports,
+                total_bps: total,
+                newcomer_bps: newcomer,
+                internal: internal.iter().map(|n| n.parse().unwrap()).collect(),
+                viewers: viewers
+                    .into_iter()
+                    .map(|(ip, rate_bps, ceil_bps)| ViewerClass {
+                        ip,
+                        rate_bps,
+                        ceil_bps,
+                    })
+                    .collect(),
+                enforce,
+            },
+        )
 }
 
 proptest! {
@@ -813,7 +1079,7 @@ proptest! {
             let iv = plan::intact_viewers(&a.ifb_classes, &a.ifb_filters);
             let ips: BTreeSet<IpAddr> = iv.values().copied().collect();
             prop_assert_eq!(&ips, &d.viewers.keys().copied().collect::<BTreeSet<_>>());
-            prop_assert_eq!(iv.len(), a.ifb_classes.len() - 3);
+            prop_assert_eq!(iv.len(), a.ifb_classes.len() - 4);
             for (minor, ip) in &iv {
                 let c = a.ifb_classes.iter().find(|c| c.minor == *minor).unwrap();
                 let (rate, ceil) = d.viewers[ip];
@@ -827,6 +1093,22 @@ proptest! {
                 }
             }
             prop_assert!(a.lan_filters.iter().any(|f| *f == foreign[2]));
+            // Internal prefixes: one rule each at consecutive priorities, to the unlimited class.
+            let internal: Vec<&Filter> = a
+                .ifb_filters
+                .iter()
+                .filter(|f| f.prio < u32::from(plan::VIEWER_FIRST))
+                .collect();
+            prop_assert_eq!(internal.len(), d.internal.len());
+            for f in &internal {
+                prop_assert_eq!(f.flowid.as_deref(), Some("4a44:f"));
+                let i = (f.prio - u32::from(plan::INTERNAL_FIRST)) as usize;
+                let want = if d.internal[i].addr().is_ipv4() { "ip" } else { "ipv6" };
+                prop_assert_eq!(f.protocol.as_str(), want);
+            }
+            let e = a.ifb_classes.iter().find(|c| c.minor == plan::MINOR_NEWCOMER).unwrap();
+            prop_assert!(e.rate_bps.abs_diff(d.newcomer.0) <= (d.newcomer.0 / 200).max(1000));
+            prop_assert!(e.ceil_bps.abs_diff(d.jellyfin_bps) <= (d.jellyfin_bps / 200).max(1000));
             prop_assert_eq!(
                 a.lan_filters.iter().filter(|f| f.redirect_to.as_deref() == Some(IFB)).count(),
                 d.lan_rules.len()
