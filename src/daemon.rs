@@ -195,6 +195,8 @@ pub struct Daemon {
     state: decide::State,
     monitor: Monitor,
     wan_meter: RateMeter,
+    /// Rate of the shaper's Jellyfin parent class: all of the server's external upload.
+    jf_meter: RateMeter,
     wan_dev: Result<String, String>,
     capacity_bps: Option<u64>,
     /// user id → the limit this process last wrote.
@@ -228,6 +230,7 @@ impl Daemon {
             state: decide::State::default(),
             monitor: Monitor::new(cfg.main.interval),
             wan_meter: RateMeter::default(),
+            jf_meter: RateMeter::default(),
             wan_dev: Err("not resolved".into()),
             capacity_bps: None,
             applied: HashMap::new(),
@@ -384,6 +387,12 @@ impl Daemon {
         if let Some(c) = &counters {
             self.monitor.update(now, c);
         }
+        // The shaper's Jellyfin class sees every byte the server sends outside, viewers with a
+        // class or not yet: the exact figure to subtract from the WAN upload.
+        let jf_total = match self.shaper.as_mut().map(|s| s.jellyfin_bytes()) {
+            Some(Ok(bytes)) if bytes > 0 => self.jf_meter.update(now, bytes),
+            _ => None,
+        };
 
         // Observe: who is streaming.
         let sessions = match self.server.as_mut() {
@@ -428,12 +437,11 @@ impl Daemon {
                         .filter(|r| r.len() >= 2)
                         .map(|r| r.current())
                 };
-                Some(
-                    per_ip
-                        .iter()
-                        .map(|(ip, est)| measured(ip).unwrap_or(*est))
-                        .sum::<u64>(),
-                )
+                let per_viewer: u64 = per_ip
+                    .iter()
+                    .map(|(ip, est)| measured(ip).unwrap_or(*est))
+                    .sum();
+                Some(jf_total.unwrap_or(per_viewer))
             };
             let input = decide::Input {
                 now,

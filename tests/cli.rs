@@ -148,19 +148,30 @@ fn sighup_reloads_and_a_bad_file_keeps_the_running_configuration() {
     let daemon = start(&cfg, &d.0, &[]);
     wait_for(Duration::from_secs(10), "a status", || status(&d.0));
     // A broken file: the daemon logs why and keeps going with what it has.
-    fs::write(&cfg, "config jellydemon 'main'\n\toption interval 'often'\n").unwrap();
+    fs::write(
+        &cfg,
+        "config jellydemon 'main'\n\toption interval 'often'\n",
+    )
+    .unwrap();
     signal(&daemon.0, nix::sys::signal::Signal::SIGHUP);
-    wait_for(Duration::from_secs(5), "the reload error in the log", || {
-        let log = fs::read_to_string(&daemon.1).ok()?;
-        log.contains("keeping the running configuration").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(5),
+        "the reload error in the log",
+        || {
+            let log = fs::read_to_string(&daemon.1).ok()?;
+            log.contains("keeping the running configuration")
+                .then_some(())
+        },
+    );
     let before = status(&d.0).unwrap()["updated"].as_u64().unwrap();
     wait_for(Duration::from_secs(5), "ticks going on", || {
         (status(&d.0)?["updated"].as_u64()? > before).then_some(())
     });
     // A good file with another interval is taken.
     config(&d.0, &emu.url(), "");
-    let text = fs::read_to_string(&cfg).unwrap().replace("option interval '1'", "option interval '3'");
+    let text = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("option interval '1'", "option interval '3'");
     fs::write(&cfg, text).unwrap();
     signal(&daemon.0, nix::sys::signal::Signal::SIGHUP);
     wait_for(Duration::from_secs(5), "the new interval", || {
@@ -169,10 +180,15 @@ fn sighup_reloads_and_a_bad_file_keeps_the_running_configuration() {
     let mut daemon = daemon;
     signal(&daemon.0, nix::sys::signal::Signal::SIGTERM);
     let t0 = Instant::now();
-    let code = wait_for(Duration::from_secs(5), "exit", || daemon.0.try_wait().ok().flatten());
+    let code = wait_for(Duration::from_secs(5), "exit", || {
+        daemon.0.try_wait().ok().flatten()
+    });
     assert_eq!(code.code(), Some(0));
     assert!(t0.elapsed() < Duration::from_secs(5));
-    assert!(!d.0.join("run/status.json").exists(), "status removed on a clean exit");
+    assert!(
+        !d.0.join("run/status.json").exists(),
+        "status removed on a clean exit"
+    );
 }
 
 #[test]
@@ -186,7 +202,11 @@ fn once_dry_run_writes_a_status_and_exits() {
         .args(["run", "--once", "--dry-run", "--stderr"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let st = status(&d.0).expect("status.json");
     assert_eq!(st["version"], 1);
     assert_eq!(st["dry_run"], true);
@@ -194,27 +214,43 @@ fn once_dry_run_writes_a_status_and_exits() {
     assert_eq!(st["jellyfin"]["server_version"], "10.11.11");
     assert_eq!(st["wan"]["device"], "lo");
     assert_eq!(st["wan"]["capacity_bps"], 20_000_000);
-    assert!(!fs::read_to_string(d.0.join("run/status.json")).unwrap().contains(KEY));
+    assert!(!fs::read_to_string(d.0.join("run/status.json"))
+        .unwrap()
+        .contains(KEY));
     let (code, table, _) = jd(&cfg, &["status"]);
     assert_eq!(code, 0);
-    assert!(table.contains("DRY RUN") && table.contains("budget 16.00"), "{table}");
+    assert!(
+        table.contains("DRY RUN") && table.contains("budget 16.00"),
+        "{table}"
+    );
 }
 
 #[test]
 fn unreachable_server_is_reported_not_fatal() {
     let d = tempdir();
     // Nothing listens on this port (bound, then closed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = config(&d.0, &format!("http://127.0.0.1:{port}"), "");
     let mut daemon = start(&cfg, &d.0, &[]);
     let st = wait_for(Duration::from_secs(10), "a status", || status(&d.0));
     assert_eq!(st["jellyfin"]["reachable"], false);
-    let err = st["jellyfin"]["error"].as_str().unwrap_or_default().to_string();
+    let err = st["jellyfin"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(!err.is_empty(), "the error is reported");
     std::thread::sleep(Duration::from_secs(2));
     assert!(daemon.0.try_wait().unwrap().is_none(), "still running");
     let log = fs::read_to_string(&daemon.1).unwrap();
-    assert_eq!(log.matches("Jellyfin unavailable").count(), 1, "logged once, not every tick: {log}");
+    assert_eq!(
+        log.matches("Jellyfin unavailable").count(),
+        1,
+        "logged once, not every tick: {log}"
+    );
     let (code, out, _) = jd(&cfg, &["check"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  Jellyfin unreachable"), "{out}");
@@ -226,11 +262,16 @@ fn check_passes_and_fails_with_hints() {
     let emu = emulator();
     let cfg = config(&d.0, &emu.url(), "");
     let (code, out, _) = jd(&cfg, &["check"]);
-    assert!(out.contains("ok    Jellyfin 10.11.11 reachable, API key accepted"), "{out}");
+    assert!(
+        out.contains("ok    Jellyfin 10.11.11 reachable, API key accepted"),
+        "{out}"
+    );
     assert!(out.contains("uplink capacity 20.0 Mbit/s"), "{out}");
     // On a build machine bridge netfilter or shaping modules may differ; Jellyfin must pass.
     let _ = code;
-    let bad = fs::read_to_string(&cfg).unwrap().replace(KEY, "ffffffffffffffffffffffffffffffff");
+    let bad = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(KEY, "ffffffffffffffffffffffffffffffff");
     fs::write(&cfg, bad).unwrap();
     let (code, out, _) = jd(&cfg, &["check"]);
     assert_eq!(code, 1);
@@ -243,7 +284,11 @@ fn check_passes_and_fails_with_hints() {
 fn config_verb_and_malformed_files() {
     let d = tempdir();
     let cfg = d.0.join("c");
-    fs::write(&cfg, "config jellydemon 'main'\n\toption enabled '1'\nconfig user\n\toption name 'it'\\''s'\n").unwrap();
+    fs::write(
+        &cfg,
+        "config jellydemon 'main'\n\toption enabled '1'\nconfig user\n\toption name 'it'\\''s'\n",
+    )
+    .unwrap();
     let (code, out, _) = jd(&cfg, &["config"]);
     assert_eq!(code, 0);
     assert_eq!(
@@ -252,14 +297,32 @@ fn config_verb_and_malformed_files() {
     );
     let (code, out, _) = jd(&cfg, &["config", "--effective"]);
     assert_eq!(code, 0);
-    assert!(out.contains("bandwidth.target_pct = 90  (default)"), "{out}");
+    assert!(
+        out.contains("bandwidth.target_pct = 90  (default)"),
+        "{out}"
+    );
     for (text, needle) in [
-        ("config jellydemon 'main'\n\toption interval '0'\n", "jellydemon.main.interval: '0' is not allowed"),
+        (
+            "config jellydemon 'main'\n\toption interval '0'\n",
+            "jellydemon.main.interval: '0' is not allowed",
+        ),
         ("option x y\n", "Parse error"),
-        ("config jellydemon 'main'\n\toption enabled 'maybe'\n", "jellydemon.main.enabled"),
-        ("config bandwidth 'bandwidth'\n\toption target_pct '150'\n", "a number from 1 to 100"),
-        ("config wol 'wol'\n\toption mac 'zz:zz'\n", "jellydemon.wol.mac"),
-        ("config jellydemon 'main'\n\toption x 'unterminated\n", "Parse error"),
+        (
+            "config jellydemon 'main'\n\toption enabled 'maybe'\n",
+            "jellydemon.main.enabled",
+        ),
+        (
+            "config bandwidth 'bandwidth'\n\toption target_pct '150'\n",
+            "a number from 1 to 100",
+        ),
+        (
+            "config wol 'wol'\n\toption mac 'zz:zz'\n",
+            "jellydemon.wol.mac",
+        ),
+        (
+            "config jellydemon 'main'\n\toption x 'unterminated\n",
+            "Parse error",
+        ),
     ] {
         fs::write(&cfg, text).unwrap();
         for verb in [&["config"][..], &["run", "--once"][..], &["check"][..]] {
