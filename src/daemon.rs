@@ -172,6 +172,25 @@ pub fn best_flow_source() -> Option<Box<dyn FlowSource>> {
     }
 }
 
+fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
+    seen.iter()
+        .map(|s| decide::StreamIn {
+            session_id: s.session.id.clone(),
+            user_id: s.session.user_id.clone().unwrap_or_default(),
+            user_name: s.session.user_name.clone().unwrap_or_default(),
+            remote_ip: s.session.remote_ip,
+            paused: s.session.play_state.is_paused,
+            transcoding: s.session.transcoding.is_some(),
+            stream_bps: s.stream_bps,
+            source_bps: s.source_bps,
+            supports_remote_control: s.session.supports_remote_control,
+        })
+        .collect()
+}
+
+/// How often the guard looks at the WAN counter between ticks.
+pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
+
 /// A stream as this tick saw it, with what the status and the events need.
 struct Seen {
     session: Session,
@@ -197,6 +216,9 @@ pub struct Daemon {
     wan_meter: RateMeter,
     /// Rate of the shaper's Jellyfin parent class: all of the server's external upload.
     jf_meter: RateMeter,
+    /// The guard's own meter (short windows between ticks).
+    guard_wan: RateMeter,
+    guard_last: Option<Instant>,
     wan_dev: Result<String, String>,
     capacity_bps: Option<u64>,
     /// user id → the limit this process last wrote.
@@ -231,6 +253,8 @@ impl Daemon {
             monitor: Monitor::new(cfg.main.interval),
             wan_meter: RateMeter::default(),
             jf_meter: RateMeter::default(),
+            guard_wan: RateMeter::default(),
+            guard_last: None,
             wan_dev: Err("not resolved".into()),
             capacity_bps: None,
             applied: HashMap::new(),
@@ -447,20 +471,7 @@ impl Daemon {
                 now,
                 wan_tx_bps: wan_bps,
                 jellyfin_bps,
-                streams: seen
-                    .iter()
-                    .map(|s| decide::StreamIn {
-                        session_id: s.session.id.clone(),
-                        user_id: s.session.user_id.clone().unwrap_or_default(),
-                        user_name: s.session.user_name.clone().unwrap_or_default(),
-                        remote_ip: s.session.remote_ip,
-                        paused: s.session.play_state.is_paused,
-                        transcoding: s.session.transcoding.is_some(),
-                        stream_bps: s.stream_bps,
-                        source_bps: s.source_bps,
-                        supports_remote_control: s.session.supports_remote_control,
-                    })
-                    .collect(),
+                streams: stream_inputs(&seen),
             };
             let pol = policy(&self.cfg, self.capacity_bps);
             let (plan, next) = decide::decide(&self.state, &input, &pol);
@@ -898,6 +909,59 @@ impl Daemon {
         );
     }
 
+    /// Between ticks: when the uplink runs above target (a household upload just started),
+    /// re-divide this instant's budget among the streams already known and tighten the
+    /// router's classes at once, without waiting for the tick. Jellyfin is not asked and its
+    /// limits are not touched: that stays the tick's job, with its confirmation rules.
+    pub fn guard(&mut self) {
+        if self.dry() || self.shaper.is_none() || !self.last_seen.iter().any(|s| s.external) {
+            return;
+        }
+        let Some(capacity) = self.capacity_bps else {
+            return;
+        };
+        let Ok(dev) = &self.wan_dev else { return };
+        let now = self.now();
+        let Ok(tx) = observe::read_tx_bytes(Path::new(SYS_ROOT), dev) else {
+            return;
+        };
+        let Some(wan_bps) = self.guard_wan.update(now, tx) else {
+            return;
+        };
+        // Jellyfin's own upload as the last tick measured it: cheap (no tc run), and when the
+        // uplink jumps between ticks it is the household that jumped.
+        let jf_bps = self.status.wan.jellyfin_bps;
+        let target = (capacity as f64 * self.cfg.bandwidth.target_pct / 100.0) as u64;
+        if wan_bps <= target
+            || self
+                .guard_last
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.guard_last = Some(Instant::now());
+        let input = decide::Input {
+            now,
+            wan_tx_bps: Some(wan_bps),
+            jellyfin_bps: Some(jf_bps),
+            streams: stream_inputs(&self.last_seen),
+        };
+        let pol = policy(&self.cfg, self.capacity_bps);
+        // The state is not kept: only the tick advances hysteresis and confirmations.
+        let (plan, _) = decide::decide(&self.state, &input, &pol);
+        if plan.budget_bps < self.last_plan.budget_bps {
+            debug!(
+                "uplink at {:.1} Mbit/s, above target: tightening the classes now (budget {:.1})",
+                wan_bps as f64 / 1e6,
+                plan.budget_bps as f64 / 1e6
+            );
+            self.last_plan.viewers = plan.viewers;
+            self.last_plan.budget_bps = plan.budget_bps;
+            let mut errors = Vec::new();
+            self.reconcile_shaper(&mut errors);
+        }
+    }
+
     /// New connections from outside to the Jellyfin port (Wake-on-LAN on_connect).
     fn on_connections(&mut self) {
         let Some(w) = self.connect.as_mut() else {
@@ -1172,7 +1236,7 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
             if left.is_zero() {
                 break;
             }
-            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            let ms = left.min(GUARD_PERIOD).as_millis().min(i32::MAX as u128) as i32;
             let term_fd = signals.term.as_fd();
             let hup_fd = signals.hup.as_fd();
             let mut fds = vec![
@@ -1192,7 +1256,11 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
             let timeout =
                 nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
             match nix::poll::poll(&mut fds, timeout) {
-                Ok(0) => break,
+                Ok(0) => {
+                    drop(fds);
+                    d.guard();
+                    continue;
+                }
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {

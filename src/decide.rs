@@ -330,6 +330,7 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
 
     let mut per_user: BTreeMap<&str, (String, u64)> = BTreeMap::new();
     let mut per_ip: BTreeMap<IpAddr, u64> = BTreeMap::new();
+    let mut fast_share: HashMap<&str, u64> = HashMap::new();
     for (((s, &target), claim), &fast) in competing.iter().zip(&targets).zip(&claims).zip(&fast) {
         let target = round_down(target).max(claim.min).max(LIMIT_STEP_BPS);
         let mut mem = prev.streams.get(&s.session_id).cloned().unwrap_or_default();
@@ -367,6 +368,7 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             // The class never grants more than the Jellyfin share, and drops at once with
             // this tick's budget.
             let rate = share.min(round_down(fast).max(claim.min));
+            fast_share.insert(s.session_id.as_str(), rate);
             let v = per_ip.entry(canonical(ip)).or_insert(0);
             *v = v.saturating_add(rate);
         }
@@ -434,9 +436,22 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             mem.negotiated_limit_bps = Some(limit);
         }
         if let Some(reason) = reason {
+            // A restart is costly, so renegotiate for where the budget is now, not for where
+            // the confirmed figure still lags: a household upload that is still ramping up
+            // would otherwise leave the new stream above its class and stalling.
+            let limit = match reason {
+                RestartReason::Exceeds => fast_share
+                    .get(s.session_id.as_str())
+                    .map_or(limit, |f| limit.min(*f)),
+                RestartReason::Upgrade => limit,
+            };
+            mem.applied_bps = mem.applied_bps.min(limit);
             mem.last_restart = Some(input.now);
             mem.restarts += 1;
             mem.negotiated_limit_bps = Some(limit);
+            if let Some(u) = plan.user_limits.iter_mut().find(|u| u.user_id == s.user_id) {
+                u.limit_bps = u.limit_bps.min(limit);
+            }
             plan.restarts.push(Restart {
                 session_id: s.session_id.clone(),
                 user_name: s.user_name.clone(),
@@ -813,6 +828,27 @@ mod tests {
         // Long gone sessions are forgotten.
         let (_, st) = decide(&st, &input(4.0 + 601.0, 0, 0, vec![]), &p);
         assert!(st.streams.is_empty());
+    }
+
+    #[test]
+    fn a_restart_renegotiates_for_the_current_budget() {
+        let p = policy();
+        let s = vec![stream("s1", "alice", "203.0.113.7", 14 * M)];
+        let (_, st) = decide(
+            &State::default(),
+            &input(0.0, 14 * M, 14 * M, s.clone()),
+            &p,
+        );
+        // A household upload ramping up: 6 then 12 Mbit/s of other traffic.
+        let (plan, st) = decide(&st, &input(1.0, 20 * M, 14 * M, s.clone()), &p);
+        assert!(plan.restarts.is_empty(), "not confirmed yet");
+        let (plan, _) = decide(&st, &input(2.0, 26 * M, 14 * M, s), &p);
+        // Confirmed other 6 → limit 12 < 14: restart. This tick's other is 12 → budget 6,
+        // which is what the stream renegotiates for.
+        assert_eq!(plan.restarts.len(), 1);
+        assert_eq!(plan.restarts[0].limit_bps, 6 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, 6 * M);
+        assert_eq!(plan.viewers[0].rate_bps, 6 * M);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The command line and the daemon's life cycle without namespaces: the real binary against the
 //! Jellyfin emulator on loopback (a real HTTP server). No root needed.
 
-#[allow(dead_code)]
 #[path = "support/emulator.rs"]
 mod emulator;
 
