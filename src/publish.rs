@@ -191,7 +191,10 @@ pub fn render_table(st: &Status) -> String {
         streams
             .iter()
             .map(|s| {
-                let fig = if seen.insert((s.external, s.remote_ip.as_str())) {
+                let fig = if !s.external {
+                    // LAN streams are bridged past the router: nothing here measures them.
+                    "[on the LAN]".to_string()
+                } else if seen.insert((s.external, s.remote_ip.as_str())) {
                     figure(s)
                 } else {
                     // One address, one measurement: shown on its first session only.
