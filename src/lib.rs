@@ -24,8 +24,39 @@ use std::sync::Mutex;
 
 static LEVEL: AtomicU8 = AtomicU8::new(3);
 
+/// RFC 3164 over the local syslog socket, as OpenWrt's logd and every syslogd read it:
+/// `<PRI>ident[pid]: message`, facility daemon. A few lines instead of a crate that brings a
+/// date library along: logd stamps the time itself.
+struct Syslog {
+    sock: std::os::unix::net::UnixDatagram,
+    pid: u32,
+}
+
+impl Syslog {
+    fn connect(path: &str) -> Option<Syslog> {
+        let sock = std::os::unix::net::UnixDatagram::unbound().ok()?;
+        sock.connect(path).ok()?;
+        Some(Syslog {
+            sock,
+            pid: std::process::id(),
+        })
+    }
+
+    fn send(&self, level: log::Level, msg: &str) {
+        // facility daemon (3) * 8 + severity
+        let severity = match level {
+            log::Level::Error => 3,
+            log::Level::Warn => 4,
+            log::Level::Info => 6,
+            _ => 7,
+        };
+        let line = format!("<{}>jellydemon[{}]: {msg}", 3 * 8 + severity, self.pid);
+        let _ = self.sock.send(line.as_bytes());
+    }
+}
+
 struct Logger {
-    syslog: Option<Mutex<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>>,
+    syslog: Option<Mutex<Syslog>>,
 }
 
 impl log::Log for Logger {
@@ -39,13 +70,8 @@ impl log::Log for Logger {
         }
         let msg = r.args().to_string();
         if let Some(s) = &self.syslog {
-            if let Ok(mut s) = s.lock() {
-                let _ = match r.level() {
-                    log::Level::Error => s.err(&msg),
-                    log::Level::Warn => s.warning(&msg),
-                    log::Level::Info => s.info(&msg),
-                    _ => s.debug(&msg),
-                };
+            if let Ok(s) = s.lock() {
+                s.send(r.level(), &msg);
                 return;
             }
         }
@@ -69,14 +95,7 @@ pub fn init_logging(to_stderr: bool, level: config::LogLevel) {
     let syslog = if to_stderr {
         None
     } else {
-        syslog::unix(syslog::Formatter3164 {
-            facility: syslog::Facility::LOG_DAEMON,
-            hostname: None,
-            process: "jellydemon".into(),
-            pid: std::process::id(),
-        })
-        .ok()
-        .map(Mutex::new)
+        Syslog::connect("/dev/log").map(Mutex::new)
     };
     set_log_level(level);
     let _ = log::set_boxed_logger(Box::new(Logger { syslog }));
@@ -92,4 +111,33 @@ pub fn set_log_level(level: config::LogLevel) {
         config::LogLevel::Debug => log::Level::Debug,
     };
     LEVEL.store(l as u8, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syslog_lines_are_rfc3164_with_facility_daemon() {
+        let path = std::env::temp_dir().join(format!("jd-log-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let s = Syslog::connect(path.to_str().unwrap()).unwrap();
+        s.send(log::Level::Warn, "hello");
+        s.send(log::Level::Info, "there");
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).unwrap();
+        let pid = std::process::id();
+        assert_eq!(
+            &buf[..n],
+            format!("<28>jellydemon[{pid}]: hello").as_bytes()
+        );
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..n],
+            format!("<30>jellydemon[{pid}]: there").as_bytes()
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(Syslog::connect("/nonexistent/log").is_none());
+    }
 }
