@@ -302,7 +302,14 @@ pub struct TcShaper {
     leaf: Option<Leaf>,
     /// The LAN device of the last reconcile, for `remove`.
     lan_device: Option<String>,
+    /// The ifb's qdiscs, classes and filters as `counters` last read them. The reconcile that
+    /// follows in the same tick plans against them instead of running the same three `tc`
+    /// listings again (each `tc` run is a fork and exec: the bulk of a tick's CPU on a router).
+    ifb_read: Option<(Instant, Actual)>,
 }
+
+/// How old a listing taken by `counters` may be for `reconcile` to use it.
+const IFB_READ_FRESH: Duration = Duration::from_secs(3);
 
 impl TcShaper {
     /// `ifb_name` must not contain "ifb" (sqm-scripts greps for `ifb[^) ]+`), e.g. "jdshape0".
@@ -312,6 +319,7 @@ impl TcShaper {
             tc: tc_path.to_string(),
             leaf: None,
             lan_device: None,
+            ifb_read: None,
         }
     }
 
@@ -381,16 +389,20 @@ impl TcShaper {
         }
     }
 
-    fn ensure_ifb(&self) -> Result<(), Error> {
+    /// Returns whether the device had to be created (so any earlier listing of it is void).
+    fn ensure_ifb(&self) -> Result<bool, Error> {
+        let up = |created| {
+            netlink::set_up(&self.ifb)
+                .map(|()| created)
+                .map_err(|e| link_error("bringing the ifb up", e))
+        };
         if netlink::link_exists(&self.ifb) {
-            return netlink::set_up(&self.ifb).map_err(|e| link_error("bringing the ifb up", e));
+            return up(false);
         }
         match netlink::create_ifb(&self.ifb) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             // Raced with another start: use it.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                netlink::set_up(&self.ifb).map_err(|e| link_error("bringing the ifb up", e))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => up(true),
             Err(e) => Err(link_error("creating the ifb device", e)),
         }
     }
@@ -398,6 +410,8 @@ impl TcShaper {
 
 impl Shaper for TcShaper {
     fn reconcile(&mut self, spec: &Spec) -> Result<(), Error> {
+        // Taken first: whatever happens below, a listing is used at most once.
+        let cached = self.ifb_read.take();
         if self.ifb.contains("ifb") {
             return Err(Error::InvalidSpec(format!(
                 "ifb name '{}' contains \"ifb\", which sqm-scripts would take for its own",
@@ -434,9 +448,16 @@ impl Shaper for TcShaper {
             }
         }
         self.lan_device = Some(spec.lan_device.clone());
-        self.ensure_ifb()?;
+        let created = self.ensure_ifb()?;
         let mut actual = Actual::default();
-        self.read_ifb(&mut actual)?;
+        match cached {
+            Some((at, read)) if !created && at.elapsed() <= IFB_READ_FRESH => {
+                actual.ifb_qdiscs = read.ifb_qdiscs;
+                actual.ifb_classes = read.ifb_classes;
+                actual.ifb_filters = read.ifb_filters;
+            }
+            _ => self.read_ifb(&mut actual)?,
+        }
         self.read_lan(&spec.lan_device, &mut actual)?;
         let cmds = plan::plan(&desired, &actual);
         for c in &cmds {
@@ -451,10 +472,13 @@ impl Shaper for TcShaper {
         }
         let mut a = Actual::default();
         self.read_ifb(&mut a)?;
-        Ok(plan::counters(&a.ifb_classes, &a.ifb_filters))
+        let counters = plan::counters(&a.ifb_classes, &a.ifb_filters);
+        self.ifb_read = Some((Instant::now(), a));
+        Ok(counters)
     }
 
     fn remove(&mut self) -> Result<(), Error> {
+        self.ifb_read = None;
         let mut result = Ok(());
         if let Some(lan) = self.lan_device.clone() {
             if let Err(e) = self.remove_lan(&lan) {
