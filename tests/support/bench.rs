@@ -770,18 +770,18 @@ fn tv(t: nix::libc::timeval) -> Duration {
 /// each of `count` destinations routed out of a veth whose peer never answers.
 fn fill_table(b: &Bench, count: u32) -> Result<u64> {
     let r = &b.net.router;
-    let tc = |args: &[&str]| {
+    let ip = |args: &[&str]| {
         let mut argv = vec!["ip"];
         argv.extend_from_slice(args);
         b.net.exec(r, &argv)
     };
-    tc(&[
+    ip(&[
         "link", "add", "jdb0", "type", "veth", "peer", "name", "jdb1",
     ])?;
-    tc(&["link", "set", "jdb0", "up"])?;
-    tc(&["link", "set", "jdb1", "up"])?;
-    tc(&["addr", "add", "10.200.0.1/16", "dev", "jdb0"])?;
-    tc(&[
+    ip(&["link", "set", "jdb0", "up"])?;
+    ip(&["link", "set", "jdb1", "up"])?;
+    ip(&["addr", "add", "10.200.0.1/16", "dev", "jdb0"])?;
+    ip(&[
         "neigh",
         "add",
         "10.200.0.2",
@@ -792,7 +792,7 @@ fn fill_table(b: &Bench, count: u32) -> Result<u64> {
         "nud",
         "permanent",
     ])?;
-    tc(&[
+    ip(&[
         "route",
         "add",
         "10.192.0.0/10",
