@@ -42,9 +42,30 @@ demo: deps
 	target/release/examples/homenet down --all
 	target/release/examples/homenet demo --daemon target/release/jellydemon
 
-# ---- bench ----
+# ---- bench: efficiency figures and budgets (DESIGN.md §10, docs-bench.md) ----
+# The daemon measured is the static musl release build (as shipped: a glibc build maps the shared
+# libc and shows ~1.8 MB more RSS). Cross builds and packages are measured when `make cross` /
+# `make ipk` exist.
+BENCH_MUSL := x86_64-unknown-linux-musl
 bench: deps
-	@echo "(bench: to be written)"
+	@[ "$$(id -u)" = 0 ] || { echo "make bench needs root (it builds network namespaces)"; exit 1; }
+	@command -v valgrind >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq valgrind; }
+	$(CARGO) build --release --example homenet
+	rustup target list --installed | grep -qx $(BENCH_MUSL) || rustup target add $(BENCH_MUSL)
+	$(CARGO) build --release --target $(BENCH_MUSL)
+	@if grep -q '^cross:' Makefile; then $(MAKE) cross; fi
+	@if grep -q '^ipk:' Makefile; then $(MAKE) ipk; fi
+	target/release/examples/homenet down --all
+	args=(--daemon target/$(BENCH_MUSL)/release/jellydemon); \
+	for t in target/*/release/jellydemon; do \
+	  case "$$t" in target/mipsel*) a=mipsel;; target/aarch64*) a=aarch64;; \
+	    target/$(BENCH_MUSL)/*) a=x86_64;; *) continue;; esac; \
+	  args+=(--binary "$$a=$$t"); \
+	done; \
+	for p in dist/*.ipk; do [ -f "$$p" ] && args+=(--package "$$p"); done; \
+	target/release/examples/homenet bench "$${args[@]}"
 
 clean:
 	$(CARGO) clean

@@ -539,7 +539,9 @@ impl Daemon {
     }
 
     fn viewer_counters(&mut self, errors: &mut Vec<String>) -> Option<HashMap<IpAddr, u64>> {
-        if let Some(s) = self.shaper.as_mut() {
+        // The shaper's classes count while its tree can stand; when tc failed, conntrack does.
+        let shaper_ok = self.status.shaping.error.is_none();
+        if let Some(s) = self.shaper.as_mut().filter(|_| shaper_ok) {
             match s.counters() {
                 Ok(c) => return Some(c),
                 Err(e) => debug!("tc counters unavailable: {e}"),

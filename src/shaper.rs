@@ -313,11 +313,15 @@ pub struct TcShaper {
     leaf: Option<Leaf>,
     /// The LAN device of the last reconcile, for `remove`.
     lan_device: Option<String>,
-    /// The class list read by the last `counters()`, for one `jellyfin_bytes()` right after
-    /// it: both counters of a tick from one `tc` run.
-    classes_read: Option<(Instant, Vec<parse::Class>)>,
+    /// The ifb's qdiscs, classes and filters as `counters` last read them. The reconcile that
+    /// follows in the same tick plans against them instead of running the same three `tc`
+    /// listings again (each `tc` run is a fork and exec: the bulk of a tick's CPU on a router),
+    /// and `jellyfin_bytes` right after `counters` reads its figure from them too.
+    ifb_read: Option<(Instant, Actual)>,
 }
 
+/// How old a listing taken by `counters` may be for `reconcile` to use it.
+const IFB_READ_FRESH: Duration = Duration::from_secs(3);
 /// How long a `counters()` reading may serve `jellyfin_bytes()`; well under a tick (>= 1 s).
 const READING_REUSE: Duration = Duration::from_millis(900);
 
@@ -329,7 +333,7 @@ impl TcShaper {
             tc: tc_path.to_string(),
             leaf: None,
             lan_device: None,
-            classes_read: None,
+            ifb_read: None,
         }
     }
 
@@ -419,16 +423,20 @@ impl TcShaper {
         }
     }
 
-    fn ensure_ifb(&self) -> Result<(), Error> {
+    /// Returns whether the device had to be created (so any earlier listing of it is void).
+    fn ensure_ifb(&self) -> Result<bool, Error> {
+        let up = |created| {
+            netlink::set_up(&self.ifb)
+                .map(|()| created)
+                .map_err(|e| link_error("bringing the ifb up", e))
+        };
         if netlink::link_exists(&self.ifb) {
-            return netlink::set_up(&self.ifb).map_err(|e| link_error("bringing the ifb up", e));
+            return up(false);
         }
         match netlink::create_ifb(&self.ifb) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             // Raced with another start: use it.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                netlink::set_up(&self.ifb).map_err(|e| link_error("bringing the ifb up", e))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => up(true),
             Err(e) => Err(link_error("creating the ifb device", e)),
         }
     }
@@ -436,6 +444,8 @@ impl TcShaper {
 
 impl Shaper for TcShaper {
     fn reconcile(&mut self, spec: &Spec) -> Result<(), Error> {
+        // Taken first: whatever happens below, a listing is used at most once.
+        let cached = self.ifb_read.take();
         if self.ifb.contains("ifb") {
             return Err(Error::InvalidSpec(format!(
                 "ifb name '{}' contains \"ifb\", which sqm-scripts would take for its own",
@@ -472,9 +482,16 @@ impl Shaper for TcShaper {
             }
         }
         self.lan_device = Some(spec.lan_device.clone());
-        self.ensure_ifb()?;
+        let created = self.ensure_ifb()?;
         let mut actual = Actual::default();
-        self.read_ifb(&mut actual)?;
+        match cached {
+            Some((at, read)) if !created && at.elapsed() <= IFB_READ_FRESH => {
+                actual.ifb_qdiscs = read.ifb_qdiscs;
+                actual.ifb_classes = read.ifb_classes;
+                actual.ifb_filters = read.ifb_filters;
+            }
+            _ => self.read_ifb(&mut actual)?,
+        }
         self.read_lan(&spec.lan_device, &mut actual)?;
         let cmds = plan::plan(&desired, &actual);
         for c in &cmds {
@@ -484,23 +501,23 @@ impl Shaper for TcShaper {
     }
 
     fn counters(&mut self) -> Result<HashMap<IpAddr, u64>, Error> {
-        self.classes_read = None;
+        self.ifb_read = None;
         if !netlink::link_exists(&self.ifb) {
             return Ok(HashMap::new());
         }
         let mut a = Actual::default();
         self.read_ifb(&mut a)?;
-        let c = plan::counters(&a.ifb_classes, &a.ifb_filters);
-        self.classes_read = Some((Instant::now(), a.ifb_classes));
-        Ok(c)
+        let counters = plan::counters(&a.ifb_classes, &a.ifb_filters);
+        self.ifb_read = Some((Instant::now(), a));
+        Ok(counters)
     }
 
-    /// Uses the class list of the last `counters()` call once, when that call was less than
-    /// 0.9 s ago (so a tick costs one `tc` run for both counters); otherwise reads the kernel.
+    /// Uses the listing of the last `counters()` call when that call was less than 0.9 s ago
+    /// (so a tick costs one `tc` run for both counters); otherwise reads the kernel.
     fn jellyfin_bytes(&mut self) -> Result<u64, Error> {
-        if let Some((at, classes)) = self.classes_read.take() {
+        if let Some((at, a)) = &self.ifb_read {
             if at.elapsed() < READING_REUSE {
-                return Ok(plan::jellyfin_bytes(&classes));
+                return Ok(plan::jellyfin_bytes(&a.ifb_classes));
             }
         }
         if !netlink::link_exists(&self.ifb) {
@@ -512,7 +529,7 @@ impl Shaper for TcShaper {
     }
 
     fn remove(&mut self) -> Result<(), Error> {
-        self.classes_read = None;
+        self.ifb_read = None;
         let mut result = Ok(());
         if let Some(lan) = self.lan_device.clone() {
             if let Err(e) = self.remove_lan(&lan) {

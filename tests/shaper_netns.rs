@@ -982,3 +982,42 @@ fn missing_tc_is_a_clear_error() {
     let e = t.reconcile(&mut bad, &spec(vec![])).expect_err("ifb name");
     assert!(matches!(e, Error::InvalidSpec(_)), "{e:?}");
 }
+
+#[test]
+fn reconcile_after_counters_follows_the_plan_and_heals_a_lost_ifb() {
+    // The daemon lists the ifb for the counters, then reconciles in the same tick against that
+    // listing: the result must be the same as with a fresh one.
+    let t = Topo::new();
+    let r = t.rtr.clone();
+    let mut sh = shaper();
+    t.reconcile(
+        &mut sh,
+        &spec(vec![v("198.51.100.2", 1_700_000, 1_700_000)]),
+    )
+    .expect("reconcile");
+    t.counters(&mut sh);
+    let next = spec(vec![
+        v("198.51.100.2", 2_300_000, 2_300_000),
+        v("198.51.100.3", 3_100_000, 3_100_000),
+    ]);
+    t.reconcile(&mut sh, &next)
+        .expect("reconcile after counters");
+    let classes = t.tc(&["class", "show", "dev", IFB]);
+    assert!(classes.contains("rate 2300Kbit"), "{classes}");
+    assert!(classes.contains("rate 3100Kbit"), "{classes}");
+    assert!(!classes.contains("rate 1700Kbit"), "{classes}");
+    // The ifb vanishes between the tick's listing and its reconcile: rebuilt at once, not
+    // planned against the stale listing.
+    t.counters(&mut sh);
+    ip(&["-n", &r, "link", "del", IFB]);
+    t.reconcile(&mut sh, &next)
+        .expect("reconcile after ifb loss");
+    let classes = t.tc(&["class", "show", "dev", IFB]);
+    assert!(
+        classes.contains("rate 2300Kbit") && classes.contains("rate 3100Kbit"),
+        "{classes}"
+    );
+    let c = t.counters(&mut sh);
+    assert_eq!(c.len(), 2, "{c:?}");
+    t.remove(&mut sh);
+}

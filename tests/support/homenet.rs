@@ -1,6 +1,7 @@
 //! `homenet`: the emulated home network for `make demo` and the end-to-end tests (test support,
 //! never shipped). The first argument picks the subcommand; see docs-homenet.md.
 
+mod bench;
 mod emulator;
 mod load;
 mod scenario;
@@ -23,7 +24,9 @@ const USAGE: &str =
   ping --to ADDR [--interval-ms MS] [--seconds S]      UDP RTT p50/p95/max
   source --listen ADDR... [--rate-mbps R]              TCP server sending to each connection
   download --from ADDR [--seconds S]                   TCP client counting what it receives
-  probe --to ADDR [--timeout-ms MS]                    wait until a TCP port accepts";
+  probe --to ADDR [--timeout-ms MS]                    wait until a TCP port accepts
+  bench --daemon PATH [--binary ARCH=PATH]... [--package PATH]...   efficiency figures (make bench)
+  bench-decide --iterations N                          the decision core N times (callgrind)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +48,8 @@ fn main() -> ExitCode {
         "source" => load::source_main(rest),
         "download" => load::download_main(rest),
         "probe" => load::probe_main(rest),
+        "bench" => bench::bench_main(rest),
+        "bench-decide" => bench::decide_main(rest),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
