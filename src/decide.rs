@@ -16,6 +16,8 @@ pub const RAISE_HOLD_TICKS: u32 = 3;
 pub const EXCEED_TOLERANCE_PCT: u64 = 5;
 /// A transcode renegotiates upward only when the limit is this much above its bitrate.
 pub const UPGRADE_FACTOR_PCT: u64 = 150;
+/// An uplink running at this share of its capacity is saturated.
+pub const SATURATED_PCT: u64 = 97;
 /// Users who stopped streaming get their original limit back after this long.
 pub const RESTORE_AFTER_S: f64 = 300.0;
 
@@ -292,7 +294,18 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         return (plan, next);
     };
     plan.managing = true;
-    plan.budget_bps = budget(capacity, policy.target_pct, other_now, policy.reserve_bps)
+    // A saturated uplink hides how much the household really wants (the modem caps what
+    // leaves): assume it wants at least the headroom more, so the queue drains at once.
+    let usable = (capacity as f64 * policy.target_pct.clamp(0.0, 100.0) / 100.0) as u64;
+    let saturated = input
+        .wan_tx_bps
+        .is_some_and(|w| w.saturating_mul(100) >= capacity.saturating_mul(SATURATED_PCT));
+    let other_fast = if saturated {
+        other_now.saturating_add(capacity.saturating_sub(usable))
+    } else {
+        other_now
+    };
+    plan.budget_bps = budget(capacity, policy.target_pct, other_fast, policy.reserve_bps)
         .saturating_sub(exempt_bps);
     let limit_budget = budget(
         capacity,
@@ -843,12 +856,30 @@ mod tests {
         let (plan, st) = decide(&st, &input(1.0, 20 * M, 14 * M, s.clone()), &p);
         assert!(plan.restarts.is_empty(), "not confirmed yet");
         let (plan, _) = decide(&st, &input(2.0, 26 * M, 14 * M, s), &p);
-        // Confirmed other 6 → limit 12 < 14: restart. This tick's other is 12 → budget 6,
-        // which is what the stream renegotiates for.
+        // Confirmed other 6 → limit 12 < 14: restart. This tick's other is 12 on a saturated
+        // uplink (+2 headroom) → budget 4, which is what the stream renegotiates for.
         assert_eq!(plan.restarts.len(), 1);
-        assert_eq!(plan.restarts[0].limit_bps, 6 * M);
-        assert_eq!(plan.user_limits[0].limit_bps, 6 * M);
-        assert_eq!(plan.viewers[0].rate_bps, 6 * M);
+        assert_eq!(plan.restarts[0].limit_bps, 4 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, 4 * M);
+        assert_eq!(plan.viewers[0].rate_bps, 4 * M);
+    }
+
+    #[test]
+    fn a_saturated_uplink_cuts_the_classes_deeper() {
+        let p = policy();
+        let s = vec![
+            stream("s1", "alice", "203.0.113.7", 8 * M),
+            stream("s2", "bob", "198.51.100.9", 8 * M),
+        ];
+        let (_, st) = decide(&State::default(), &input(0.0, 16 * M, 16 * M, s.clone()), &p);
+        // The household starts: the modem caps the uplink at 20, 4 of it is theirs so far.
+        let (plan, _) = decide(&st, &input(1.0, 20 * M, 16 * M, s.clone()), &p);
+        // 18 − (4 + 2 headroom) = 12, not 14: the queue drains instead of staying full.
+        assert_eq!(plan.budget_bps, 12 * M);
+        assert_eq!(plan.other_bps, 4 * M);
+        // Below saturation nothing is added.
+        let (plan, _) = decide(&st, &input(1.0, 19 * M, 15 * M, s), &p);
+        assert_eq!(plan.budget_bps, 14 * M);
     }
 
     #[test]
