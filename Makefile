@@ -26,7 +26,7 @@ test-luci:
 	@echo "(luci tests: to be written)"
 
 test-package:
-	@echo "(package tests: to be written)"
+	tests/package.sh
 
 # ---- demo: the real daemon in an emulated home network ----
 demo: deps
@@ -35,8 +35,33 @@ demo: deps
 	target/release/examples/homenet demo --daemon target/release/jellydemon
 
 # ---- bench ----
-bench: deps
-	@echo "(bench: to be written)"
+bench: deps bench-size
+
+# ---- packaging: cross builds without the SDK, .ipk, sizes (see docs-packaging.md) ----
+# Short target names; `make cross-mipsel` builds one. OpenWrt arch names also work for ipk.
+CROSS_TARGETS ?= x86_64 aarch64 armv7 mipsel mips
+ARCH ?= x86_64
+
+.PHONY: cross ipk apk bench-size
+
+cross:
+	openwrt/cross.sh $(CROSS_TARGETS)
+
+cross-%:
+	openwrt/cross.sh $*
+
+ipk:
+	openwrt/cross.sh $(ARCH)
+	openwrt/ipk.sh $(ARCH)
+
+apk:
+	@echo "make apk does not exist: no apk v3 reader (apk-tools) could be run here to verify one." >&2
+	@echo "Build the .apk with an OpenWrt 25.12 SDK from the feed Makefile (openwrt/Makefile):" >&2
+	@echo "see docs-packaging.md, 'Build from the feed'." >&2
+	@exit 2
+
+bench-size:
+	openwrt/sizes.sh $(CROSS_TARGETS)
 
 clean:
 	$(CARGO) clean
