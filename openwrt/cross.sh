@@ -114,10 +114,13 @@ build_musl() {
 	(
 		cd "$bdir"
 		CC="$GNU-gcc${SOFT:+ $SOFT}" CFLAGS="-Os -ffunction-sections -fdata-sections" \
-			"$src/configure" --target="$GNU" --disable-shared --prefix="$sysroot" >/dev/null
-		make -s -j"$(nproc)" >/dev/null
-		make -s install >/dev/null
-	)
+			"$src/configure" --target="$GNU" --disable-shared --prefix="$sysroot"
+		make -s -j"$(nproc)"
+		make -s install
+	) >"$CACHE/musl-build/$GNU.log" 2>&1 || {
+		tail -n 30 "$CACHE/musl-build/$GNU.log" >&2
+		die "musl build for $GNU failed (log: $CACHE/musl-build/$GNU.log)"
+	}
 	printf 'int _dl_find_object(void *pc, void *result) { (void)pc; (void)result; return -1; }\n' \
 		>"$bdir/dlfo_stub.c"
 	# shellcheck disable=SC2086 # SOFT is one flag or nothing
@@ -159,7 +162,7 @@ build() {
 		local gccdir
 		gccdir=$(dirname "$("$GNU-gcc" -print-libgcc-file-name)")
 		env+=(RUSTC_BOOTSTRAP=1
-			"CARGO_TARGET_${env_triple}_LINKER=$ROOT/openwrt/musl-ld.sh"
+			"CARGO_TARGET_${env_triple}_LINKER=$ROOT/openwrt/musl-gcc.sh"
 			"JELLYDEMON_LD_CC=$GNU-gcc"
 			"JELLYDEMON_LD_CFLAGS=$SOFT"
 			"JELLYDEMON_LD_SYSROOT=$sysroot"

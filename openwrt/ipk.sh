@@ -151,7 +151,7 @@ build_daemon() {
 }
 
 build_luci() {
-	local src=$ROOT/luci-app-jellydemon
+	local src=${JELLYDEMON_LUCI_DIR:-$ROOT/luci-app-jellydemon}
 	local mk=$src/Makefile
 	local name=luci-app-jellydemon version=0.1.0 release=1 license=GPL-2.0-only
 	local maintainer="" title="LuCI support for jellydemon" descr="" depends="+luci-base +jellydemon"

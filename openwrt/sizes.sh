@@ -40,8 +40,8 @@ for t in "$@"; do
 		if [ "$bsize" -le "$BIN_BUDGET" ]; then bverdict=ok; else bverdict=OVER; over=1; fi ;;
 	esac
 	psize="" pverdict="n/a"
-	if [ -f "$config" ] && ipk=$("$ROOT/openwrt/ipk.sh" "$arch" "$DIST" | head -n 1); then
-		psize=$(stat -c %s "$ipk")
+	if [ -f "$config" ] && made=$("$ROOT/openwrt/ipk.sh" "$arch" "$DIST"); then
+		psize=$(stat -c %s "$(printf '%s\n' "$made" | head -n 1)")
 		if [ "$psize" -le "$PKG_BUDGET" ]; then pverdict=ok; else pverdict=OVER; over=1; fi
 	fi
 	printf '%-26s %-34s %12s %-12s %12s %-12s\n' "$arch" "$triple" "$(kb "$bsize")" "$bverdict" \

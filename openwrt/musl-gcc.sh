@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Linker for the std-rebuilding musl targets (see cross.sh): runs Debian's cross gcc against the
+# Linker for the std-rebuilding musl targets (see cross.sh; the name ends in -gcc so that
+# rustc passes gcc-style arguments): runs Debian's cross gcc against the
 # musl built by cross.sh instead of glibc. rustc names its self-contained start files by bare
 # name (it has none for these targets), so they are mapped to the musl and gcc directories;
 # -lunwind becomes libgcc_eh; the _dl_find_object stub satisfies Debian's libgcc_eh.
