@@ -155,8 +155,12 @@ build() {
 	local env_triple
 	env_triple=$(printf '%s' "$TRIPLE" | tr 'a-z-' 'A-Z_')
 	local -a env=("CARGO_TARGET_${env_triple}_RUSTFLAGS=-C target-feature=+crt-static")
+	# Two target directories: host build scripts and proc-macros compiled for a std-rebuilding
+	# build are fingerprinted differently, and would be rebuilt at every switch.
+	local tdir=$CACHE/target
+	[ "$BUILD_STD" = 1 ] && tdir=$CACHE/target-build-std
 	local -a args=(build --release --locked --bin jellydemon --target "$TRIPLE"
-		--target-dir "$CACHE/target")
+		--target-dir "$tdir")
 	if [ "$BUILD_STD" = 1 ]; then
 		local sysroot=$CACHE/musl/$GNU
 		local gccdir
@@ -173,7 +177,7 @@ build() {
 	fi
 	log "building $TRIPLE"
 	(cd "$ROOT" && env "${env[@]}" "$CARGO" "${args[@]}")
-	local bin=$CACHE/target/$TRIPLE/release/jellydemon
+	local bin=$tdir/$TRIPLE/release/jellydemon
 	[ -f "$bin" ] || die "cargo left no binary at $bin"
 	mkdir -p "$OUT/$TRIPLE"
 	cp "$bin" "$OUT/$TRIPLE/jellydemon.tmp"
@@ -187,7 +191,12 @@ main() {
 	[ $# -gt 0 ] || die "usage: $0 [--setup-only] TARGET... (x86_64 aarch64 armv7 mipsel mips)"
 	local t
 	for t in "$@"; do describe "$t"; done
+	# one setup at a time: two runs must not build the same musl into the same directory
+	mkdir -p "$CACHE"
+	exec 9>"$CACHE/.lock"
+	flock 9
 	setup "$@"
+	flock -u 9
 	[ "$setup_only" = 1 ] && return 0
 	for t in "$@"; do build "$t"; done
 }
