@@ -154,7 +154,13 @@ build() {
 	describe "$1"
 	local env_triple
 	env_triple=$(printf '%s' "$TRIPLE" | tr 'a-z-' 'A-Z_')
-	local -a env=("CARGO_TARGET_${env_triple}_RUSTFLAGS=-C target-feature=+crt-static")
+	# No unwind tables: with panic=abort nothing unwinds, and a stripped binary's backtrace is
+	# only addresses anyway; panic messages are still printed. Saves about 10%.
+	local rustflags="-C target-feature=+crt-static -C force-unwind-tables=no"
+	# MIPS position-independent code goes through the GOT for every global: a static
+	# executable does not need it, and non-PIC code is about 11% smaller.
+	case $TRIPLE in mips*) rustflags="$rustflags -C relocation-model=static" ;; esac
+	local -a env=("CARGO_TARGET_${env_triple}_RUSTFLAGS=$rustflags")
 	# Two target directories: host build scripts and proc-macros compiled for a std-rebuilding
 	# build are fingerprinted differently, and would be rebuilt at every switch.
 	local tdir=$CACHE/target
@@ -171,7 +177,8 @@ build() {
 			"JELLYDEMON_LD_CFLAGS=$SOFT"
 			"JELLYDEMON_LD_SYSROOT=$sysroot"
 			"JELLYDEMON_LD_GCCDIR=$gccdir")
-		args+=(-Z "build-std=std,panic_abort")
+		# optimize_for_size: std's smaller variants of its algorithms (about -15% here)
+		args+=(-Z "build-std=std,panic_abort" -Z build-std-features=optimize_for_size)
 	elif [ -n "$GNU" ]; then
 		env+=("CARGO_TARGET_${env_triple}_LINKER=$GNU-gcc")
 	fi

@@ -223,9 +223,11 @@ elf_want() {
 
 # a world for the Jellyfin emulator and a config for the daemon (dry run: it changes nothing)
 API_KEY=4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a
+EMU_VERSION=10.11.4
 write_world() {
 	cat >"$TMP/world.json" <<EOF
-{ "api_keys": [ { "name": "jellydemon", "token": "$API_KEY" } ],
+{ "version": "$EMU_VERSION",
+  "api_keys": [ { "name": "jellydemon", "token": "$API_KEY" } ],
   "users": [ { "name": "alice", "id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9" } ],
   "items": [ { "id": "1f2e3d4c5b6a79880796a5b4c3d2e1f0", "name": "Smoke Test", "bitrate": 4000000 } ] }
 EOF
@@ -264,7 +266,10 @@ start_emulator() {
 		[ -x "$e" ] && emu=$e && break
 	done
 	[ -n "$emu" ] || { echo "no target/*/examples/homenet (cargo build --examples)"; return 1; }
-	"$emu" --help 2>&1 | grep -q jellyfin || { echo "homenet has no 'jellyfin' verb yet"; return 1; }
+	# whole output first: grep -q would end the pipe early and pipefail would call that a failure
+	local help
+	help=$("$emu" --help 2>&1)
+	contains "$help" jellyfin >/dev/null || { echo "homenet has no 'jellyfin' verb yet"; return 1; }
 	write_world
 	local port=$((20000 + ($$ % 20000)))
 	"$emu" jellyfin --listen "127.0.0.1:$port" --world "$TMP/world.json" >"$TMP/emu.log" 2>&1 &
@@ -320,7 +325,8 @@ for t in $TARGETS; do
 	}
 	check "$triple: --version under ${run[0]##*/}" t_version
 
-	if ! timeout 60 "${run[@]}" --help 2>&1 | grep -qw check; then
+	help=$(timeout 60 "${run[@]}" --help 2>&1)
+	if ! grep -qw check <<<"$help"; then
 		skip "$triple: check against a config" "the binary has no 'check' verb yet"
 		skip "$triple: run --once against the Jellyfin emulator" "the binary has no 'run' verb yet"
 		continue
@@ -347,7 +353,12 @@ for t in $TARGETS; do
 		out=$(timeout 120 "${run[@]}" --config "$TMP/jellydemon.conf" run --once --stderr 2>&1) ||
 			{ echo "run --once failed: $out"; return 1; }
 		[ -s "$TMP/run/status.json" ] || { echo "no status.json: $out"; return 1; }
-		contains "$(cat "$TMP/run/status.json")" '"version"'
+		# the binary really talked to the emulator: the version it reports comes from there
+		local st
+		st=$(cat "$TMP/run/status.json")
+		grep -Eq '"reachable": ?true' <<<"$st" || { echo "Jellyfin not reachable: $st"; return 1; }
+		grep -Eq "\"server_version\": ?\"$EMU_VERSION\"" <<<"$st" || { echo "no server_version $EMU_VERSION: $st"; return 1; }
+		case $st in *"$API_KEY"*) echo "API key in status.json"; return 1 ;; esac
 	}
 	check "$triple: run --once against the Jellyfin emulator" t_once
 done
