@@ -25,7 +25,7 @@ test-rust:
 test-luci:
 	@echo "(luci tests: to be written)"
 
-test-package:
+test-package: deps
 	tests/package.sh
 
 # ---- demo: the real daemon in an emulated home network ----

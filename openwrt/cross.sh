@@ -161,10 +161,14 @@ build() {
 	# executable does not need it, and non-PIC code is about 11% smaller.
 	case $TRIPLE in mips*) rustflags="$rustflags -C relocation-model=static" ;; esac
 	local -a env=("CARGO_TARGET_${env_triple}_RUSTFLAGS=$rustflags")
-	# Two target directories: host build scripts and proc-macros compiled for a std-rebuilding
-	# build are fingerprinted differently, and would be rebuilt at every switch.
-	local tdir=$CACHE/target
-	[ "$BUILD_STD" = 1 ] && tdir=$CACHE/target-build-std
+	# One target directory per checkout: cargo does not re-copy a fresh binary to release/, so
+	# two checkouts sharing one would pick up each other's. And two per checkout: host build
+	# scripts and proc-macros of a std-rebuilding build are fingerprinted differently, and
+	# would be rebuilt at every switch.
+	local key
+	key=$(printf '%s' "$ROOT" | sha256sum | cut -c1-16)
+	local tdir=$CACHE/target/$key
+	[ "$BUILD_STD" = 1 ] && tdir=$CACHE/target/$key-build-std
 	local -a args=(build --release --locked --bin jellydemon --target "$TRIPLE"
 		--target-dir "$tdir")
 	if [ "$BUILD_STD" = 1 ]; then

@@ -281,17 +281,25 @@ start_emulator() {
 	help=$("$emu" --help 2>&1)
 	contains "$help" jellyfin >/dev/null || { echo "homenet has no 'jellyfin' verb yet"; return 1; }
 	write_world
-	local port=$((20000 + ($$ % 20000)))
-	"$emu" jellyfin --listen "127.0.0.1:$port" --world "$TMP/world.json" >"$TMP/emu.log" 2>&1 &
+	# port 0: the emulator binds a free port and prints it; its first line is awaited through a
+	# FIFO (bounded), then the rest of its output is drained to a log
+	mkfifo "$TMP/emu.fifo"
+	"$emu" jellyfin --listen 127.0.0.1:0 --world "$TMP/world.json" >"$TMP/emu.fifo" 2>"$TMP/emu.err" &
 	PIDS+=("$!")
-	local i
-	for i in $(seq 1 100); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then EMU_PORT=$port; return 0; fi
-		kill -0 "${PIDS[-1]}" 2>/dev/null || { echo "emulator exited: $(tail -3 "$TMP/emu.log")"; return 1; }
-		sleep 0.1
+	local line=""
+	exec 4<"$TMP/emu.fifo"
+	while IFS= read -r -t 20 line <&4; do
+		case $line in *"listening on http://127.0.0.1:"*) break ;; esac
 	done
-	echo "emulator did not listen on $port within 10 s"
-	return 1
+	cat <&4 >"$TMP/emu.log" &
+	PIDS+=("$!")
+	exec 4<&-
+	EMU_PORT=${line##*http://127.0.0.1:}
+	EMU_PORT=${EMU_PORT%%[!0-9]*}
+	if [ -z "$EMU_PORT" ]; then
+		echo "emulator did not say where it listens within 20 s: $(tail -n 3 "$TMP/emu.err")"
+		return 1
+	fi
 }
 
 if [ "${JELLYDEMON_SKIP_CROSS:-0}" = 1 ]; then
