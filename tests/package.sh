@@ -116,6 +116,7 @@ t_init_enabled() {
 		'procd_set_param|stderr|1' \
 		'procd_close_instance' \
 		'procd_add_reload_trigger|jellydemon' \
+		'config_load|jellydemon' \
 		'procd_add_reload_interface_trigger|wan' \
 		'procd_add_reload_interface_trigger|lan')
 	eq "$(cat "$TMP/calls.enabled")" "$want"
@@ -134,6 +135,12 @@ t_init_refuses() {
 	done
 }
 check "init: enabled=0 (or absent) refuses to start and logs why" t_init_refuses
+
+t_init_triggers_disabled() {
+	init_run trigoff 'service_triggers' MOCK_main_enabled=0 || return 1
+	eq "$(cat "$TMP/calls.trigoff")" "$(printf '%s\n' 'procd_add_reload_trigger|jellydemon' 'config_load|jellydemon')"
+}
+check "init: disabled, only the config trigger (enabling in LuCI starts it)" t_init_triggers_disabled
 
 t_init_no_secret() {
 	local c
