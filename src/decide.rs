@@ -871,7 +871,11 @@ mod tests {
             stream("s1", "alice", "203.0.113.7", 8 * M),
             stream("s2", "bob", "198.51.100.9", 8 * M),
         ];
-        let (_, st) = decide(&State::default(), &input(0.0, 16 * M, 16 * M, s.clone()), &p);
+        let (_, st) = decide(
+            &State::default(),
+            &input(0.0, 16 * M, 16 * M, s.clone()),
+            &p,
+        );
         // The household starts: the modem caps the uplink at 20, 4 of it is theirs so far.
         let (plan, _) = decide(&st, &input(1.0, 20 * M, 16 * M, s.clone()), &p);
         // 18 − (4 + 2 headroom) = 12, not 14: the queue drains instead of staying full.

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+// 32-bit atomics: mips and mipsel (most routers) have no 64-bit ones.
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +17,7 @@ use serde_json::{json, Map, Value};
 use crate::config::Secret;
 use crate::status::{Status, StreamStatus};
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Replaces `path` with `data` so that readers see the old or the new file, never a part:
 /// a temporary file in the same directory, fsync, rename, then fsync of the directory. The
@@ -744,8 +745,8 @@ pub struct WebhookStats {
 
 #[derive(Default)]
 struct Shared {
-    sent: AtomicU64,
-    failed: AtomicU64,
+    sent: AtomicU32,
+    failed: AtomicU32,
 }
 
 /// Default burst of the webhook's rate limit.
@@ -861,8 +862,8 @@ impl Webhook {
     pub fn stats(&self) -> WebhookStats {
         WebhookStats {
             queued: self.queued,
-            sent: self.shared.sent.load(Ordering::Relaxed),
-            failed: self.shared.failed.load(Ordering::Relaxed),
+            sent: u64::from(self.shared.sent.load(Ordering::Relaxed)),
+            failed: u64::from(self.shared.failed.load(Ordering::Relaxed)),
             dropped_rate: self.dropped_rate,
             dropped_full: self.dropped_full,
         }

@@ -13,6 +13,10 @@ have sysctl || need+=(procps)
 have chromium || need+=(chromium)
 have node || need+=(nodejs)
 have npm || need+=(npm)
+# packaging tests (tests/package.sh); cross compilers and qemu come from openwrt/cross.sh
+have shellcheck || need+=(shellcheck)
+have busybox || need+=(busybox)
+have file || need+=(file)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq
