@@ -1929,12 +1929,14 @@ config user
     fn effective_of_the_shipped_file_matches_the_documentation() {
         let l = load_str(include_str!("../files/jellydemon.config")).expect("valid");
         let e = effective(&l);
-        let doc = include_str!("../docs-config.md");
+        let doc = include_str!("../README.md");
         let mut n = 0;
-        for line in doc
-            .lines()
-            .filter(|l| l.starts_with("      ") && l.contains("  ("))
-        {
+        for line in doc.lines().filter(|l| {
+            l.starts_with("      ")
+                && l.trim_start().starts_with(|c: char| c.is_ascii_lowercase())
+                && l.contains(" = ")
+                && l.contains("  (")
+        }) {
             assert!(
                 e.lines().any(|x| x == line.trim_start()),
                 "{line:?} not in\n{e}"

@@ -1,6 +1,6 @@
 //! `homenet bench`: the efficiency figures of DESIGN.md §10, measured side by side in one run
 //! and printed as a table with each budget and PASS/FAIL (test support, never shipped; see
-//! docs-bench.md).
+//! the README, "Efficiency").
 //!
 //! The real release daemon runs in the emulated router namespace with two remote viewers
 //! streaming from the Jellyfin emulator and 65,536 real conntrack entries in the router's
