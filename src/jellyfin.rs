@@ -1,4 +1,4 @@
-//! The Jellyfin adapter: a small synchronous HTTP client (ureq, plain HTTP on the LAN) and the
+//! The Jellyfin adapter: a small synchronous client (plain HTTP on the LAN, `crate::http`) and the
 //! models of what the daemon reads from the server.
 //!
 //! The server's real behaviour is the contract (reference/jellyfin-api.md): PascalCase JSON with
@@ -7,7 +7,6 @@
 //! error bodies of four shapes — so every decision here is made on the status code alone.
 
 use std::fmt;
-use std::io::Read;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::Secret;
+use crate::http;
 
 /// Largest `/Sessions` answer accepted (10.8 also embeds whole server items per session).
 pub const SESSIONS_BODY_LIMIT: u64 = 8 * 1024 * 1024;
@@ -519,9 +519,10 @@ pub trait MediaServer {
     ) -> Result<Option<u64>, Error>;
 }
 
-/// The real client: plain HTTP to the server's LAN address, one keep-alive connection.
+/// The real client: plain HTTP to the server's LAN address, one connection per call.
 pub struct Client {
-    agent: ureq::Agent,
+    url: http::Url,
+    timeout: Duration,
     base: String,
     auth: String,
     key: String,
@@ -551,21 +552,10 @@ impl Client {
             encode_component(client_version),
             encode_component(api_key.expose()),
         );
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .user_agent(format!("jellydemon/{client_version}"))
-            .accept("application/json")
-            .timeout_connect(Some(timeout))
-            .timeout_global(Some(timeout))
-            .max_idle_connections(2)
-            .max_idle_connections_per_host(1)
-            .build()
-            .into();
+        let url = http::Url::parse(&base).map_err(map_http)?;
         Ok(Client {
-            agent,
+            url,
+            timeout,
             base,
             auth,
             key: api_key.expose().to_string(),
@@ -576,10 +566,6 @@ impl Client {
     pub fn public_info(&mut self) -> Result<ServerInfo, Error> {
         let body = self.get("/System/Info/Public", BODY_LIMIT)?;
         ServerInfo::from_json(&parse::<Value>(&body)?)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
     }
 
     fn redact(&self, e: Error) -> Error {
@@ -598,33 +584,32 @@ impl Client {
         }
     }
 
-    fn get(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, Error> {
-        let res = self
-            .agent
-            .get(self.url(path))
-            .header("Authorization", &self.auth)
-            .call();
-        let out = match res {
-            Ok(resp) => read_ok_body(resp, limit),
-            Err(e) => Err(map_ureq(e)),
-        };
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&[u8]>,
+        limit: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let mut headers = vec![
+            ("Authorization", self.auth.as_str()),
+            ("Accept", "application/json"),
+        ];
+        if json.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        let out = http::request(&self.url, method, path, &headers, json, self.timeout, limit)
+            .map_err(map_http)
+            .and_then(|resp| check_status(&resp).map(|_| resp.body));
         out.map_err(|e| self.redact(e))
     }
 
+    fn get(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, Error> {
+        self.call("GET", path, None, limit)
+    }
+
     fn post(&mut self, path: &str, json: Option<&[u8]>) -> Result<(), Error> {
-        let req = self
-            .agent
-            .post(self.url(path))
-            .header("Authorization", &self.auth);
-        let res = match json {
-            Some(body) => req.header("Content-Type", "application/json").send(body),
-            None => req.send_empty(),
-        };
-        let out = match res {
-            Ok(resp) => check_status(&resp).map(|_| ()),
-            Err(e) => Err(map_ureq(e)),
-        };
-        out.map_err(|e| self.redact(e))
+        self.call("POST", path, json, BODY_LIMIT).map(|_| ())
     }
 }
 
@@ -814,19 +799,15 @@ pub fn encode_component(s: &str) -> String {
     out
 }
 
-fn check_status(resp: &ureq::http::Response<ureq::Body>) -> Result<u16, Error> {
-    let code = resp.status().as_u16();
+fn check_status(resp: &http::Response) -> Result<u16, Error> {
+    let code = resp.status;
     match code {
         200..=299 => Ok(code),
         401 => Err(Error::Unauthorized),
         403 => Err(Error::Forbidden),
         404 => Err(Error::NotFound),
         503 => Err(Error::Starting {
-            retry_after: resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after),
+            retry_after: resp.header("retry-after").and_then(parse_retry_after),
         }),
         other => Err(Error::Status(other)),
     }
@@ -838,46 +819,14 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(3600)))
 }
 
-fn read_ok_body(mut resp: ureq::http::Response<ureq::Body>, limit: u64) -> Result<Vec<u8>, Error> {
-    let code = check_status(&resp)?;
-    if code == 204 {
-        return Ok(Vec::new());
-    }
-    let body = resp.body_mut();
-    // Refuse on the announced length without reading; a chunked body is cut at the limit.
-    if body.content_length().is_some_and(|n| n > limit) {
-        return Err(Error::TooLarge);
-    }
-    let mut buf = Vec::new();
-    let reader = body.with_config().reader();
-    match reader.take(limit.saturating_add(1)).read_to_end(&mut buf) {
-        Ok(_) if buf.len() as u64 > limit => Err(Error::TooLarge),
-        Ok(_) => Ok(buf),
-        Err(e) => Err(map_ureq(ureq::Error::from(e))),
-    }
-}
-
-fn map_ureq(e: ureq::Error) -> Error {
-    use std::io::ErrorKind;
+fn map_http(e: http::Error) -> Error {
     match e {
-        ureq::Error::Timeout(_) => Error::Timeout,
-        ureq::Error::Io(io) => match io.kind() {
-            ErrorKind::TimedOut | ErrorKind::WouldBlock => Error::Timeout,
-            ErrorKind::ConnectionRefused => Error::Unreachable("connection refused".into()),
-            ErrorKind::UnexpectedEof => {
-                Error::Unreachable("the connection closed before the answer was complete".into())
-            }
-            _ => Error::Unreachable(io.to_string()),
-        },
-        ureq::Error::HostNotFound => Error::Unreachable("host name not found".into()),
-        ureq::Error::ConnectionFailed => Error::Unreachable("connection failed".into()),
-        ureq::Error::BodyExceedsLimit(_) | ureq::Error::LargeResponseHeader(..) => Error::TooLarge,
-        ureq::Error::Protocol(p) => Error::Malformed(format!("HTTP protocol error: {p}")),
-        ureq::Error::BadUri(_) | ureq::Error::Http(_) => Error::BadUrl("invalid URL".into()),
-        ureq::Error::Tls(_) | ureq::Error::TlsRequired => {
-            Error::BadUrl("TLS is not built in; use the server's LAN http:// address".into())
-        }
-        other => Error::Unreachable(other.to_string()),
+        http::Error::Timeout => Error::Timeout,
+        http::Error::Refused => Error::Unreachable("connection refused".into()),
+        http::Error::Unreachable(why) => Error::Unreachable(why),
+        http::Error::TooLarge => Error::TooLarge,
+        http::Error::Protocol(p) => Error::Malformed(format!("HTTP protocol error: {p}")),
+        http::Error::BadUrl(why) => Error::BadUrl(why),
     }
 }
 

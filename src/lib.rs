@@ -9,6 +9,7 @@ pub mod config;
 pub mod conntrack;
 pub mod daemon;
 pub mod decide;
+pub mod http;
 pub mod jellyfin;
 pub mod monitor;
 pub mod observe;

@@ -785,23 +785,18 @@ impl Webhook {
                 "publish.webhook_url must be an http:// URL",
             ));
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .timeout_connect(Some(timeout))
-            .timeout_global(Some(timeout))
-            .user_agent(format!("jellydemon/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let target = crate::http::Url::parse(url).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("publish.webhook_url: {e}"),
+            )
+        })?;
         let (tx, rx) = sync_channel::<Vec<u8>>(WEBHOOK_QUEUE);
         let shared = Arc::new(Shared::default());
         let worker_shared = shared.clone();
-        let url = url.to_string();
         std::thread::Builder::new()
             .name("webhook".into())
-            .spawn(move || send_loop(&agent, &url, &rx, &worker_shared))?;
+            .spawn(move || send_loop(&target, timeout, &rx, &worker_shared))?;
         Ok(Webhook {
             tx,
             bucket: TokenBucket::new(WEBHOOK_BURST, WEBHOOK_REFILL),
@@ -870,16 +865,24 @@ impl Webhook {
     }
 }
 
-fn send_loop(agent: &ureq::Agent, url: &str, rx: &Receiver<Vec<u8>>, shared: &Shared) {
+/// Largest answer body read from the receiver (it is not used; 2xx is all that counts).
+const WEBHOOK_ANSWER_LIMIT: u64 = 64 * 1024;
+
+fn send_loop(url: &crate::http::Url, timeout: Duration, rx: &Receiver<Vec<u8>>, shared: &Shared) {
     let mut was_ok = true;
     // Ends when the Webhook (the sender) is dropped.
     while let Ok(body) = rx.recv() {
-        let res = agent
-            .post(url)
-            .header("Content-Type", "application/json")
-            .send(&body[..]);
+        let res = crate::http::request(
+            url,
+            "POST",
+            "",
+            &[("Content-Type", "application/json")],
+            Some(&body),
+            timeout,
+            WEBHOOK_ANSWER_LIMIT,
+        );
         let ok = match &res {
-            Ok(r) => r.status().is_success(),
+            Ok(r) => (200..300).contains(&r.status),
             Err(_) => false,
         };
         if ok {
@@ -891,7 +894,7 @@ fn send_loop(agent: &ureq::Agent, url: &str, rx: &Receiver<Vec<u8>>, shared: &Sh
         if ok != was_ok {
             match res {
                 Ok(_) if ok => log::info!("webhook: delivering again"),
-                Ok(r) => log::warn!("webhook: receiver answered HTTP {}", r.status().as_u16()),
+                Ok(r) => log::warn!("webhook: receiver answered HTTP {}", r.status),
                 Err(e) => log::warn!("webhook: not delivered: {e}"),
             }
             was_ok = ok;
