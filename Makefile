@@ -52,10 +52,16 @@ bench: deps
 	  apt-get -o DPkg::Lock::Timeout=600 update -qq && \
 	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq valgrind; }
 	status=0; $(MAKE) bench-size || status=1; \
+	$(MAKE) ipk ARCH=mipsel_24kc && $(MAKE) ipk ARCH=aarch64_cortex-a53 || status=1; \
 	$(CARGO) build --release --example homenet || exit 1; \
 	target/release/examples/homenet down --all; \
+	c=build/cross; \
 	target/release/examples/homenet bench \
-	  --daemon build/cross/x86_64-unknown-linux-musl/jellydemon || status=1; \
+	  --daemon $$c/x86_64-unknown-linux-musl/jellydemon \
+	  --binary mipsel=$$c/mipsel-unknown-linux-musl/jellydemon \
+	  --binary aarch64=$$c/aarch64-unknown-linux-musl/jellydemon \
+	  --binary x86_64=$$c/x86_64-unknown-linux-musl/jellydemon \
+	  $$(for p in dist/jellydemon_*.ipk; do echo --package $$p; done) || status=1; \
 	exit $$status
 
 # ---- packaging: cross builds without the SDK, .ipk, sizes (README "Packaging") ----
