@@ -478,6 +478,20 @@ fn two_external_streams_split_and_household_upload_restarts_only_the_exceeding_o
         .unwrap();
     h.viewers.push(sink);
     let lan = h.net.lan.clone();
+    // The upload must not race the sink's listen: wait until it accepts.
+    h.net
+        .exec(
+            &lan,
+            &[
+                exe.to_str().unwrap(),
+                "probe",
+                "--to",
+                "198.51.100.200:9000",
+                "--timeout-ms",
+                "10000",
+            ],
+        )
+        .expect("the sink accepts connections");
     let up = h
         .net
         .spawn_io(
@@ -802,9 +816,11 @@ fn wake_on_lan_within_a_second_of_the_first_syn_then_cooldown() {
     // The server's NIC, as seen from its LAN: the UDP form of the magic packet on port 9.
     let jf = h.net.jf.clone();
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         in_ns(&jf, move || {
             let sock = std::net::UdpSocket::bind("0.0.0.0:9").expect("bind :9");
+            let _ = ready_tx.send(());
             sock.set_read_timeout(Some(Duration::from_secs(30)))
                 .unwrap();
             let mut buf = [0u8; 512];
@@ -815,7 +831,9 @@ fn wake_on_lan_within_a_second_of_the_first_syn_then_cooldown() {
             }
         })
     });
-    std::thread::sleep(Duration::from_millis(300));
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the LAN-side listener is bound");
     let viewer = h.net.viewers[0].clone();
     let connect = || {
         in_ns(&viewer, || {
