@@ -216,6 +216,9 @@ pub struct Daemon {
     wan_meter: RateMeter,
     /// Rate of the shaper's Jellyfin parent class: all of the server's external upload.
     jf_meter: RateMeter,
+    /// Jellyfin's external upload as the last tick measured it (what `decide` used, what the
+    /// status shows, what the guard subtracts).
+    jellyfin_bps: u64,
     /// The guard's own meter (short windows between ticks).
     guard_wan: RateMeter,
     guard_last: Option<Instant>,
@@ -253,6 +256,7 @@ impl Daemon {
             monitor: Monitor::new(cfg.main.interval),
             wan_meter: RateMeter::default(),
             jf_meter: RateMeter::default(),
+            jellyfin_bps: 0,
             guard_wan: RateMeter::default(),
             guard_last: None,
             wan_dev: Err("not resolved".into()),
@@ -443,7 +447,7 @@ impl Daemon {
             // rate, else (a class created this tick, or no counter at all) the streams'
             // estimated bitrate, so a new stream's burst is never mistaken for household
             // traffic.
-            let jellyfin_bps = {
+            let jellyfin_bps = jf_total.unwrap_or_else(|| {
                 let mut per_ip: BTreeMap<IpAddr, u64> = BTreeMap::new();
                 for s in seen
                     .iter()
@@ -461,16 +465,16 @@ impl Daemon {
                         .filter(|r| r.len() >= 2)
                         .map(|r| r.current())
                 };
-                let per_viewer: u64 = per_ip
+                per_ip
                     .iter()
                     .map(|(ip, est)| measured(ip).unwrap_or(*est))
-                    .sum();
-                Some(jf_total.unwrap_or(per_viewer))
-            };
+                    .sum()
+            });
+            self.jellyfin_bps = jellyfin_bps;
             let input = decide::Input {
                 now,
                 wan_tx_bps: wan_bps,
-                jellyfin_bps,
+                jellyfin_bps: Some(jellyfin_bps),
                 streams: stream_inputs(&seen),
             };
             let pol = policy(&self.cfg, self.capacity_bps);
@@ -483,6 +487,9 @@ impl Daemon {
             self.last_seen = seen;
         } else {
             // Jellyfin is away: keep the last applied state (limits and classes) as it is.
+            if let Some(bps) = jf_total {
+                self.jellyfin_bps = bps;
+            }
             self.reconcile_shaper(&mut errors);
         }
         if self.capacity_bps.is_none() {
@@ -932,7 +939,7 @@ impl Daemon {
         };
         // Jellyfin's own upload as the last tick measured it: cheap (no tc run), and when the
         // uplink jumps between ticks it is the household that jumped.
-        let jf_bps = self.status.wan.jellyfin_bps;
+        let jf_bps = self.jellyfin_bps;
         let target = (capacity as f64 * self.cfg.bandwidth.target_pct / 100.0) as u64;
         if wan_bps <= target
             || self
@@ -1056,19 +1063,7 @@ impl Daemon {
     fn publish(&mut self, wan_bps: Option<u64>, errors: Vec<String>) {
         let now = self.now();
         let plan = &self.last_plan;
-        let jellyfin_bps: u64 = {
-            let mut ips: Vec<IpAddr> = self
-                .last_seen
-                .iter()
-                .filter(|s| s.external)
-                .filter_map(|s| s.session.remote_ip)
-                .collect();
-            ips.sort();
-            ips.dedup();
-            ips.iter()
-                .map(|ip| self.monitor.get(ip).map(|r| r.current()).unwrap_or(0))
-                .sum()
-        };
+        let jellyfin_bps = self.jellyfin_bps;
         let mut streams: Vec<StreamStatus> = self
             .last_seen
             .iter()
