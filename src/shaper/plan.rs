@@ -796,22 +796,7 @@ pub fn plan(d: &Desired, a: &Actual) -> Vec<Cmd> {
         if matched[i] {
             continue;
         }
-        if let Some(h) = &f.handle {
-            out.push(cmd(&[
-                "filter",
-                "del",
-                "dev",
-                lan,
-                "ingress",
-                "protocol",
-                &f.protocol,
-                "prio",
-                &f.prio.to_string(),
-                "handle",
-                h,
-                &f.kind,
-            ]));
-        }
+        out.extend(lan_filter_del(lan, f));
     }
     for rule in missing {
         let mut c = cmd(&[
@@ -835,6 +820,26 @@ pub fn plan(d: &Desired, a: &Actual) -> Vec<Cmd> {
         out.push(c);
     }
     out
+}
+
+/// Deletes one filter from the LAN ingress hook by its handle (a filter without one cannot be
+/// addressed alone and is left for the priority-wide delete).
+fn lan_filter_del(lan: &str, f: &Filter) -> Option<Cmd> {
+    let h = f.handle.as_deref()?;
+    Some(cmd(&[
+        "filter",
+        "del",
+        "dev",
+        lan,
+        "ingress",
+        "protocol",
+        &f.protocol,
+        "prio",
+        &f.prio.to_string(),
+        "handle",
+        h,
+        &f.kind,
+    ]))
 }
 
 /// The commands that take our filters (and, when nobody else uses it, the ingress qdisc) off
@@ -879,22 +884,7 @@ pub fn plan_remove(lan: &str, ifb: &str, lan_qdiscs: &[Qdisc], lan_filters: &[Fi
             continue;
         }
         for f in &ours {
-            if let Some(h) = &f.handle {
-                out.push(cmd(&[
-                    "filter",
-                    "del",
-                    "dev",
-                    lan,
-                    "ingress",
-                    "protocol",
-                    protocol,
-                    "prio",
-                    &prio.to_string(),
-                    "handle",
-                    h,
-                    &f.kind,
-                ]));
-            }
+            out.extend(lan_filter_del(lan, f));
         }
         if rules.len() > ours.len() {
             foreign_left = true;
