@@ -89,11 +89,7 @@ pub fn policy(cfg: &Config, capacity_bps: Option<u64>) -> decide::Policy {
         capacity_bps,
         target_pct: cfg.bandwidth.target_pct,
         reserve_bps: mbps(cfg.bandwidth.reserve_mbps),
-        algorithm: match cfg.bandwidth.algorithm {
-            crate::config::Algorithm::Equal => decide::Algorithm::Equal,
-            crate::config::Algorithm::Priority => decide::Algorithm::Priority,
-            crate::config::Algorithm::Demand => decide::Algorithm::Demand,
-        },
+        algorithm: cfg.bandwidth.algorithm,
         min_bps: mbps(cfg.bandwidth.min_stream_mbps),
         max_bps: mbps(cfg.bandwidth.max_stream_mbps),
         burst_pct: cfg.shaping.burst_pct,

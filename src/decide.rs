@@ -21,12 +21,8 @@ pub const SATURATED_PCT: u64 = 97;
 /// Users who stopped streaming get their original limit back after this long.
 pub const RESTORE_AFTER_S: f64 = 300.0;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Algorithm {
-    Equal,
-    Priority,
-    Demand,
-}
+/// How the budget is divided: the configuration's own enum (`bandwidth.algorithm`).
+pub use crate::config::Algorithm;
 
 /// Per-user rules from `config user` sections.
 #[derive(Clone, Debug, PartialEq)]
