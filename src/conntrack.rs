@@ -546,7 +546,7 @@ pub fn accounting_enabled() -> Result<bool, Error> {
 
 // ---- ctnetlink -------------------------------------------------------------------------------
 
-mod nl {
+pub(crate) mod nl {
     pub const NLMSG_HDRLEN: usize = 16;
     pub const NLMSG_ERROR: u16 = 2;
     pub const NLMSG_DONE: u16 = 3;
@@ -763,7 +763,7 @@ fn parse_ct_attrs(b: &[u8]) -> Option<Entry> {
 }
 
 /// Splits a datagram of netlink messages; calls `f(type, flags, seq, payload)`.
-fn for_each_msg(mut b: &[u8], mut f: impl FnMut(u16, u16, u32, &[u8])) {
+pub(crate) fn for_each_msg(mut b: &[u8], mut f: impl FnMut(u16, u16, u32, &[u8])) {
     while b.len() >= nl::NLMSG_HDRLEN {
         let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if len < nl::NLMSG_HDRLEN || len > b.len() {

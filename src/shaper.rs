@@ -5,7 +5,8 @@
 //! device, and shaped there by an HTB tree. See the README, "Router-side shaping", for the layout and handles.
 //!
 //! [`plan`] is the pure part (desired + parsed actual state → tc commands); [`TcShaper`] is the
-//! thin adapter that reads the kernel state with `tc ... show`, applies the plan with
+//! thin adapter that reads the kernel state over rtnetlink (so a steady-state tick starts no
+//! process; `tc ... show` is the fallback when rtnetlink fails), applies the plan with
 //! `tc -batch -` and manages the ifb device over rtnetlink.
 
 mod netlink;
@@ -17,8 +18,10 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parse::{Class, Filter, Qdisc};
 use plan::{Actual, Leaf};
 
 /// One viewer's class: its public address and limits in bit/s.
@@ -178,7 +181,14 @@ impl Capabilities {
 const TC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a program with an argument vector (never a shell), feeding `input`, with a time limit.
-fn run(path: &str, args: &[&str], input: Option<&str>) -> std::io::Result<(bool, String, String)> {
+/// `started` counts the processes started.
+fn run(
+    path: &str,
+    args: &[&str],
+    input: Option<&str>,
+    started: &AtomicU64,
+) -> std::io::Result<(bool, String, String)> {
+    started.fetch_add(1, Ordering::Relaxed);
     let mut child = Command::new(path)
         .args(args)
         .stdin(if input.is_some() {
@@ -251,8 +261,12 @@ fn link_error(what: &str, e: std::io::Error) -> Error {
 
 /// Tests what shaping needs on a scratch ifb device (created and deleted again). Needs root.
 pub fn probe(tc_path: &str) -> Capabilities {
+    probe_counted(tc_path, &AtomicU64::new(0))
+}
+
+fn probe_counted(tc_path: &str, started: &AtomicU64) -> Capabilities {
     let mut caps = Capabilities::default();
-    match run(tc_path, &["-V"], None) {
+    match run(tc_path, &["-V"], None, started) {
         Ok((true, out, _)) => {
             caps.tc = true;
             caps.tc_version = Some(out.trim().to_string());
@@ -278,7 +292,7 @@ pub fn probe(tc_path: &str) -> Capabilities {
         return caps;
     }
     caps.ifb = true;
-    let ok = |args: &[&str]| matches!(run(tc_path, args, None), Ok((true, _, _)));
+    let ok = |args: &[&str]| matches!(run(tc_path, args, None, started), Ok((true, _, _)));
     caps.htb = ok(&["qdisc", "add", "dev", &dev, "root", "handle", "1:", "htb"]);
     if caps.htb {
         caps.fq_codel = ok(&[
@@ -304,11 +318,68 @@ pub fn probe(tc_path: &str) -> Capabilities {
     caps
 }
 
+/// Where the shaper reads the kernel's traffic-control state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// rtnetlink dumps: no process (the default); `tc` when a dump fails.
+    Netlink,
+    /// `tc ... show`, a process per listing.
+    Tc,
+}
+
+/// Which of a device's objects a listing holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The own ifb: qdiscs, the filters of the root htb, classes with their counters.
+    Ifb,
+    /// The LAN device: qdiscs and, when it has an ingress hook, the hook's filters.
+    LanIngress,
+}
+
+/// One device's traffic-control objects, as `tc ... show` prints them (see [`parse`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub qdiscs: Vec<Qdisc>,
+    pub classes: Vec<Class>,
+    pub filters: Vec<Filter>,
+}
+
+fn has_ingress_hook(qdiscs: &[Qdisc]) -> bool {
+    qdiscs
+        .iter()
+        .any(|q| (q.kind == "ingress" || q.kind == "clsact") && q.handle == "ffff:")
+}
+
+/// The listing over rtnetlink: one socket, one dump per object type.
+fn netlink_listing(dev: &str, part: Part) -> std::io::Result<Listing> {
+    let index = netlink::device_index(dev)?;
+    let mut nl = netlink::Lister::open()?;
+    let qdiscs = nl.qdiscs(index)?;
+    let mut l = Listing::default();
+    match part {
+        Part::Ifb => {
+            l.filters = nl.filters(index, u32::from(plan::ROOT_MAJOR) << 16)?;
+            l.classes = nl.classes(index)?;
+        }
+        Part::LanIngress if has_ingress_hook(&qdiscs) => {
+            l.filters = nl.filters(index, netlink::INGRESS_FILTERS)?;
+        }
+        Part::LanIngress => {}
+    }
+    l.qdiscs = qdiscs;
+    Ok(l)
+}
+
 /// The `tc`-driven [`Shaper`].
 #[derive(Debug)]
 pub struct TcShaper {
     ifb: String,
     tc: String,
+    reader: Reader,
+    /// Processes started so far (all `tc`): 0 per steady-state tick.
+    started: AtomicU64,
+    /// A failed rtnetlink listing is logged once, not every tick.
+    netlink_warned: AtomicBool,
     /// Learnt once, on the first reconcile that finds everything needed.
     leaf: Option<Leaf>,
     /// The LAN device of the last reconcile, for `remove`.
@@ -331,14 +402,64 @@ impl TcShaper {
         TcShaper {
             ifb: ifb_name.to_string(),
             tc: tc_path.to_string(),
+            reader: Reader::Netlink,
+            started: AtomicU64::new(0),
+            netlink_warned: AtomicBool::new(false),
             leaf: None,
             lan_device: None,
             ifb_read: None,
         }
     }
 
+    /// Reads the state with `reader` instead of the default (rtnetlink, tc as fallback).
+    pub fn with_reader(mut self, reader: Reader) -> Self {
+        self.reader = reader;
+        self
+    }
+
+    /// How many processes (`tc` runs) this shaper has started.
+    pub fn processes_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Lists `dev` with the given reader, without falling back to the other.
+    pub fn listing(&self, reader: Reader, dev: &str, part: Part) -> Result<Listing, Error> {
+        if !plan::valid_device_name(dev) {
+            return Err(Error::InvalidSpec(format!(
+                "invalid device name '{}'",
+                dev.escape_debug()
+            )));
+        }
+        match reader {
+            Reader::Netlink => netlink_listing(dev, part).map_err(|e| Error::Link {
+                what: format!("listing traffic control of {dev} over rtnetlink"),
+                detail: e.to_string(),
+            }),
+            Reader::Tc => self.tc_listing(dev, part),
+        }
+    }
+
+    /// rtnetlink first; `tc` when that fails (logged once, then at debug level).
+    fn read(&self, dev: &str, part: Part) -> Result<Listing, Error> {
+        if self.reader == Reader::Netlink {
+            match self.listing(Reader::Netlink, dev, part) {
+                Ok(l) => return Ok(l),
+                Err(e) => {
+                    if self.netlink_warned.swap(true, Ordering::Relaxed) {
+                        log::debug!("shaper: {e}; reading with tc instead");
+                    } else {
+                        log::warn!(
+                            "shaper: {e}; reading with tc instead (each tc run is a process)"
+                        );
+                    }
+                }
+            }
+        }
+        self.listing(Reader::Tc, dev, part)
+    }
+
     fn show(&self, args: &[&str]) -> Result<String, Error> {
-        match run(&self.tc, args, None) {
+        match run(&self.tc, args, None, &self.started) {
             Ok((true, out, _)) => Ok(out),
             Ok((false, out, err)) => Err(self.tc_error(&args.join(" "), &format!("{out}{err}"))),
             Err(e) => Err(self.spawn_error(&args.join(" "), e)),
@@ -368,47 +489,58 @@ impl TcShaper {
         }
     }
 
-    /// Reads the ifb's qdiscs, filters and classes (with statistics) in one `tc` run. The
-    /// classes come last: `Sent` lines of qdiscs and filters then precede every class line
-    /// and are not taken for a class's counter.
+    /// Reads the ifb's qdiscs, filters and classes with their counters.
     fn read_ifb(&self, a: &mut Actual) -> Result<(), Error> {
-        let ifb = self.ifb.as_str();
-        // The name goes into batch text split on whitespace and lines.
-        if !plan::valid_device_name(ifb) {
-            return Err(Error::InvalidSpec(format!(
-                "invalid ifb name '{}'",
-                ifb.escape_debug()
-            )));
-        }
-        let script = format!(
-            "qdisc show dev {ifb}\nfilter show dev {ifb} parent {:x}:\nclass show dev {ifb}\n",
-            plan::ROOT_MAJOR
-        );
-        let text = match run(&self.tc, &["-s", "-batch", "-"], Some(&script)) {
-            Ok((true, out, _)) => out,
-            Ok((false, out, err)) => {
-                return Err(self.tc_error("show (batch)", &format!("{out}{err}")))
-            }
-            Err(e) => return Err(self.spawn_error("show (batch)", e)),
-        };
-        a.ifb_qdiscs = parse::qdiscs(&text);
-        a.ifb_filters = parse::filters(&text);
-        a.ifb_classes = parse::classes(&text);
+        let l = self.read(&self.ifb, Part::Ifb)?;
+        a.ifb_qdiscs = l.qdiscs;
+        a.ifb_filters = l.filters;
+        a.ifb_classes = l.classes;
         Ok(())
     }
 
     fn read_lan(&self, lan: &str, a: &mut Actual) -> Result<(), Error> {
-        a.lan_qdiscs = parse::qdiscs(&self.show(&["qdisc", "show", "dev", lan])?);
-        let hook = a
-            .lan_qdiscs
-            .iter()
-            .any(|q| (q.kind == "ingress" || q.kind == "clsact") && q.handle == "ffff:");
-        a.lan_filters = if hook {
-            parse::filters(&self.show(&["filter", "show", "dev", lan, "ingress"])?)
-        } else {
-            Vec::new()
-        };
+        let l = self.read(lan, Part::LanIngress)?;
+        a.lan_qdiscs = l.qdiscs;
+        a.lan_filters = l.filters;
         Ok(())
+    }
+
+    /// The listing with `tc`. The ifb's takes one run: the classes come last, so the `Sent`
+    /// lines of qdiscs and filters precede every class line and are not taken for a class's
+    /// counter.
+    fn tc_listing(&self, dev: &str, part: Part) -> Result<Listing, Error> {
+        let mut l = Listing::default();
+        match part {
+            Part::Ifb => {
+                let script = format!(
+                    "qdisc show dev {dev}\nfilter show dev {dev} parent {:x}:\nclass show dev {dev}\n",
+                    plan::ROOT_MAJOR
+                );
+                let text = match run(
+                    &self.tc,
+                    &["-s", "-batch", "-"],
+                    Some(&script),
+                    &self.started,
+                ) {
+                    Ok((true, out, _)) => out,
+                    Ok((false, out, err)) => {
+                        return Err(self.tc_error("show (batch)", &format!("{out}{err}")))
+                    }
+                    Err(e) => return Err(self.spawn_error("show (batch)", e)),
+                };
+                l.qdiscs = parse::qdiscs(&text);
+                l.filters = parse::filters(&text);
+                l.classes = parse::classes(&text);
+            }
+            Part::LanIngress => {
+                l.qdiscs = parse::qdiscs(&self.show(&["qdisc", "show", "dev", dev])?);
+                if has_ingress_hook(&l.qdiscs) {
+                    l.filters =
+                        parse::filters(&self.show(&["filter", "show", "dev", dev, "ingress"])?);
+                }
+            }
+        }
+        Ok(l)
     }
 
     fn batch(&self, cmds: &[plan::Cmd]) -> Result<(), Error> {
@@ -416,7 +548,7 @@ impl TcShaper {
             return Ok(());
         }
         let text = plan::render(cmds);
-        match run(&self.tc, &["-batch", "-"], Some(&text)) {
+        match run(&self.tc, &["-batch", "-"], Some(&text), &self.started) {
             Ok((true, _, _)) => Ok(()),
             Ok((false, out, err)) => Err(self.tc_error("-batch", &format!("{out}{err}"))),
             Err(e) => Err(self.spawn_error("-batch", e)),
@@ -455,7 +587,7 @@ impl Shaper for TcShaper {
         let leaf = match self.leaf {
             Some(l) => l,
             None => {
-                let caps = probe(&self.tc);
+                let caps = probe_counted(&self.tc, &self.started);
                 if let Some(mut e) = caps.first_error() {
                     if let Error::NoTc { path, .. } = &mut e {
                         *path = self.tc.clone();
