@@ -370,6 +370,38 @@ fn netlink_listing(dev: &str, part: Part) -> std::io::Result<Listing> {
     Ok(l)
 }
 
+/// A planned `class change` of an htb class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HtbChange {
+    dev: String,
+    parent: u32,
+    classid: u32,
+    rate_bps: u64,
+    ceil_bps: u64,
+    quantum: u32,
+}
+
+/// Reads a planner command back when it is exactly `class change dev D parent P classid C htb
+/// rate R ceil C quantum Q`; anything else (or any other wording) is left to tc.
+fn htb_change(c: &[String]) -> Option<HtbChange> {
+    let w: Vec<&str> = c.iter().map(String::as_str).collect();
+    let handle =
+        |s: &str| parse::parse_classid(s).map(|(maj, min)| u32::from(maj) << 16 | u32::from(min));
+    match w.as_slice() {
+        ["class", "change", "dev", dev, "parent", parent, "classid", classid, "htb", "rate", rate, "ceil", ceil, "quantum", quantum] => {
+            Some(HtbChange {
+                dev: dev.to_string(),
+                parent: handle(parent)?,
+                classid: handle(classid)?,
+                rate_bps: parse::parse_rate(rate)?,
+                ceil_bps: parse::parse_rate(ceil)?,
+                quantum: quantum.parse().ok()?,
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The `tc`-driven [`Shaper`].
 #[derive(Debug)]
 pub struct TcShaper {
@@ -439,23 +471,39 @@ impl TcShaper {
         }
     }
 
-    /// rtnetlink first; `tc` when that fails (logged once, then at debug level).
+    /// rtnetlink first; `tc` when that fails.
     fn read(&self, dev: &str, part: Part) -> Result<Listing, Error> {
         if self.reader == Reader::Netlink {
             match self.listing(Reader::Netlink, dev, part) {
                 Ok(l) => return Ok(l),
-                Err(e) => {
-                    if self.netlink_warned.swap(true, Ordering::Relaxed) {
-                        log::debug!("shaper: {e}; reading with tc instead");
-                    } else {
-                        log::warn!(
-                            "shaper: {e}; reading with tc instead (each tc run is a process)"
-                        );
-                    }
-                }
+                Err(e) => self.netlink_failed(&e),
             }
         }
         self.listing(Reader::Tc, dev, part)
+    }
+
+    /// Logged once at warning level, then at debug level: the fallback works, only dearer.
+    fn netlink_failed(&self, e: &dyn fmt::Display) {
+        if self.netlink_warned.swap(true, Ordering::Relaxed) {
+            log::debug!("shaper: {e}; using tc instead");
+        } else {
+            log::warn!("shaper: {e}; using tc instead (each tc run is a process)");
+        }
+    }
+
+    /// Rate changes of existing classes (the common change: shares move) over rtnetlink.
+    fn netlink_changes(&self, changes: &[HtbChange]) -> std::io::Result<()> {
+        let clock = netlink::Psched::read()?;
+        for c in changes {
+            let options = netlink::htb_class_options(c.rate_bps, c.ceil_bps, c.quantum, &clock);
+            netlink::change_htb_class(
+                netlink::device_index(&c.dev)?,
+                c.parent,
+                c.classid,
+                &options,
+            )?;
+        }
+        Ok(())
     }
 
     fn show(&self, args: &[&str]) -> Result<String, Error> {
@@ -543,9 +591,23 @@ impl TcShaper {
         Ok(l)
     }
 
+    /// Applies the planned commands: over rtnetlink when they are all rate changes of
+    /// existing htb classes, else (and when rtnetlink fails) in one `tc -batch`.
     fn batch(&self, cmds: &[plan::Cmd]) -> Result<(), Error> {
         if cmds.is_empty() {
             return Ok(());
+        }
+        if self.reader == Reader::Netlink {
+            if let Some(changes) = cmds
+                .iter()
+                .map(|c| htb_change(c))
+                .collect::<Option<Vec<_>>>()
+            {
+                match self.netlink_changes(&changes) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => self.netlink_failed(&format!("changing classes over rtnetlink: {e}")),
+                }
+            }
         }
         let text = plan::render(cmds);
         match run(&self.tc, &["-batch", "-"], Some(&text), &self.started) {
@@ -701,3 +763,44 @@ impl TcShaper {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod io_tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn class_changes_are_read_back_and_nothing_else() {
+        let c = htb_change(&words(
+            "class change dev jdshape0 parent 4a44:a classid 4a44:101 htb \
+             rate 3000000bit ceil 3450000bit quantum 37500",
+        ))
+        .expect("change");
+        assert_eq!(
+            c,
+            HtbChange {
+                dev: "jdshape0".into(),
+                parent: 0x4a44_000a,
+                classid: 0x4a44_0101,
+                rate_bps: 3_000_000,
+                ceil_bps: 3_450_000,
+                quantum: 37_500,
+            }
+        );
+        let head = "class change dev jdshape0 parent 4a44:a classid 4a44:101";
+        for other in [
+            "class add dev jdshape0 parent 4a44:a classid 4a44:101 htb rate 3000000bit ceil 3450000bit quantum 37500".to_string(),
+            format!("{head} htb rate 3000000bit ceil 3450000bit quantum 37500 prio 1"),
+            format!("{head} htb rate fast ceil 3450000bit quantum 37500"),
+            format!("{head} hfsc rate 3000000bit ceil 3450000bit quantum 37500"),
+            format!("{head} htb rate 3000000bit ceil 3450000bit quantum -1"),
+            "class del dev jdshape0 classid 4a44:101".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(htb_change(&words(&other)), None, "{other}");
+        }
+    }
+}

@@ -1202,7 +1202,7 @@ fn a_steady_state_tick_starts_no_process() {
         "a steady-state tick started a process"
     );
     assert_eq!(state, t.state(), "a steady-state tick changed something");
-    // A change is still applied (by tc), and the tick after it is quiet again.
+    // A viewer leaves and a share moves: one tc -batch; the tick after it is quiet again.
     let moved = spec(vec![v("198.51.100.2", 3 * MBIT, 3_450_000)]);
     in_ns(&t.rtr, || sh.reconcile(&moved)).expect("reconcile");
     let after_change = sh.processes_started();
@@ -1217,6 +1217,44 @@ fn a_steady_state_tick_starts_no_process() {
     });
     assert_eq!(sh.processes_started(), after_change);
     assert_eq!(wrapper.runs() as u64, after_change);
+
+    // Only shares move (the common change): applied over rtnetlink, no process, and the
+    // class is what `tc class change` with the same figures makes of it, bursts included.
+    let class_line = || {
+        let text = t.tc(&["-d", "class", "show", "dev", IFB]);
+        text.lines()
+            .find(|l| l.contains("parent 4a44:a") && l.contains("rate 3333Kbit"))
+            .unwrap_or_else(|| panic!("no class at 3333Kbit: {text}"))
+            .to_string()
+    };
+    let shares = spec(vec![v("198.51.100.2", 3_333_333, 3_999_999)]);
+    in_ns(&t.rtr, || sh.reconcile(&shares)).expect("reconcile");
+    assert_eq!(
+        sh.processes_started(),
+        after_change,
+        "a share change ran tc"
+    );
+    assert_eq!(wrapper.runs() as u64, after_change);
+    let by_netlink = class_line();
+    assert!(by_netlink.contains("ceil 3999Kbit"), "{by_netlink}");
+    let word_after = |w: &str| {
+        by_netlink
+            .split_whitespace()
+            .skip_while(|x| *x != w)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {w} in {by_netlink}"))
+            .to_string()
+    };
+    let (classid, quantum) = (word_after("htb"), word_after("quantum"));
+    t.tc_line(&format!(
+        "class change dev {IFB} parent 4a44:a classid {classid} htb \
+         rate 3333333bit ceil 3999999bit quantum {quantum}"
+    ));
+    assert_eq!(
+        by_netlink,
+        class_line(),
+        "rtnetlink and tc set different classes"
+    );
 
     // The tc reader (the fallback) reads the same state and keeps it, at a process per
     // listing: the seam counts what it claims to.

@@ -51,8 +51,7 @@ pub fn create_ifb(name: &str) -> io::Result<()> {
     request(
         RTM_NEWLINK,
         NLM_F_CREATE | NLM_F_EXCL,
-        IFF_UP,
-        IFF_UP,
+        &ifinfomsg(IFF_UP, IFF_UP),
         &attrs,
     )
 }
@@ -61,14 +60,14 @@ pub fn create_ifb(name: &str) -> io::Result<()> {
 pub fn set_up(name: &str) -> io::Result<()> {
     let mut attrs = Vec::new();
     push_attr(&mut attrs, IFLA_IFNAME, &cstr(name));
-    request(RTM_NEWLINK, 0, IFF_UP, IFF_UP, &attrs)
+    request(RTM_NEWLINK, 0, &ifinfomsg(IFF_UP, IFF_UP), &attrs)
 }
 
 /// Deletes the device; a device that is already gone is success.
 pub fn delete_link(name: &str) -> io::Result<()> {
     let mut attrs = Vec::new();
     push_attr(&mut attrs, IFLA_IFNAME, &cstr(name));
-    match request(RTM_DELLINK, 0, 0, 0, &attrs) {
+    match request(RTM_DELLINK, 0, &ifinfomsg(0, 0), &attrs) {
         Err(e) if e.raw_os_error() == Some(libc_enodev()) => Ok(()),
         other => other,
     }
@@ -107,29 +106,27 @@ fn route_socket() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Sends one link request and waits (bounded) for the kernel's acknowledgement.
-fn request(
-    msg_type: u16,
-    extra_flags: u16,
-    ifi_flags: u32,
-    ifi_change: u32,
-    attrs: &[u8],
-) -> io::Result<()> {
+/// struct ifinfomsg: family, pad, type, index, flags, change.
+fn ifinfomsg(flags: u32, change: u32) -> Vec<u8> {
+    let mut h = vec![0u8; 8];
+    h.extend_from_slice(&flags.to_ne_bytes());
+    h.extend_from_slice(&change.to_ne_bytes());
+    h
+}
+
+/// Sends one request (`header` is the message type's fixed part) and waits (bounded) for the
+/// kernel's acknowledgement.
+fn request(msg_type: u16, extra_flags: u16, header: &[u8], attrs: &[u8]) -> io::Result<()> {
     let fd = route_socket()?;
     let seq: u32 = 1;
-    let mut msg = Vec::with_capacity(32 + attrs.len());
-    let total = 16 + 16 + attrs.len();
+    let total = 16 + header.len() + attrs.len();
+    let mut msg = Vec::with_capacity(total);
     msg.extend_from_slice(&(total as u32).to_ne_bytes());
     msg.extend_from_slice(&msg_type.to_ne_bytes());
     msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | extra_flags).to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
-    // struct ifinfomsg: family, pad, type, index, flags, change
-    msg.extend_from_slice(&[0u8, 0u8]);
-    msg.extend_from_slice(&0u16.to_ne_bytes());
-    msg.extend_from_slice(&0i32.to_ne_bytes());
-    msg.extend_from_slice(&ifi_flags.to_ne_bytes());
-    msg.extend_from_slice(&ifi_change.to_ne_bytes());
+    msg.extend_from_slice(header);
     msg.extend_from_slice(attrs);
     send(fd.as_raw_fd(), &msg, MsgFlags::empty())?;
     let mut buf = vec![0u8; 8192];
@@ -587,6 +584,115 @@ impl Lister {
     }
 }
 
+// ---- changes -----------------------------------------------------------------------------------
+
+/// The kernel's clock as `/proc/net/psched` gives it, which tc reads to size bursts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Psched {
+    /// Scheduler ticks per microsecond (iproute2 `tick_in_usec`).
+    pub tick_in_usec: f64,
+    /// iproute2 `get_hz()`: the timer frequency bursts are sized for.
+    pub hz: u64,
+}
+
+impl Psched {
+    /// Parses `/proc/net/psched` ("t2us us2t clock_res hz", hex) as iproute2's
+    /// `tc_core_init` and `__get_hz` do; `None` when it is not that.
+    pub fn parse(text: &str) -> Option<Psched> {
+        let v: Vec<u32> = text
+            .split_whitespace()
+            .map(|w| u32::from_str_radix(w, 16).ok())
+            .collect::<Option<_>>()?;
+        let [t2us, us2t, clock_res, hz_field] = v.get(..4)?.try_into().ok()?;
+        if us2t == 0 || clock_res == 0 {
+            return None;
+        }
+        // "for old iproute binaries the kernel advertises a tick multiplier of 1000 in case of
+        // nano-second resolution, which really is 1" (tc_core.c).
+        let t2us = if clock_res == 1_000_000_000 {
+            us2t
+        } else {
+            t2us
+        };
+        let clock_factor = f64::from(clock_res) / 1e6;
+        let hz = if clock_res == 1_000_000 && hz_field != 0 {
+            u64::from(hz_field)
+        } else {
+            100
+        };
+        Some(Psched {
+            tick_in_usec: f64::from(t2us) / f64::from(us2t) * clock_factor,
+            hz,
+        })
+    }
+
+    /// Reads this network namespace's `/proc/net/psched`.
+    pub fn read() -> io::Result<Psched> {
+        let text = std::fs::read_to_string("/proc/net/psched")?;
+        Psched::parse(&text).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/net/psched")
+        })
+    }
+
+    /// tc_calc_xmittime: the time to send `size` bytes at `rate` bytes/s, in ticks.
+    fn xmittime(&self, rate: u64, size: u64) -> u32 {
+        if rate == 0 {
+            return u32::MAX;
+        }
+        let t = 1e6 * (size as f64 / rate as f64) * self.tick_in_usec;
+        t.min(f64::from(u32::MAX)) as u32
+    }
+}
+
+/// The link-layer code of struct tc_ratespec for Ethernet, as tc assumes by default.
+const TC_LINKLAYER_ETHERNET: u8 = 1;
+
+/// The TCA_OPTIONS of an htb class as `tc class change ... htb rate R ceil C quantum Q` sends
+/// them (iproute2 q_htb.c `htb_parse_class_opt`: an MTU of 1600, bursts of rate/HZ + MTU),
+/// without the rate tables: the kernel ignores those when the link layer is given.
+pub fn htb_class_options(rate_bps: u64, ceil_bps: u64, quantum: u32, clock: &Psched) -> Vec<u8> {
+    const MTU: u64 = 1600;
+    // tc_calc_rtable's cell_log for that MTU: the smallest with MTU >> cell_log <= 255.
+    const CELL_LOG: u8 = 3;
+    let (rate, ceil) = (rate_bps / 8, ceil_bps / 8);
+    let spec = |bytes: u64| {
+        let mut r = vec![CELL_LOG, TC_LINKLAYER_ETHERNET, 0, 0];
+        r.extend_from_slice(&(-1i16).to_ne_bytes()); // cell_align
+        r.extend_from_slice(&0u16.to_ne_bytes()); // mpu
+        r.extend_from_slice(&u32::try_from(bytes).unwrap_or(u32::MAX).to_ne_bytes());
+        r
+    };
+    let mut opt = spec(rate);
+    opt.extend(spec(ceil));
+    opt.extend_from_slice(&clock.xmittime(rate, rate / clock.hz + MTU).to_ne_bytes());
+    opt.extend_from_slice(&clock.xmittime(ceil, ceil / clock.hz + MTU).to_ne_bytes());
+    opt.extend_from_slice(&quantum.to_ne_bytes());
+    opt.extend_from_slice(&0u32.to_ne_bytes()); // level
+    opt.extend_from_slice(&0u32.to_ne_bytes()); // prio
+    let mut o = Vec::new();
+    if rate > u64::from(u32::MAX) {
+        push_attr(&mut o, TCA_HTB_RATE64, &rate.to_ne_bytes());
+    }
+    if ceil > u64::from(u32::MAX) {
+        push_attr(&mut o, TCA_HTB_CEIL64, &ceil.to_ne_bytes());
+    }
+    push_attr(&mut o, TCA_HTB_PARMS, &opt);
+    o
+}
+
+/// `tc class change dev <ifindex> parent <parent> classid <classid> htb ...` over rtnetlink.
+pub fn change_htb_class(ifindex: i32, parent: u32, classid: u32, options: &[u8]) -> io::Result<()> {
+    let mut header = vec![0u8; 4];
+    header.extend_from_slice(&ifindex.to_ne_bytes());
+    header.extend_from_slice(&classid.to_ne_bytes());
+    header.extend_from_slice(&parent.to_ne_bytes());
+    header.extend_from_slice(&0u32.to_ne_bytes());
+    let mut attrs = Vec::new();
+    push_attr(&mut attrs, TCA_KIND, b"htb\0");
+    push_attr(&mut attrs, TCA_OPTIONS, options);
+    request(RTM_NEWTCLASS, 0, &header, &attrs)
+}
+
 fn timeout_error(e: nix::errno::Errno) -> io::Error {
     if e == nix::errno::Errno::EAGAIN {
         io::Error::new(
@@ -641,6 +747,37 @@ mod tests {
         let mut b = Vec::new();
         push_attr(&mut b, kind, inner);
         b
+    }
+
+    #[test]
+    fn psched_and_htb_options_follow_tc() {
+        let clock = Psched::parse("000003e8 00000040 000f4240 3b9aca00\n").expect("psched");
+        assert_eq!(clock.tick_in_usec, 15.625);
+        assert_eq!(clock.hz, 1_000_000_000);
+        assert!(Psched::parse("nonsense").is_none());
+        assert!(Psched::parse("1 0 1 1").is_none());
+        // 4 Mbit/s = 500,000 B/s; burst 1600 B = 3.2 ms = 50,000 ticks of 64 ns (what
+        // `tc class show` prints back as "burst 1600b").
+        let o = htb_class_options(4_000_000, 40_000_000_000, 50_000, &clock);
+        let parms = attr(&o, TCA_HTB_PARMS).expect("parms");
+        assert_eq!(parms.len(), 44);
+        assert_eq!((parms[0], parms[1]), (3, 1));
+        assert_eq!(ne32(parms, 8), Some(500_000));
+        assert_eq!(
+            ne32(parms, 20),
+            Some(u32::MAX),
+            "ceil over 32 bits goes in CEIL64"
+        );
+        // struct tc_htb_opt: rate, ceil, buffer, cbuffer, quantum, level, prio.
+        assert_eq!(ne32(parms, 24), Some(50_000));
+        // 5e9 B/s: a burst of 5 + 1600 bytes takes 0.32 us, 5 ticks.
+        assert_eq!(ne32(parms, 28), Some(5));
+        assert_eq!(ne32(parms, 32), Some(50_000));
+        assert_eq!(
+            attr(&o, TCA_HTB_CEIL64).and_then(|c| ne64(c, 0)),
+            Some(5_000_000_000)
+        );
+        assert!(attr(&o, TCA_HTB_RATE64).is_none());
     }
 
     #[test]
