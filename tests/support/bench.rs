@@ -535,6 +535,17 @@ impl Bench {
 
     /// Like [`Bench::start_daemon`] with more arguments to `run`.
     fn start_daemon_args(&self, name: &str, extra: &str, more: &[&str]) -> Result<Daemon> {
+        self.start_daemon_under(name, extra, &[], more)
+    }
+
+    /// Like [`Bench::start_daemon_args`], the daemon run by `wrapper` (e.g. valgrind).
+    fn start_daemon_under(
+        &self,
+        name: &str,
+        extra: &str,
+        wrapper: &[&str],
+        more: &[&str],
+    ) -> Result<Daemon> {
         let cfg = self.config(name, extra)?;
         let d = self.dir.0.join(name);
         let log = d.join("daemon.log");
@@ -542,15 +553,15 @@ impl Bench {
         let spawned = d.join("spawned.log");
         let path = shim_path(&d.join("shims"), &spawned)?;
         // `env` replaces itself with the daemon, as `ip netns exec` does: one pid throughout.
-        let mut argv = vec![
-            "env",
-            path.as_str(),
+        let mut argv = vec!["env", path.as_str()];
+        argv.extend_from_slice(wrapper);
+        argv.extend_from_slice(&[
             path_str(&self.daemon_exe)?,
             "--config",
             path_str(&cfg)?,
             "run",
             "--stderr",
-        ];
+        ]);
         argv.extend_from_slice(more);
         let child = self
             .net
@@ -561,19 +572,23 @@ impl Bench {
             log,
             spawned,
         };
-        wait_for(Duration::from_secs(15), "the daemon's first status", || {
-            mtime(&daemon.status)
-        })
+        let first = if wrapper.is_empty() { 15 } else { 120 };
+        wait_for(
+            Duration::from_secs(first),
+            "the daemon's first status",
+            || mtime(&daemon.status),
+        )
         .map_err(|e| {
             format!(
                 "{e}; log: {}",
                 fs::read_to_string(&daemon.log).unwrap_or_default()
             )
         })?;
-        // `ip netns exec` replaces itself with the program: the pid is the daemon's.
+        // `ip netns exec` replaces itself with the program: the pid is the daemon's (or its
+        // wrapper's, which runs it in the same process).
         let comm =
             fs::read_to_string(format!("/proc/{}/comm", daemon.child.id())).unwrap_or_default();
-        if comm.trim() != "jellydemon" {
+        if wrapper.is_empty() && comm.trim() != "jellydemon" {
             return Err(format!(
                 "pid {} is {comm:?}, not the daemon",
                 daemon.child.id()
@@ -1061,10 +1076,7 @@ fn network_rows(a: &Args, daemon_exe: &Path) -> Result<Vec<Row>> {
         "config shaping 'shaping'\n\toption enabled '0'\n",
     )?;
     wait_for(Duration::from_secs(30), "both limited again", || {
-        let st = b.emu_state().ok()?;
-        (user_limit(&st, ALICE).is_some_and(|l| l > 0)
-            && user_limit(&st, BOB).is_some_and(|l| l != BOB_ORIGINAL && l > 0))
-        .then_some(())
+        both_limited(&b)
     })?;
     eprintln!("bench: {} ticks with shaping off", a.off_ticks);
     let tick_off = tick_cpu(&b, &d, a.off_ticks)?;
@@ -1085,6 +1097,16 @@ fn network_rows(a: &Args, daemon_exe: &Path) -> Result<Vec<Row>> {
         Some(m.within(3 * 1024)),
     ));
     HomeNet::stop(&mut d.child, Duration::from_secs(10));
+
+    // ---- run B2: instructions per tick under callgrind (shaping on) ----
+    eprintln!("bench: {CALLGRIND_TICKS} ticks under callgrind");
+    rows.push(callgrind_tick_row(&b)?);
+    rows.push(Row::new(
+        "tick instructions, mipsel under qemu-user",
+        "not measurable here (see README)".into(),
+        "-",
+        None,
+    ));
 
     // ---- run C: no shaper at all (`run --dry-run`): per-viewer bytes come from conntrack
     // over netlink (kernel-filtered dump, then events and exact-tuple reads). ----
@@ -1134,6 +1156,83 @@ fn network_rows(a: &Args, daemon_exe: &Path) -> Result<Vec<Row>> {
     }
     rows.push(wol_row(&b)?);
     Ok(rows)
+}
+
+/// Both viewers' users carry a limit set by the daemon.
+fn both_limited(b: &Bench) -> Option<()> {
+    let st = b.emu_state().ok()?;
+    (user_limit(&st, ALICE).is_some_and(|l| l > 0)
+        && user_limit(&st, BOB).is_some_and(|l| l != BOB_ORIGINAL && l > 0))
+    .then_some(())
+}
+
+/// Ticks the callgrind run counts (each takes ~50x its CPU under valgrind, well under 1 s).
+const CALLGRIND_TICKS: u32 = 10;
+
+/// Instructions per steady-state tick, shaping on, with the table and both streams: the
+/// daemon runs under callgrind; its counters are zeroed after three ticks and dumped
+/// `CALLGRIND_TICKS` ticks later (`callgrind_control -z` / `-d`). A count of instructions
+/// does not vary with the machine's load, unlike CPU time.
+fn callgrind_tick_row(b: &Bench) -> Result<Row> {
+    let out = b.dir.0.join("callgrind-out");
+    fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let file = format!("--callgrind-out-file={}/cg.out", out.display());
+    let wrapper = [
+        "valgrind",
+        "--tool=callgrind",
+        "--dump-instr=no",
+        file.as_str(),
+    ];
+    let mut d = b.start_daemon_under("callgrind", "", &wrapper, &[])?;
+    let result: Result<u64> = (|| {
+        wait_for(
+            Duration::from_secs(60),
+            "both limited under callgrind",
+            || both_limited(b),
+        )?;
+        wait_ticks(&d, 3)?;
+        let pid = d.child.id().to_string();
+        let control = |flag: &str| -> Result<()> {
+            let st = Command::new("callgrind_control")
+                .args([flag, pid.as_str()])
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| format!("callgrind_control: {e}"))?;
+            st.success()
+                .then_some(())
+                .ok_or_else(|| format!("callgrind_control {flag} {pid}: {st}"))
+        };
+        control("-z")?;
+        wait_ticks(&d, CALLGRIND_TICKS)?;
+        control("-d")?;
+        // The dump is written asynchronously by the valgrind process: await it.
+        let ir = wait_for(Duration::from_secs(30), "the callgrind dump", || {
+            let dump = fs::read_dir(&out)
+                .ok()?
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().ends_with(".1"))?;
+            let text = fs::read_to_string(dump.path()).ok()?;
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("totals:")
+                        .or_else(|| l.strip_prefix("summary:"))
+                })
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })?;
+        Ok(ir / u64::from(CALLGRIND_TICKS))
+    })();
+    HomeNet::stop(&mut d.child, Duration::from_secs(30));
+    let figure =
+        format!("tick instructions, shaping on, x86_64 under callgrind ({CALLGRIND_TICKS} ticks)");
+    Ok(match result {
+        Ok(ir) => Row::new(&figure, format!("{ir} Ir"), "(regression reference)", None),
+        Err(e) => Row::new(
+            &figure,
+            format!("not measured: {e}"),
+            "(regression reference)",
+            None,
+        ),
+    })
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
