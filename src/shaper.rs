@@ -18,7 +18,7 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use parse::{Class, Filter, Qdisc};
@@ -186,7 +186,7 @@ fn run(
     path: &str,
     args: &[&str],
     input: Option<&str>,
-    started: &AtomicU64,
+    started: &AtomicU32,
 ) -> std::io::Result<(bool, String, String)> {
     started.fetch_add(1, Ordering::Relaxed);
     let mut child = Command::new(path)
@@ -261,10 +261,10 @@ fn link_error(what: &str, e: std::io::Error) -> Error {
 
 /// Tests what shaping needs on a scratch ifb device (created and deleted again). Needs root.
 pub fn probe(tc_path: &str) -> Capabilities {
-    probe_counted(tc_path, &AtomicU64::new(0))
+    probe_counted(tc_path, &AtomicU32::new(0))
 }
 
-fn probe_counted(tc_path: &str, started: &AtomicU64) -> Capabilities {
+fn probe_counted(tc_path: &str, started: &AtomicU32) -> Capabilities {
     let mut caps = Capabilities::default();
     match run(tc_path, &["-V"], None, started) {
         Ok((true, out, _)) => {
@@ -408,8 +408,9 @@ pub struct TcShaper {
     ifb: String,
     tc: String,
     reader: Reader,
-    /// Processes started so far (all `tc`): 0 per steady-state tick.
-    started: AtomicU64,
+    /// Processes started so far (all `tc`): 0 per steady-state tick. 32 bits: mips has no
+    /// 64-bit atomics, and a count that wraps after 4 billion runs is still a fine counter.
+    started: AtomicU32,
     /// A failed rtnetlink listing is logged once, not every tick.
     netlink_warned: AtomicBool,
     /// Learnt once, on the first reconcile that finds everything needed.
@@ -435,7 +436,7 @@ impl TcShaper {
             ifb: ifb_name.to_string(),
             tc: tc_path.to_string(),
             reader: Reader::Netlink,
-            started: AtomicU64::new(0),
+            started: AtomicU32::new(0),
             netlink_warned: AtomicBool::new(false),
             leaf: None,
             lan_device: None,
@@ -451,7 +452,7 @@ impl TcShaper {
 
     /// How many processes (`tc` runs) this shaper has started.
     pub fn processes_started(&self) -> u64 {
-        self.started.load(Ordering::Relaxed)
+        u64::from(self.started.load(Ordering::Relaxed))
     }
 
     /// Lists `dev` with the given reader, without falling back to the other.
