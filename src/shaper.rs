@@ -402,7 +402,8 @@ fn htb_change(c: &[String]) -> Option<HtbChange> {
     }
 }
 
-/// The `tc`-driven [`Shaper`].
+/// The kernel's traffic control as the [`Shaper`]: read and share changes over rtnetlink,
+/// everything else with `tc`.
 #[derive(Debug)]
 pub struct TcShaper {
     ifb: String,
@@ -418,9 +419,8 @@ pub struct TcShaper {
     /// The LAN device of the last reconcile, for `remove`.
     lan_device: Option<String>,
     /// The ifb's qdiscs, classes and filters as `counters` last read them. The reconcile that
-    /// follows in the same tick plans against them instead of running the same three `tc`
-    /// listings again (each `tc` run is a fork and exec: the bulk of a tick's CPU on a router),
-    /// and `jellyfin_bytes` right after `counters` reads its figure from them too.
+    /// follows in the same tick plans against them instead of listing them again, and
+    /// `jellyfin_bytes` right after `counters` reads its figure from them too.
     ifb_read: Option<(Instant, Actual)>,
 }
 

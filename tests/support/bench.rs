@@ -1288,11 +1288,11 @@ fn daemon_requests_after(state: &Value, after_ms: u64) -> Option<u64> {
     if oldest > after_ms {
         return None;
     }
-    let from = format!("{}:", topology::ROUTER_LAN_V4);
+    let daemon = IpAddr::V4(topology::ROUTER_LAN_V4);
     Some(
         log.iter()
             .filter(|r| r["t_ms"].as_u64().is_some_and(|t| t > after_ms))
-            .filter(|r| r["remote"].as_str().is_some_and(|a| a.starts_with(&from)))
+            .filter(|r| r["remote"].as_str().and_then(|a| a.parse().ok()) == Some(daemon))
             .count() as u64,
     )
 }
