@@ -542,6 +542,12 @@ impl Lister {
             // MSG_TRUNC: the length of the datagram even when it did not fit.
             let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC)
                 .map_err(timeout_error)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "rtnetlink socket closed during a listing",
+                ));
+            }
             let Some(data) = self.buf.get(..n) else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
