@@ -17,6 +17,7 @@ pub mod publish;
 pub mod shaper;
 pub mod status;
 pub mod uci;
+pub mod wake;
 pub mod wol;
 
 use std::io::Write;
