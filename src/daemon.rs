@@ -189,6 +189,9 @@ fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
 /// After a packet to a sleeping server, how long the loop ticks every second.
 const WAKING_WINDOW: Duration = Duration::from_secs(180);
+/// After Jellyfin answered from sleep, how long the loop keeps ticking every second (the
+/// viewer who woke it is about to start playing).
+const AFTER_WAKE_WINDOW: Duration = Duration::from_secs(60);
 /// The tick period while waking.
 const WAKING_TICK: Duration = Duration::from_secs(1);
 
@@ -228,6 +231,8 @@ pub struct Daemon {
     waker: wake::Waker,
     /// Host asleep or awake, as the probes and Jellyfin's answers say.
     presence: wake::Presence,
+    /// When Jellyfin last answered after a sleep.
+    woke_at: Option<Instant>,
     webhook: Option<Webhook>,
     backup: Result<Backup, String>,
     state: decide::State,
@@ -271,6 +276,7 @@ impl Daemon {
             wake_thread: None,
             waker: wake::Waker::new(wake_config(&cfg, opts)),
             presence: wake::Presence::default(),
+            woke_at: None,
             webhook: None,
             backup: Err("not loaded".into()),
             state: decide::State::default(),
@@ -528,6 +534,7 @@ impl Daemon {
                 if let wake::Change::Woke(after) =
                     self.presence.answered(unix_now(), Instant::now(), sent)
                 {
+                    self.woke_at = Some(Instant::now());
                     match after {
                         Some(a) => info!("the media server is awake: Jellyfin answered {a:.1} s after the Wake-on-LAN packet"),
                         None => info!("the media server is awake"),
@@ -567,9 +574,16 @@ impl Daemon {
         Some(l)
     }
 
-    /// True while a magic packet went out for a sleeping server that has not answered yet:
-    /// the loop then ticks every second, so the new stream is limited as soon as it starts.
+    /// True while a magic packet went out for a sleeping server that has not answered yet,
+    /// and for a while after it did: the loop then ticks every second, so the stream that
+    /// caused the wake is limited as soon as it starts.
     pub fn waking(&self) -> bool {
+        if self
+            .woke_at
+            .is_some_and(|t| t.elapsed() < AFTER_WAKE_WINDOW)
+        {
+            return true;
+        }
         let Some(since) = self.presence.slept_since else {
             return false;
         };
@@ -964,7 +978,13 @@ impl Daemon {
             }
         };
         match wake::WakeThread::start(self.waker.clone(), watch) {
-            Ok(t) => self.wake_thread = Some(t),
+            Ok(t) => {
+                info!(
+                    "Wake-on-LAN: watching new connections from outside to port(s) {:?}",
+                    self.cfg.jellyfin.ports
+                );
+                self.wake_thread = Some(t);
+            }
             Err(e) => {
                 warn!(
                     "cannot start the wake thread ({e}); new connections are handled between ticks"
