@@ -979,6 +979,172 @@ fn wake_a_sleeping_server_with_short_timings() {
     wake_a_sleeping_server(2, 2);
 }
 
+/// Sum of the viewer classes' rates (bit/s) on the shaper device.
+fn viewer_class_rates(tc_class_show: &str) -> u64 {
+    tc_class_show
+        .lines()
+        .filter(|l| l.contains("parent 4a44:a") && !l.contains("4a44:e "))
+        .filter_map(|l| {
+            let r = l.split_whitespace().skip_while(|w| *w != "rate").nth(1)?;
+            let (num, mult) = if let Some(n) = r.strip_suffix("Mbit") {
+                (n, 1e6)
+            } else if let Some(n) = r.strip_suffix("Kbit") {
+                (n, 1e3)
+            } else {
+                (r.strip_suffix("bit")?, 1.0)
+            };
+            num.parse::<f64>().ok().map(|v| (v * mult) as u64)
+        })
+        .sum()
+}
+
+/// A flood of new connections to the router's Jellyfin port from namespace `ns`: nonblocking
+/// connects closed at once (a SYN each, a new conntrack entry each), paced to about `per_s`.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Flood {
+    fn start(ns: &str, per_s: u64) -> Flood {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&sent));
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            use nix::sys::socket::{
+                connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+            };
+            let file = fs::File::open(&path).expect("netns file");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let to = SockaddrIn::new(198, 51, 100, 1, 8096);
+            let batch = (per_s / 100).max(1);
+            while !flag.load(Ordering::Relaxed) {
+                for _ in 0..batch {
+                    if let Ok(fd) = socket(
+                        AddressFamily::Inet,
+                        SockType::Stream,
+                        SockFlag::SOCK_NONBLOCK,
+                        None,
+                    ) {
+                        use std::os::fd::AsRawFd;
+                        let _ = connect(fd.as_raw_fd(), &to);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // Pacing, not synchronisation: about `per_s` SYNs a second.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Flood { stop, sent }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A flood of new connections to the Jellyfin port (conntrack NEW events by the thousand)
+/// must starve neither the guard, which tightens the viewer classes within a second of a
+/// household upload (between ticks: interval 5), nor SIGTERM.
+#[test]
+fn guard_and_sigterm_hold_during_a_flood_of_new_connections() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::with_timing(
+        5,
+        5,
+        &format!(
+            "config wol 'wol'\n\toption enabled '1'\n\toption mac '{}'\n\toption interface 'br-lan'\n\toption on_connect '1'\n\toption cooldown '60'\n",
+            topology::mac_text(topology::JF_MAC)
+        ),
+    );
+    h.start_daemon(&[]);
+    h.remote_viewer(0, "alice", ITEM6, "transcode");
+    h.remote_viewer(1, "bob", ITEM6, "transcode");
+    let before = wait_for(Duration::from_secs(40), "two viewer classes", || {
+        let c = h.router_tc(&["class", "show", "dev", "jdshape0"]);
+        (viewer_classes(&c) == 2 && h.limit(ALICE) > 0 && h.limit(BOB) != 12_000_000)
+            .then(|| viewer_class_rates(&c))
+    });
+    let flood = Flood::start(&h.net.viewers[2], 3000);
+    wait_for(Duration::from_secs(5), "the flood", || {
+        (flood.sent() > 3000).then_some(())
+    });
+    let exe = topology::homenet_exe().unwrap();
+    let inet = h.net.inet.clone();
+    let mut sink = h
+        .net
+        .spawn_io(
+            &inet,
+            &[exe.to_str().unwrap(), "sink", "--listen", "0.0.0.0:9000"],
+            Stdio::piped(),
+            Stdio::null(),
+        )
+        .unwrap();
+    let lines = topology::Lines::new(sink.stdout.take().unwrap());
+    h.viewers.push(sink);
+    lines
+        .next_json(Duration::from_secs(10), |v| v.get("listening").is_some())
+        .expect("the sink listens");
+    let lan = h.net.lan.clone();
+    let up = h
+        .net
+        .spawn_io(
+            &lan,
+            &[
+                exe.to_str().unwrap(),
+                "upload",
+                "--to",
+                "198.51.100.200:9000",
+                "--greedy",
+            ],
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .unwrap();
+    h.viewers.push(up);
+    lines
+        .next_json(Duration::from_secs(10), |v| v.get("accept").is_some())
+        .expect("the upload connects");
+    let t_up = Instant::now();
+    let tightened = wait_for(Duration::from_secs(5), "tighter classes", || {
+        let c = h.router_tc(&["class", "show", "dev", "jdshape0"]);
+        (viewer_class_rates(&c) < before * 9 / 10).then(Instant::now)
+    });
+    let took = tightened.saturating_duration_since(t_up);
+    eprintln!(
+        "during a flood of {} SYNs: household upload → classes tightened in {took:?}",
+        flood.sent()
+    );
+    assert!(took <= Duration::from_millis(1000), "guard took {took:?}");
+    let st = h.status().unwrap();
+    assert!(
+        st["wol"]["wakes"].as_u64().unwrap_or(0) <= 1,
+        "cooldown: {st}"
+    );
+    // SIGTERM while the flood goes on.
+    let mut d = h.daemon.take().unwrap();
+    let t0 = Instant::now();
+    assert!(
+        HomeNet::stop(&mut d, Duration::from_secs(2)),
+        "exit within 2 s of SIGTERM during the flood"
+    );
+    eprintln!("SIGTERM → exit: {:?}", t0.elapsed());
+    assert_eq!(d.wait().ok().and_then(|s| s.code()), Some(0));
+    assert_eq!(h.limit(BOB), 12_000_000, "bob's own 12 Mbit/s is back");
+    drop(flood);
+}
+
 #[test]
 fn webhook_receives_the_events_of_a_stream() {
     if !need_root() {
