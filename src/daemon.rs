@@ -1236,6 +1236,10 @@ impl Daemon {
                 server_version: self.server_version.clone(),
                 error: if self.reachable == Some(true) {
                     None
+                } else if self.presence.asleep() {
+                    Some(
+                        "the media server is asleep (its host answers nothing); limits kept".into(),
+                    )
                 } else {
                     self.last_logged_error.clone().or(self.server_error.clone())
                 },
