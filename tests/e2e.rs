@@ -356,6 +356,23 @@ impl Home {
         self.viewers.push(child);
     }
 
+    /// When the server first listed `user` playing, and when the user's limit was first set
+    /// (each awaited for at most `timeout`).
+    fn playing_then_limited(&self, user: &str, uid: &str, timeout: Duration) -> (Instant, Instant) {
+        let seen = wait_for(timeout, &format!("{user}'s session"), || {
+            let st = self.emu_state();
+            st["sessions"]
+                .as_array()?
+                .iter()
+                .any(|s| s["user_name"] == user && s["now_playing_item_id"].is_string())
+                .then(Instant::now)
+        });
+        let limited = wait_for(timeout, &format!("{user}'s limit"), || {
+            (self.limit(uid) > 0).then(Instant::now)
+        });
+        (seen, limited)
+    }
+
     fn daemon_alive(&mut self) -> bool {
         matches!(self.daemon.as_mut().map(|d| d.try_wait()), Some(Ok(None)))
     }
@@ -421,17 +438,7 @@ fn external_stream_limited_within_one_tick_local_never() {
         "dev-carol",
     );
     // The moment the server lists alice's playback, the next tick (1 s) must set her limit.
-    let seen = wait_for(Duration::from_secs(15), "alice's session", || {
-        let st = h.emu_state();
-        st["sessions"]
-            .as_array()?
-            .iter()
-            .any(|s| s["user_name"] == "alice" && s["now_playing_item_id"].is_string())
-            .then(Instant::now)
-    });
-    let limited = wait_for(Duration::from_secs(10), "alice's limit", || {
-        (h.limit(ALICE) > 0).then(Instant::now)
-    });
+    let (seen, limited) = h.playing_then_limited("alice", ALICE, Duration::from_secs(15));
     assert!(
         limited.duration_since(seen) <= Duration::from_millis(2500),
         "limit took {:?}",
@@ -909,17 +916,7 @@ fn wake_a_sleeping_server(interval: u32, timeout: u32) {
         other => panic!("the server never woke: {other:?}"),
     };
     // The stream appears (the retry got through) and gets its limit within one tick.
-    let seen = wait_for(Duration::from_secs(30), "alice's session", || {
-        let st = h.emu_state();
-        st["sessions"]
-            .as_array()?
-            .iter()
-            .any(|s| s["user_name"] == "alice" && s["now_playing_item_id"].is_string())
-            .then(Instant::now)
-    });
-    let limited = wait_for(Duration::from_secs(30), "alice's limit", || {
-        (h.limit(ALICE) > 0).then(Instant::now)
-    });
+    let (seen, limited) = h.playing_then_limited("alice", ALICE, Duration::from_secs(30));
     let tick = Duration::from_secs(u64::from(interval));
     eprintln!(
         "awake → playing: {:?}; playing → limited: {:?}",
