@@ -548,6 +548,10 @@ impl Daemon {
                     // Quiet: sleeping is the server's normal state, not an error.
                     self.reachable = Some(false);
                     debug!("Jellyfin not answering ({e}); its host is asleep");
+                } else if self.presence.booting(unix_now()) {
+                    // The host is back from sleep; Jellyfin is still starting.
+                    self.reachable = Some(false);
+                    debug!("Jellyfin not answering yet ({e}); its host is starting");
                 } else {
                     self.set_reachable(false, Some(e));
                 }

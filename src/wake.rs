@@ -32,6 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long a liveness probe waits for any answer. An awake host on the LAN answers in
 /// milliseconds; a sleeping one never does.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long Jellyfin may take to answer after its host is back from sleep before a refusal
+/// is reported as Jellyfin being down.
+pub const BOOT_GRACE_S: u64 = 300;
 /// How often the wake thread looks at its stop flag when no event arrives.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// Netlink reads per event burst before the thread yields: a SYN flood costs bounded work per
@@ -90,6 +93,8 @@ pub struct Presence {
     pub slept_since: Option<u64>,
     /// Seconds from the magic packet to Jellyfin's first answer, for the last wake from sleep.
     pub awake_after_s: Option<f64>,
+    /// Unix seconds the host answered probes again after a sleep, until Jellyfin answers.
+    pub host_back_since: Option<u64>,
     /// True once the host answered or was found asleep: a known state.
     pub known: bool,
 }
@@ -111,11 +116,19 @@ impl Presence {
         self.asleep_since.is_some()
     }
 
+    /// True while the host is back from a sleep and Jellyfin may still be starting (at most
+    /// [`BOOT_GRACE_S`]): a refused call then is the boot, not a fault worth a warning.
+    pub fn booting(&self, now: u64) -> bool {
+        self.host_back_since
+            .is_some_and(|t| now.saturating_sub(t) < BOOT_GRACE_S)
+    }
+
     /// Jellyfin answered at `now_unix` / `now` (the monotonic instant). `sent` is when the
     /// last magic packet left (monotonic), if any.
     pub fn answered(&mut self, now_unix: u64, now: Instant, sent: Option<Instant>) -> Change {
         self.known = true;
         self.asleep_since = None;
+        self.host_back_since = None;
         let Some(since) = self.slept_since.take() else {
             return Change::None;
         };
@@ -138,6 +151,7 @@ impl Presence {
         match (l, self.asleep_since) {
             (Liveness::Asleep, None) => {
                 self.asleep_since = Some(now);
+                self.host_back_since = None;
                 if self.slept_since.is_none() {
                     self.slept_since = Some(now);
                 }
@@ -145,6 +159,7 @@ impl Presence {
             }
             (Liveness::Awake, Some(_)) => {
                 self.asleep_since = None;
+                self.host_back_since = Some(now);
                 Change::HostBack
             }
             _ => Change::None,
@@ -435,6 +450,20 @@ mod tests {
             p.answered(112, sent + Duration::from_secs(12), Some(sent)),
             Change::Woke(Some(12.0))
         );
+    }
+
+    #[test]
+    fn booting_is_quiet_for_a_while_only() {
+        let mut p = Presence::default();
+        assert!(!p.booting(0));
+        p.probed(100, Liveness::Asleep);
+        assert!(!p.booting(101), "asleep is not booting");
+        p.probed(110, Liveness::Awake);
+        assert!(p.booting(111));
+        assert!(p.booting(110 + BOOT_GRACE_S - 1));
+        assert!(!p.booting(110 + BOOT_GRACE_S));
+        p.answered(120, Instant::now(), None);
+        assert!(!p.booting(121));
     }
 
     #[test]
