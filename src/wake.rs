@@ -1,4 +1,4 @@
-//! Waking a sleeping media server without waiting for the tick (DESIGN.md §8), and telling
+//! Waking a sleeping media server without waiting for the tick (docs/design.md §8), and telling
 //! "host asleep" from "Jellyfin down".
 //!
 //! A sleeping machine is silent: every Jellyfin call to it times out, so a tick can spend its
