@@ -332,7 +332,10 @@ mod tests {
         cfg.jellyfin.url = Some("http://nas.lan:8096".into());
         let lines = check_wol(&cfg);
         let (t, _) = render(&lines);
-        assert!(t.contains("warn  the media server's IP address is unknown"), "{t}");
+        assert!(
+            t.contains("warn  the media server's IP address is unknown"),
+            "{t}"
+        );
         cfg.jellyfin.server_ip = Some("192.168.1.2".parse().unwrap());
         let (t, _) = render(&check_wol(&cfg));
         assert!(!t.contains("IP address is unknown"), "{t}");

@@ -976,6 +976,100 @@ fn wake_a_sleeping_server_with_short_timings() {
     wake_a_sleeping_server(2, 2);
 }
 
+/// The server falls asleep while bob streams (his limit set): the daemon says so once, keeps
+/// the limit and the router class, and SIGTERM does not wait on the silent server — the
+/// original stays in the backup, and `jellydemon restore` puts it back once the server is
+/// woken (here by `jellydemon wake`).
+#[test]
+fn limits_kept_while_the_server_sleeps_and_sigterm_does_not_wait_for_it() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::with_timing(
+        2,
+        2,
+        &format!(
+            "config wol 'wol'\n\toption enabled '1'\n\toption mac '{}'\n\toption interface 'br-lan'\n\toption on_connect '0'\n\toption on_session '0'\n",
+            topology::mac_text(topology::JF_MAC)
+        ),
+    );
+    h.start_daemon(&[]);
+    h.remote_viewer(0, "bob", ITEM2, "transcode");
+    wait_for(Duration::from_secs(30), "bob limited", || {
+        (h.limit(BOB) != 12_000_000 && h.limit(BOB) > 0).then_some(())
+    });
+    let sleeper = h
+        .net
+        .sleep_server(Duration::from_secs(2))
+        .expect("the server sleeps");
+    let st = wait_for(Duration::from_secs(20), "asleep in the status", || {
+        let st = h.status()?;
+        (st["wol"]["server_state"] == "asleep").then_some(st)
+    });
+    assert_eq!(st["wol"]["server_awake"], false);
+    assert_eq!(st["jellyfin"]["reachable"], false);
+    assert!(
+        st["jellyfin"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("asleep"),
+        "{st}"
+    );
+    // A few ticks asleep: quiet, and the class stays.
+    let before = h.log_text().lines().count();
+    wait_for(Duration::from_secs(20), "three ticks asleep", || {
+        let now = h.status()?["updated"].as_u64()?;
+        (now >= st["updated"].as_u64()? + 6).then_some(())
+    });
+    let log = h.log_text();
+    let later: Vec<&str> = log.lines().skip(before).collect();
+    assert!(
+        later
+            .iter()
+            .all(|l| !l.starts_with("warning: ") && !l.starts_with("error: ")),
+        "quiet while asleep: {later:?}"
+    );
+    assert_eq!(log.matches("is asleep").count(), 1, "{log}");
+    let classes = h.router_tc(&["class", "show", "dev", "jdshape0"]);
+    assert_eq!(viewer_classes(&classes), 1, "bob's class kept: {classes}");
+    let mut d = h.daemon.take().unwrap();
+    let t0 = Instant::now();
+    assert!(
+        HomeNet::stop(&mut d, Duration::from_secs(2)),
+        "exit within 2 s of SIGTERM although the server is silent"
+    );
+    eprintln!("SIGTERM while asleep → exit: {:?}", t0.elapsed());
+    assert_eq!(d.wait().ok().and_then(|s| s.code()), Some(0));
+    assert!(
+        h.log_text().contains("stay in the backup"),
+        "{}",
+        h.log_text()
+    );
+    // Wake it by hand, then restore.
+    let (code, out) = h.jd(&["wake"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        matches!(
+            sleeper.next(Duration::from_secs(3)),
+            Some(topology::SleepEvent::Magic { .. })
+        ),
+        "the manual wake reached the server"
+    );
+    assert!(matches!(
+        sleeper.next(Duration::from_secs(10)),
+        Some(topology::SleepEvent::Awake { .. })
+    ));
+    let restored = wait_for(Duration::from_secs(20), "restore", || {
+        let (code, out) = h.jd(&["restore"]);
+        (code == 0).then_some(out)
+    });
+    assert_eq!(
+        h.limit(BOB),
+        12_000_000,
+        "bob's own limit is back: {restored}"
+    );
+}
+
 /// Sum of the viewer classes' rates (bit/s) on the shaper device.
 fn viewer_class_rates(tc_class_show: &str) -> u64 {
     tc_class_show
