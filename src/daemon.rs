@@ -960,6 +960,27 @@ impl Daemon {
         }
     }
 
+    /// Without conntrack events: the wake thread polls the `/proc` table once per interval.
+    fn start_proc_wake(&mut self, why: &str) {
+        if !Path::new(conntrack::PROC_PATH).exists() {
+            warn!("cannot watch new connections for Wake-on-LAN ({why}); waking on sessions only");
+            return;
+        }
+        let poll = conntrack::ProcConnectPoll::new();
+        let period = Duration::from_secs(u64::from(self.cfg.main.interval.max(1)));
+        match wake::WakeThread::start_proc(self.waker.clone(), poll, period) {
+            Ok(t) => {
+                info!(
+                    "Wake-on-LAN: no conntrack events ({why}); watching {} every {} s for new connections",
+                    conntrack::PROC_PATH,
+                    period.as_secs()
+                );
+                self.wake_thread = Some(t);
+            }
+            Err(e) => warn!("cannot start the wake thread ({e}); waking on sessions only"),
+        }
+    }
+
     /// Starts (or stops) the wake thread as the configuration asks. A thread that cannot start
     /// leaves the watch to the loop, drained between ticks as before.
     fn configure_wake_watch(&mut self) {
@@ -975,9 +996,7 @@ impl Daemon {
         let watch = match ConnectWatch::new() {
             Ok(w) => w,
             Err(e) => {
-                warn!(
-                    "cannot watch new connections for Wake-on-LAN ({e}); waking on sessions only"
-                );
+                self.start_proc_wake(&e.to_string());
                 return;
             }
         };

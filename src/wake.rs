@@ -18,7 +18,7 @@
 //! is known asleep (in place of the Jellyfin calls, which would each block for the timeout).
 
 use crate::config;
-use crate::conntrack::{self, ConnectWatch, NewConn};
+use crate::conntrack::{self, ConnectWatch, NewConn, ProcConnectPoll};
 use crate::wol;
 use ipnet::IpNet;
 use log::{debug, info, warn};
@@ -332,6 +332,26 @@ impl WakeThread {
         })
     }
 
+    /// Starts the thread on the `/proc` table instead (no ctnetlink): a poll every `period`
+    /// (the tick interval: the table costs as much to read as `cat` of it), never blocked by
+    /// the tick.
+    pub fn start_proc(
+        waker: Waker,
+        poll: ProcConnectPoll,
+        period: Duration,
+    ) -> io::Result<WakeThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("wake".into())
+            .stack_size(128 * 1024)
+            .spawn(move || proc_loop(waker, poll, period, flag))?;
+        Ok(WakeThread {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
     /// True while the thread runs.
     pub fn alive(&self) -> bool {
         self.handle.as_ref().is_some_and(|h| !h.is_finished())
@@ -375,6 +395,33 @@ fn watch_loop(waker: Waker, mut watch: ConnectWatch, stop: Arc<AtomicBool>) {
         }
     }
     debug!("wake thread stopped");
+}
+
+fn proc_loop(waker: Waker, mut poll: ProcConnectPoll, period: Duration, stop: Arc<AtomicBool>) {
+    let mut conns = Vec::new();
+    let mut next = Instant::now();
+    let mut failed = false;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(IDLE_POLL));
+            continue;
+        }
+        next = now + period;
+        let ports = waker.lock().cfg.ports.clone();
+        conns.clear();
+        match poll.poll(&ports, &mut conns) {
+            Ok(()) => {
+                failed = false;
+                waker.on_connections(&conns);
+            }
+            Err(e) if !failed => {
+                failed = true;
+                warn!("Wake-on-LAN: cannot read the conntrack table ({e})");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -541,6 +588,34 @@ mod tests {
         w.lock().cfg.wol.enabled = false;
         w.on_connections(&[conn("203.0.113.9", 8096)]);
         assert_eq!(w.lock().scheduler.last_wake(), None);
+    }
+
+    #[test]
+    fn proc_thread_wakes_on_an_unanswered_syn() {
+        let dir = std::env::temp_dir().join(format!("jd-wake-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = dir.join("nf_conntrack");
+        std::fs::write(&table, "").unwrap();
+        let w = waker(60);
+        let t = WakeThread::start_proc(
+            w.clone(),
+            ProcConnectPoll::with_source(conntrack::ProcSource::with_path(&table)),
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        std::fs::write(
+            &table,
+            "ipv4     2 tcp      6 118 SYN_SENT src=203.0.113.9 dst=198.51.100.1 sport=60130 dport=8096 [UNREPLIED] src=192.168.1.2 dst=203.0.113.9 sport=8096 dport=60130 mark=0 zone=0 use=2\n",
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while w.lock().scheduler.last_wake().is_none() {
+            assert!(Instant::now() < deadline, "no wake decided");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(t.alive());
+        drop(t);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
