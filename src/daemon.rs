@@ -185,8 +185,11 @@ fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
         .collect()
 }
 
-/// How often the guard looks at the WAN counter between ticks.
+/// The guard's measurement window: the WAN rate over the last half second.
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
+/// How often the guard samples the WAN counter (by the clock, between ticks): the window
+/// slides by this step, so a jump is seen within a step of filling the window.
+pub const GUARD_STEP: Duration = Duration::from_millis(250);
 /// After a packet to a sleeping server, how long the loop ticks every second.
 const WAKING_WINDOW: Duration = Duration::from_secs(180);
 /// After Jellyfin answered from sleep, how long the loop keeps ticking every second (the
@@ -244,7 +247,7 @@ pub struct Daemon {
     /// status shows, what the guard subtracts).
     jellyfin_bps: u64,
     /// The guard's own meter (short windows between ticks).
-    guard_wan: RateMeter,
+    guard_wan: observe::WindowMeter,
     guard_last: Option<Instant>,
     wan_dev: Result<String, String>,
     capacity_bps: Option<u64>,
@@ -284,7 +287,7 @@ impl Daemon {
             wan_meter: RateMeter::default(),
             jf_meter: RateMeter::default(),
             jellyfin_bps: 0,
-            guard_wan: RateMeter::default(),
+            guard_wan: observe::WindowMeter::new(GUARD_PERIOD.as_secs_f64()),
             guard_last: None,
             wan_dev: Err("not resolved".into()),
             capacity_bps: None,
@@ -1356,7 +1359,7 @@ fn fmt_limit(bps: i64) -> String {
 /// The daemon: runs until SIGTERM/SIGINT (then cleans up), or one tick with `once`.
 ///
 /// Between ticks the loop waits on the signals (and, without a wake thread, on new
-/// connections), and runs the guard by the clock every [`GUARD_PERIOD`], however busy the
+/// connections), and runs the guard by the clock every [`GUARD_STEP`], however busy the
 /// event sources are.
 pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -> i32 {
     let mut signals = signals;
@@ -1381,7 +1384,7 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
         if next > now + period {
             next = now + period;
         }
-        let mut next_guard = now + GUARD_PERIOD;
+        let mut next_guard = now + GUARD_STEP;
         loop {
             let now = Instant::now();
             if now >= next {
@@ -1389,7 +1392,7 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
             }
             if now >= next_guard {
                 d.guard();
-                next_guard = Instant::now() + GUARD_PERIOD;
+                next_guard = Instant::now() + GUARD_STEP;
                 continue;
             }
             let wait = next.min(next_guard).saturating_duration_since(now);
