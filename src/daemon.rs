@@ -1291,7 +1291,7 @@ pub fn restore_all(cfg: &Config) -> Result<(), String> {
     }
     let mut backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string())?;
     if backup.is_empty() {
-        println!("no backed-up limits to restore");
+        crate::say("no backed-up limits to restore\n");
     } else {
         let mut server = server_for(cfg, Duration::from_secs(cfg.jellyfin.timeout as u64))?;
         for (uid, entry) in backup.entries() {
@@ -1312,11 +1312,11 @@ pub fn restore_all(cfg: &Config) -> Result<(), String> {
                     continue;
                 }
             }
-            println!(
-                "{}: remote limit {} restored",
+            crate::say(&format!(
+                "{}: remote limit {} restored\n",
                 entry.name,
                 fmt_limit(entry.original)
-            );
+            ));
             backup.remove(&uid).map_err(|e| e.to_string())?;
         }
     }

@@ -25,6 +25,27 @@ use std::sync::Mutex;
 
 static LEVEL: AtomicU8 = AtomicU8::new(3);
 
+/// Writes a printing verb's output. Rust ignores SIGPIPE, so a reader that went away
+/// (`jellydemon status --json | head -c1`) shows up as EPIPE: that ends the verb cleanly with
+/// exit 0, as SIGPIPE would for a C tool, instead of a panic (an abort in the shipped builds).
+pub fn print_out(text: &str) {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("jellydemon: cannot write to standard output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Progress lines of a verb that must finish its work whatever happens to its reader
+/// (`restore`): a closed or full output is ignored.
+pub fn say(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 /// RFC 3164 over the local syslog socket, as OpenWrt's logd and every syslogd read it:
 /// `<PRI>ident[pid]: message`, facility daemon. A few lines instead of a crate that brings a
 /// date library along: logd stamps the time itself.

@@ -3,7 +3,7 @@
 use argh::FromArgs;
 use jellydemon::config::{self, Config};
 use jellydemon::daemon::{self, Options, Signals};
-use jellydemon::{check, publish, status, wol};
+use jellydemon::{check, print_out, publish, status, wol};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -92,11 +92,9 @@ fn load(path: &Path) -> Result<config::Loaded, String> {
 }
 
 fn main() -> ExitCode {
-    // Handlers first: SIGHUP's default action would kill us before the loop is ready.
-    let signals = Signals::install();
     let cli: Cli = argh::from_env();
     if cli.version {
-        println!("jellydemon {}", env!("CARGO_PKG_VERSION"));
+        print_out(&format!("jellydemon {}\n", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
     let Some(verb) = cli.verb else {
@@ -106,7 +104,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let code = match verb {
-        Verb::Run(r) => run(&cli.config, r, signals),
+        Verb::Run(r) => run(&cli.config, r),
         Verb::Check(_) => {
             jellydemon::init_logging(true, config::LogLevel::Warn);
             check::run(&cli.config)
@@ -119,7 +117,10 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn run(path: &Path, r: Run, signals: std::io::Result<Signals>) -> u8 {
+fn run(path: &Path, r: Run) -> u8 {
+    // Handlers first: SIGHUP's default action would kill us before the loop is ready. Only
+    // here: every other verb keeps the default actions, so Ctrl-C stops `status --watch`.
+    let signals = Signals::install();
     let to_stderr = r.stderr || nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
     let loaded = match load(path) {
         Ok(l) => l,
@@ -174,7 +175,7 @@ fn status_cmd(path: &Path, s: StatusCmd) -> u8 {
         match s.watch {
             Some(n) if n > 0 => {
                 std::thread::sleep(Duration::from_secs(n));
-                print!("\x1b[2J\x1b[H");
+                print_out("\x1b[2J\x1b[H");
             }
             _ => return code,
         }
@@ -206,9 +207,9 @@ fn print_status(cfg: &Config, json: bool) -> u8 {
         .unwrap_or(0)
         .saturating_sub(st.updated);
     if json {
-        println!("{}", String::from_utf8_lossy(&bytes));
+        print_out(&format!("{}\n", String::from_utf8_lossy(&bytes)));
     } else {
-        print!("{}", publish::render_table(&st));
+        print_out(&publish::render_table(&st));
     }
     if age > 3 * st.interval.max(1) as u64 + 5 {
         eprintln!("jellydemon is not running: the status is {age} s old");
@@ -250,7 +251,7 @@ fn wake(path: &Path) -> u8 {
     let sender = wol::Sender::from_config(&cfg.wol);
     match sender.send(mac, cfg.wol.password.as_deref()) {
         Ok(_) => {
-            println!("magic packet sent on {}", cfg.wol.interface);
+            print_out(&format!("magic packet sent on {}\n", cfg.wol.interface));
             0
         }
         Err(e) => {
@@ -264,9 +265,9 @@ fn config_cmd(path: &Path, c: ConfigCmd) -> u8 {
     match load(path) {
         Ok(l) => {
             if c.effective {
-                print!("{}", config::effective(&l));
+                print_out(&config::effective(&l));
             } else {
-                print!("{}", config::render_show(&l));
+                print_out(&config::render_show(&l));
             }
             0
         }

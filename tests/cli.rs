@@ -358,3 +358,81 @@ fn wake_without_mac_is_a_clear_error() {
     assert_eq!(code, 1);
     assert!(err.contains("wol.mac is not set"), "{err}");
 }
+
+/// Ctrl-C in a terminal sends SIGINT to the foreground process group: `status --watch` must
+/// die of it like any other viewer (only `run` turns SIGINT into a clean-up).
+#[test]
+fn status_watch_stops_on_sigint() {
+    use std::io::BufRead;
+    let d = tempdir();
+    let emu = emulator();
+    let cfg = config(&d.0, &emu.url(), "");
+    let mut child = Command::new(exe())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["status", "--watch", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first "not running" line proves the loop runs (and main() is past any set-up).
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("not running"), "{line}");
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("status --watch ignored SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc_sigint()), "{status:?}");
+}
+
+fn libc_sigint() -> i32 {
+    nix::sys::signal::Signal::SIGINT as i32
+}
+
+/// `status --json | head -c0`, `config | head`: a reader that goes away is a normal end of
+/// output, not a crash (Rust ignores SIGPIPE, so every write then fails with EPIPE).
+#[test]
+fn printing_verbs_exit_cleanly_when_stdout_is_closed() {
+    let d = tempdir();
+    let emu = emulator();
+    let cfg = config(&d.0, &emu.url(), "");
+    let out = Command::new(exe())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--once", "--dry-run", "--stderr"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for verb in [
+        &["status", "--json"][..],
+        &["status"][..],
+        &["config"][..],
+        &["config", "--effective"][..],
+    ] {
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        drop(rd);
+        let out = Command::new(exe())
+            .arg("--config")
+            .arg(&cfg)
+            .args(verb)
+            .stdout(Stdio::from(wr))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{verb:?}: {err}");
+        assert!(!err.contains("panicked"), "{verb:?}: {err}");
+    }
+}
