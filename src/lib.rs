@@ -16,6 +16,7 @@ pub mod observe;
 pub mod publish;
 pub mod shaper;
 pub mod status;
+pub mod text;
 pub mod uci;
 pub mod wol;
 
