@@ -464,7 +464,7 @@ impl Daemon {
                 per_ip
                     .iter()
                     .map(|(ip, est)| measured(ip).unwrap_or(*est))
-                    .sum()
+                    .fold(0u64, u64::saturating_add)
             });
             self.jellyfin_bps = jellyfin_bps;
             let input = decide::Input {
@@ -656,7 +656,10 @@ impl Daemon {
             let Some(user) = by_id.get(want.user_id.as_str()) else {
                 continue;
             };
-            let desired = (want.limit_bps as i64).min(MAX_LIMIT);
+            // Jellyfin stores an int32; `as i64` would turn a huge figure into "no limit".
+            let desired = i64::try_from(want.limit_bps)
+                .unwrap_or(MAX_LIMIT)
+                .min(MAX_LIMIT);
             let current = user.remote_limit;
             if dry {
                 if current != desired {
@@ -821,7 +824,10 @@ impl Daemon {
                 ceil_bps: v.ceil_bps,
             })
             .collect();
-        let sum: u64 = viewers.iter().map(|v| v.rate_bps).sum();
+        let sum = viewers
+            .iter()
+            .map(|v| v.rate_bps)
+            .fold(0u64, u64::saturating_add);
         let spec = shaper::Spec {
             lan_device: self.cfg.network.lan_device.clone(),
             server_ip,
