@@ -29,9 +29,9 @@ static LEVEL: AtomicU8 = AtomicU8::new(3);
 /// Writes a printing verb's output. Rust ignores SIGPIPE, so a reader that went away
 /// (`jellydemon status --json | head -c1`) shows up as EPIPE: that ends the verb cleanly with
 /// exit 0, as SIGPIPE would for a C tool, instead of a panic (an abort in the shipped builds).
-pub fn print_out(text: &str) {
+pub fn print_out(text: impl AsRef<[u8]>) {
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    match out.write_all(text.as_ref()).and_then(|()| out.flush()) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => {

@@ -262,18 +262,35 @@ fn wake(path: &Path) -> u8 {
 }
 
 fn config_cmd(path: &Path, c: ConfigCmd) -> u8 {
-    match load(path) {
-        Ok(l) => {
-            if c.effective {
-                print_out(&config::effective(&l));
-            } else {
-                print_out(&config::render_show(&l));
+    if c.effective {
+        return match load(path) {
+            Ok(l) => {
+                print_out(config::effective(&l));
+                0
             }
-            0
-        }
+            Err(e) => {
+                eprintln!("jellydemon: {e}");
+                1
+            }
+        };
+    }
+    // What `uci show jellydemon` prints for every file uci reads (DESIGN.md §5): only a file
+    // uci itself refuses is an error here; jellydemon's own objections go to stderr.
+    let (package, file) = match config::read_package(path) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("jellydemon: {e}");
-            1
+            return 1;
         }
+    };
+    print_out(package.show_bytes("jellydemon"));
+    match config::from_package(&package, &file) {
+        Ok(l) => {
+            for w in &l.warnings {
+                eprintln!("jellydemon: warning: {w}");
+            }
+        }
+        Err(e) => eprintln!("jellydemon: {e}"),
     }
+    0
 }
