@@ -94,7 +94,7 @@ fn load(path: &Path) -> Result<config::Loaded, String> {
 fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
     if cli.version {
-        print_out(&format!("jellydemon {}\n", env!("CARGO_PKG_VERSION")));
+        print_out(format!("jellydemon {}\n", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
     let Some(verb) = cli.verb else {
@@ -207,9 +207,9 @@ fn print_status(cfg: &Config, json: bool) -> u8 {
         .unwrap_or(0)
         .saturating_sub(st.updated);
     if json {
-        print_out(&format!("{}\n", String::from_utf8_lossy(&bytes)));
+        print_out([&bytes[..], b"\n"].concat());
     } else {
-        print_out(&publish::render_table(&st));
+        print_out(publish::render_table(&st));
     }
     if age > 3 * st.interval.max(1) as u64 + 5 {
         eprintln!("jellydemon is not running: the status is {age} s old");
@@ -251,7 +251,7 @@ fn wake(path: &Path) -> u8 {
     let sender = wol::Sender::from_config(&cfg.wol);
     match sender.send(mac, cfg.wol.password.as_deref()) {
         Ok(_) => {
-            print_out(&format!("magic packet sent on {}\n", cfg.wol.interface));
+            print_out(format!("magic packet sent on {}\n", cfg.wol.interface));
             0
         }
         Err(e) => {
