@@ -912,12 +912,15 @@ impl Daemon {
             return;
         }
         // Off the loop: a slow ssh must not delay ticks.
-        std::thread::spawn(
-            move || match wol::run_idle_command(&argv, Duration::from_secs(60)) {
+        let started = crate::spawn_thread("idle-command", move || {
+            match wol::run_idle_command(&argv, Duration::from_secs(60)) {
                 Ok((code, out)) => info!("idle command exited {code}: {}", out.trim()),
                 Err(e) => warn!("idle command failed: {e}"),
-            },
-        );
+            }
+        });
+        if let Err(e) = started {
+            warn!("idle command not run: cannot start a thread for it: {e}");
+        }
     }
 
     /// Between ticks: when the uplink runs above target (a household upload just started),

@@ -41,6 +41,48 @@ pub fn print_out(text: impl AsRef<[u8]>) {
     }
 }
 
+/// Starts a named thread. `std::thread::spawn` panics when the system cannot start one (EAGAIN
+/// under a low process limit or memory pressure) — an abort in the shipped builds, which would
+/// leave every changed limit in place. This returns the error, for the caller to log and
+/// survive.
+pub fn spawn_thread<F, T>(name: &str, f: F) -> std::io::Result<std::thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    #[cfg(test)]
+    if test_faults::take_spawn_failure() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "cannot start a thread (injected)",
+        ));
+    }
+    std::thread::Builder::new().name(name.into()).spawn(f)
+}
+
+/// Faults the unit tests inject at the seams the OS owns.
+#[cfg(test)]
+pub(crate) mod test_faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        static SPAWN_FAILURES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// The next `n` [`super::spawn_thread`] calls on this thread fail.
+    pub fn fail_spawns(n: u32) {
+        SPAWN_FAILURES.with(|c| c.set(n));
+    }
+
+    pub fn take_spawn_failure() -> bool {
+        SPAWN_FAILURES.with(|c| {
+            let n = c.get();
+            c.set(n.saturating_sub(1));
+            n > 0
+        })
+    }
+}
+
 /// Progress lines of a verb that must finish its work whatever happens to its reader
 /// (`restore`): a closed or full output is ignored.
 pub fn say(text: &str) {
