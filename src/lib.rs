@@ -24,6 +24,76 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
+/// One entry point per parser of outside input, for the fuzz targets in `fuzz/` and the
+/// replay in `tests/fuzz_replay.rs`. Not an API: each runs the parser on arbitrary bytes and
+/// everything it leads to, and must never panic.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `/etc/config/jellydemon` (and sqm's file): the UCI grammar, `uci show`, validation.
+    pub fn uci(data: &[u8]) {
+        if let Ok(pkg) = crate::uci::parse(data) {
+            let _ = pkg.show_bytes("jellydemon");
+            if let Ok(l) = crate::config::from_package(&pkg, std::path::Path::new("/fuzz")) {
+                let _ = crate::config::effective(&l);
+            }
+        }
+        let _ = crate::observe::sqm_upload_bps(data, "eth0");
+    }
+
+    /// Every Jellyfin answer the daemon decodes, and what it derives from them.
+    pub fn jellyfin(data: &[u8]) {
+        use crate::jellyfin as jf;
+        if let Ok(sessions) = jf::decode_sessions(data) {
+            for s in &sessions {
+                let _ = (s.title(), s.estimated_bitrate(), s.can_message());
+                if let Some(r) = s.resume_request() {
+                    let _ = r.query();
+                }
+            }
+        }
+        if let Ok(users) = jf::decode_users(data) {
+            for u in &users {
+                let _ = u.policy_with_limit(u.remote_limit);
+            }
+        }
+        let _ = jf::decode_user(data);
+        let _ = jf::decode_item_bitrate(data, Some("a"));
+        let _ = jf::ServerInfo::from_slice(data);
+        let _ = crate::observe::parse_ubus_status(data);
+    }
+
+    /// What `tc` prints back (`qdisc show`, `-s class show`, `filter show`).
+    pub fn tc(data: &[u8]) {
+        use crate::shaper::parse;
+        let text = String::from_utf8_lossy(data);
+        let _ = parse::qdiscs(&text);
+        let _ = parse::classes(&text);
+        let _ = parse::filters(&text);
+        for word in text.split_ascii_whitespace().take(64) {
+            let _ = parse::parse_rate(word);
+            let _ = parse::parse_classid(word);
+        }
+    }
+
+    /// Kernel netlink replies: rtnetlink acknowledgements and ctnetlink conntrack messages.
+    pub fn netlink(data: &[u8]) {
+        let _ = crate::shaper::netlink::find_ack(data, 1);
+        crate::conntrack::for_each_msg(data, |_, _, _, payload| {
+            let _ = crate::conntrack::parse_ct_msg(payload);
+        });
+        let _ = crate::conntrack::parse_ct_msg(data);
+    }
+
+    /// `/proc/net/nf_conntrack` text, line by line and as a stream.
+    pub fn conntrack(data: &[u8]) {
+        for line in String::from_utf8_lossy(data).lines() {
+            let _ = crate::conntrack::parse_line(line);
+        }
+        let mut buf = Vec::new();
+        let _ = crate::conntrack::parse_stream(data, &mut buf, |_| {});
+    }
+}
+
 static LEVEL: AtomicU8 = AtomicU8::new(3);
 
 /// Writes a printing verb's output. Rust ignores SIGPIPE, so a reader that went away

@@ -8,7 +8,7 @@
 //! thin adapter that reads the kernel state with `tc ... show`, applies the plan with
 //! `tc -batch -` and manages the ifb device over rtnetlink.
 
-mod netlink;
+pub(crate) mod netlink;
 pub mod parse;
 pub mod plan;
 
