@@ -184,7 +184,7 @@ fn stream_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamKind, D::
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct NowPlaying {
-    #[serde(deserialize_with = "lenient::string")]
+    #[serde(deserialize_with = "lenient::id")]
     pub id: String,
     #[serde(deserialize_with = "lenient::opt_name")]
     pub name: Option<String>,
@@ -216,7 +216,7 @@ pub struct PlayState {
     /// `-1` means subtitles off.
     #[serde(deserialize_with = "lenient::opt_i64")]
     pub subtitle_stream_index: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_id")]
     pub media_source_id: Option<String>,
     /// `Transcode`, `DirectStream` or `DirectPlay`, as the client reports it.
     #[serde(deserialize_with = "lenient::opt_name")]
@@ -275,9 +275,9 @@ pub struct Session {
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct RawSession {
-    #[serde(deserialize_with = "lenient::string")]
+    #[serde(deserialize_with = "lenient::id")]
     id: String,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_id")]
     user_id: Option<String>,
     #[serde(deserialize_with = "lenient::opt_name")]
     user_name: Option<String>,
@@ -285,7 +285,7 @@ struct RawSession {
     client: Option<String>,
     #[serde(deserialize_with = "lenient::opt_name")]
     device_name: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_id")]
     device_id: Option<String>,
     #[serde(deserialize_with = "lenient::opt_string")]
     remote_end_point: Option<String>,
@@ -462,7 +462,7 @@ pub struct User {
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct RawUser {
-    #[serde(deserialize_with = "lenient::string")]
+    #[serde(deserialize_with = "lenient::id")]
     id: String,
     #[serde(deserialize_with = "lenient::name")]
     name: String,
@@ -761,7 +761,7 @@ struct ItemSources {
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct MediaSourceInfo {
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_id")]
     id: Option<String>,
     #[serde(deserialize_with = "lenient::opt_bitrate")]
     bitrate: Option<u64>,
@@ -1074,8 +1074,9 @@ mod tests {
             "{}",
             s.title()
         );
-        let u = decode_user(br#"{"Id":"u","Name":"a\r\nb"}"#).unwrap();
+        let u = decode_user(br#"{"Id":"u\u0000","Name":"a\r\nb"}"#).unwrap();
         assert_eq!(u.name, "a\\r\\nb");
+        assert_eq!(u.id, "u\\u{0}");
         let info = ServerInfo::from_slice(br#"{"version":"10.11\u0007","ServerName":1}"#).unwrap();
         assert_eq!(info.version.as_deref(), Some("10.11\\u{7}"));
         assert_eq!(info.server_name.as_deref(), Some("1"));

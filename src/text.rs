@@ -8,6 +8,8 @@
 
 /// Longest user, client or device name kept (characters).
 pub const MAX_NAME: usize = 128;
+/// Longest id kept verbatim (characters); real ones have 32 to 38.
+pub const MAX_ID: usize = 256;
 /// Longest title or error text kept (characters).
 pub const MAX_TEXT: usize = 256;
 

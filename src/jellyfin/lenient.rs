@@ -137,6 +137,18 @@ pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(opt_string(d)?.unwrap_or_default())
 }
 
+/// An id (session, user, item, device, media source): kept exactly as sent when it is
+/// printable and at most `text::MAX_ID` characters, as every real one is (32 hex digits or a
+/// GUID); anything else is escaped and cut like text, so logs stay clean and the server answers
+/// a call with it 404.
+pub fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(opt_string(d)?.map(|s| crate::text::clean(&s, crate::text::MAX_ID)))
+}
+
+pub fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(opt_id(d)?.unwrap_or_default())
+}
+
 /// Human text (names, titles): escaped and cut to `text::MAX_NAME` characters.
 pub fn opt_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(opt_string(d)?.map(|s| crate::text::clean(&s, crate::text::MAX_NAME)))
