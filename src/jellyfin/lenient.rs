@@ -133,10 +133,6 @@ pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
     Ok(Scalar::deserialize(d)?.into_string())
 }
 
-pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    Ok(opt_string(d)?.unwrap_or_default())
-}
-
 /// An id (session, user, item, device, media source): kept exactly as sent when it is
 /// printable and at most `text::MAX_ID` characters, as every real one is (32 hex digits or a
 /// GUID); anything else is escaped and cut like text, so logs stay clean and the server answers
