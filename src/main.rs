@@ -92,7 +92,7 @@ fn load(path: &Path) -> Result<config::Loaded, String> {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = argh::from_env();
+    let cli = parse_args();
     if cli.version {
         print_out(format!("jellydemon {}\n", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
@@ -115,6 +115,40 @@ fn main() -> ExitCode {
         Verb::Config(c) => config_cmd(&cli.config, c),
     };
     ExitCode::from(code)
+}
+
+/// `argh::from_env`, but `--help` goes through [`print_out`]: argh's own `println!` panics
+/// when the reader has gone (`jellydemon --help | head -1`).
+fn parse_args() -> Cli {
+    use argh::FromArgs;
+    let args: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
+        Ok(a) => a,
+        Err(bad) => {
+            eprintln!("jellydemon: an argument is not valid UTF-8: {bad:?}");
+            std::process::exit(1);
+        }
+    };
+    let cmd = args
+        .first()
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(a)
+        })
+        .unwrap_or("jellydemon");
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    Cli::from_args(&[cmd], &rest).unwrap_or_else(|early| match early.status {
+        Ok(()) => {
+            print_out(format!("{}\n", early.output));
+            std::process::exit(0)
+        }
+        Err(()) => {
+            eprintln!("{}\nRun {cmd} --help for more information.", early.output);
+            // argh's own code for a usage error.
+            std::process::exit(1)
+        }
+    })
 }
 
 fn run(path: &Path, r: Run) -> u8 {

@@ -479,6 +479,9 @@ fn printing_verbs_exit_cleanly_when_stdout_is_closed() {
         &["status"][..],
         &["config"][..],
         &["config", "--effective"][..],
+        &["--help"][..],
+        &["status", "--help"][..],
+        &["--version"][..],
     ] {
         let (rd, wr) = nix::unistd::pipe().unwrap();
         drop(rd);
