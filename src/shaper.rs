@@ -140,6 +140,9 @@ pub struct Capabilities {
     pub mirred: bool,
     /// Why tc or the ifb test failed, when it did.
     pub detail: Option<String>,
+    /// Why listing the scratch tree over rtnetlink failed (then every tick runs `tc`); `None`
+    /// when it worked or was not tried.
+    pub netlink_error: Option<String>,
 }
 
 impl Capabilities {
@@ -417,6 +420,13 @@ fn probe_counted(tc_path: &str, started: &AtomicU32) -> Capabilities {
             "filter", "add", "dev", &dev, "ingress", "protocol", "ip", "prio", "2", "u32", "match",
             "u32", "0", "0", "at", "0", "action", "mirred", "egress", "redirect", "dev", &dev,
         ]);
+    }
+    // The tree just built (htb, fq_codel, ingress, u32 with mirred) read back over rtnetlink
+    // as each tick reads its own.
+    if caps.htb {
+        let listed = netlink_listing(&dev, Part::Ifb)
+            .and_then(|_| netlink_listing(&dev, Part::LanIngress).map(|_| ()));
+        caps.netlink_error = listed.err().map(|e| e.to_string());
     }
     let _ = netlink::delete_link(&dev);
     caps

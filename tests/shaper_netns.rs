@@ -980,6 +980,10 @@ fn missing_tc_is_a_clear_error() {
         caps.tc && caps.ifb && caps.htb && caps.ingress && caps.u32 && caps.mirred,
         "{caps:?}"
     );
+    assert_eq!(
+        caps.netlink_error, None,
+        "the scratch tree reads over rtnetlink"
+    );
     let links = ip(&["-n", &t.rtr, "-o", "link", "show"]);
     assert!(!links.contains("jdp"), "probe device left: {links}");
     let mut bad = TcShaper::new("ifb0", "tc");
