@@ -1104,7 +1104,17 @@ fn the_netlink_listing_equals_the_tc_listing() {
         last = now;
     }
 
-    let (nl, tc) = listings(&t, &sh, IFB, Part::Ifb);
+    // A late packet (a retransmitted FIN) between the two listings moves a counter: such a
+    // pair is taken again, a few times at most; anything else fails at once.
+    let mut tries = 0;
+    let (nl, tc) = loop {
+        let (nl, tc) = listings(&t, &sh, IFB, Part::Ifb);
+        let bytes = |l: &Listing| l.classes.iter().map(|c| c.bytes).collect::<Vec<_>>();
+        tries += 1;
+        if bytes(&nl) == bytes(&tc) || tries == 5 {
+            break (nl, tc);
+        }
+    };
     assert_same(&nl, &tc);
     // Not trivially equal: the whole tree is there, with counters and exact rates.
     assert!(nl
