@@ -70,7 +70,7 @@ pub fn render(lines: &[Line]) -> (String, u8) {
 pub fn run(path: &Path) -> u8 {
     let lines = gather(path);
     let (text, code) = render(&lines);
-    print!("{text}");
+    crate::print_out(text);
     code
 }
 

@@ -763,7 +763,7 @@ fn parse_ct_attrs(b: &[u8]) -> Option<Entry> {
 }
 
 /// Splits a datagram of netlink messages; calls `f(type, flags, seq, payload)`.
-fn for_each_msg(mut b: &[u8], mut f: impl FnMut(u16, u16, u32, &[u8])) {
+pub(crate) fn for_each_msg(mut b: &[u8], mut f: impl FnMut(u16, u16, u32, &[u8])) {
     while b.len() >= nl::NLMSG_HDRLEN {
         let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if len < nl::NLMSG_HDRLEN || len > b.len() {
@@ -779,7 +779,7 @@ fn for_each_msg(mut b: &[u8], mut f: impl FnMut(u16, u16, u32, &[u8])) {
 }
 
 /// Parses a ctnetlink conntrack message payload (nfgenmsg + attributes).
-fn parse_ct_msg(payload: &[u8]) -> Option<Entry> {
+pub(crate) fn parse_ct_msg(payload: &[u8]) -> Option<Entry> {
     parse_ct_attrs(payload.get(4..)?)
 }
 

@@ -471,7 +471,7 @@ impl Daemon {
                 per_ip
                     .iter()
                     .map(|(ip, est)| measured(ip).unwrap_or(*est))
-                    .sum()
+                    .fold(0u64, u64::saturating_add)
             });
             self.jellyfin_bps = jellyfin_bps;
             let input = decide::Input {
@@ -748,7 +748,10 @@ impl Daemon {
             let Some(user) = by_id.get(want.user_id.as_str()) else {
                 continue;
             };
-            let desired = (want.limit_bps as i64).min(MAX_LIMIT);
+            // Jellyfin stores an int32; `as i64` would turn a huge figure into "no limit".
+            let desired = i64::try_from(want.limit_bps)
+                .unwrap_or(MAX_LIMIT)
+                .min(MAX_LIMIT);
             let current = user.remote_limit;
             if dry {
                 if current != desired {
@@ -913,7 +916,10 @@ impl Daemon {
                 ceil_bps: v.ceil_bps,
             })
             .collect();
-        let sum: u64 = viewers.iter().map(|v| v.rate_bps).sum();
+        let sum = viewers
+            .iter()
+            .map(|v| v.rate_bps)
+            .fold(0u64, u64::saturating_add);
         let spec = shaper::Spec {
             lan_device: self.cfg.network.lan_device.clone(),
             server_ip,
@@ -1030,12 +1036,15 @@ impl Daemon {
             return;
         }
         // Off the loop: a slow ssh must not delay ticks.
-        std::thread::spawn(
-            move || match wol::run_idle_command(&argv, Duration::from_secs(60)) {
+        let started = crate::spawn_thread("idle-command", move || {
+            match wol::run_idle_command(&argv, Duration::from_secs(60)) {
                 Ok((code, out)) => info!("idle command exited {code}: {}", out.trim()),
                 Err(e) => warn!("idle command failed: {e}"),
-            },
-        );
+            }
+        });
+        if let Err(e) = started {
+            warn!("idle command not run: cannot start a thread for it: {e}");
+        }
     }
 
     /// Between ticks: when the uplink runs above target (a household upload just started),
@@ -1453,7 +1462,7 @@ pub fn restore_all(cfg: &Config) -> Result<(), String> {
     }
     let mut backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string())?;
     if backup.is_empty() {
-        println!("no backed-up limits to restore");
+        crate::say("no backed-up limits to restore\n");
     } else {
         let mut server = server_for(cfg, Duration::from_secs(cfg.jellyfin.timeout as u64))?;
         for (uid, entry) in backup.entries() {
@@ -1474,11 +1483,11 @@ pub fn restore_all(cfg: &Config) -> Result<(), String> {
                     continue;
                 }
             }
-            println!(
-                "{}: remote limit {} restored",
+            crate::say(&format!(
+                "{}: remote limit {} restored\n",
                 entry.name,
                 fmt_limit(entry.original)
-            );
+            ));
             backup.remove(&uid).map_err(|e| e.to_string())?;
         }
     }

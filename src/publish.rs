@@ -946,6 +946,50 @@ fn send_loop(url: &crate::http::Url, timeout: Duration, rx: &Receiver<Vec<u8>>, 
 
 #[cfg(test)]
 mod tests {
+
+    proptest::proptest! {
+        /// Figures in a status file can be anything a u64 holds (and the file is read back by
+        /// `status`): rendering saturates, in debug builds too, where an overflow panics.
+        #[test]
+        fn rendering_survives_extreme_figures(
+            v in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(0u64), proptest::strategy::Just(u64::MAX),
+                proptest::strategy::Just(i64::MAX as u64), proptest::strategy::Just(i32::MAX as u64),
+                proptest::prelude::any::<u64>()], 12),
+            restarts in proptest::prelude::any::<u32>(), interval in proptest::prelude::any::<u32>()) {
+            let stream = crate::status::StreamStatus {
+                external: true,
+                source_bps: Some(v[0]),
+                limit_bps: v[1],
+                shaped_bps: v[2],
+                measured_bps: crate::status::Averages { m1: v[3], m5: v[4], m10: v[5] },
+                restarts,
+                ..Default::default()
+            };
+            let st = crate::status::Status {
+                updated: v[6],
+                interval,
+                budget_bps: v[7],
+                wan: crate::status::WanStatus {
+                    capacity_bps: Some(v[8]), tx_bps: v[9], jellyfin_bps: v[10], other_bps: v[11],
+                    device: Some("wan".into()),
+                },
+                wol: crate::status::WolStatus { last_wake: Some(v[6]), wakes: v[7], ..Default::default() },
+                streams: vec![stream.clone(), stream],
+                ..Default::default()
+            };
+            let _ = render_table(&st);
+            let _ = render_prometheus(&st);
+            let _ = format_utc(v[6]);
+            for e in [
+                Event::LimitChanged { user: "u".into(), old_bps: v[0], new_bps: v[1] },
+                Event::PlaybackRestarted { user: "u".into(), session_id: "s".into(), limit_bps: v[2] },
+            ] {
+                let _ = e.content();
+                let _ = e.payload(v[6]);
+            }
+        }
+    }
     use super::*;
     use crate::status::Averages;
 
