@@ -189,7 +189,7 @@ fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
 /// How often the guard samples the WAN counter (by the clock, between ticks): the window
 /// slides by this step, so a jump is seen within a step of filling the window.
-pub const GUARD_STEP: Duration = Duration::from_millis(250);
+pub const GUARD_STEP: Duration = Duration::from_millis(100);
 /// After a packet to a sleeping server, how long the loop ticks every second.
 const WAKING_WINDOW: Duration = Duration::from_secs(180);
 /// After Jellyfin answered from sleep, how long the loop keeps ticking every second (the
