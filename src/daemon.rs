@@ -591,13 +591,10 @@ impl Daemon {
         {
             return true;
         }
-        let Some(since) = self.presence.slept_since else {
-            return false;
-        };
         let w = self.waker.lock();
         w.last
             .as_ref()
-            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && l.unix.saturating_add(60) >= since)
+            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && self.presence.woken_by(l.unix))
     }
 
     fn set_reachable(&mut self, ok: bool, err: Option<String>) {
@@ -1122,19 +1119,7 @@ impl Daemon {
         st.server_awake = p.known.then_some(!p.asleep());
         st.asleep_since = p.asleep_since;
         st.awake_after_s = p.awake_after_s.map(|a| (a * 10.0).round() / 10.0);
-        st.server_state = p.known.then(|| {
-            let woken = st
-                .last_wake
-                .zip(p.slept_since)
-                .is_some_and(|(t, since)| t.saturating_add(60) >= since);
-            match (p.asleep(), p.slept_since.is_some(), woken) {
-                (true, _, false) => "asleep",
-                (_, true, true) => "waking",
-                (false, true, false) => "booting",
-                _ => "awake",
-            }
-            .to_string()
-        });
+        st.server_state = p.state(st.last_wake).map(str::to_string);
         st
     }
 
