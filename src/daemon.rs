@@ -6,8 +6,10 @@ use crate::backup::Backup;
 use crate::config::Config;
 use crate::conntrack::{self, ConnectWatch, FlowCounter, FlowSource};
 use crate::decide::{self, Plan};
+use crate::firewall::{self, Offload};
 use crate::jellyfin::{self, MediaServer, Session};
 use crate::monitor::Monitor;
+use crate::netifd::{self, LinkWatch};
 use crate::observe::{self, RateMeter};
 use crate::publish::{self, Event, Webhook};
 use crate::shaper::{self, Shaper};
@@ -118,6 +120,42 @@ pub fn wan_device(cfg: &Config) -> Result<String, String> {
     }
 }
 
+/// The LAN device: `lan_device` when set, else the device netifd reports for `lan_interface`.
+pub fn lan_device(cfg: &Config) -> Result<String, String> {
+    match &cfg.network.lan_device {
+        Some(d) => Ok(d.clone()),
+        None => netifd::resolve_device(
+            &mut netifd::Ubus,
+            &cfg.network.lan_interface,
+            "network.lan_device",
+        ),
+    }
+}
+
+/// The WAN interfaces whose delegated IPv6 prefixes are the home's: `wan_interface` and its
+/// DHCPv6 twin (`wan6`, as OpenWrt names it), which is where netifd reports the prefix.
+pub fn wan_interfaces(cfg: &Config) -> Vec<String> {
+    let w = &cfg.network.wan_interface;
+    vec![w.clone(), format!("{w}6")]
+}
+
+/// What `network.internal` means now: `configured` (its CIDRs) and, when it names interfaces,
+/// their networks as netifd reports them (the private ranges when it reports none).
+pub fn internal_networks(cfg: &Config, configured: &[ipnet::IpNet]) -> netifd::Internal {
+    if cfg.network.internal_interfaces.is_empty() {
+        return netifd::Internal {
+            nets: configured.to_vec(),
+            ..Default::default()
+        };
+    }
+    netifd::resolve_internal(
+        &mut netifd::Ubus,
+        configured,
+        &cfg.network.internal_interfaces,
+        &wan_interfaces(cfg),
+    )
+}
+
 /// The uplink capacity: `upload_mbps`, else SQM's configured upload on the WAN device.
 pub fn capacity(cfg: &Config, wan_dev: Option<&str>, sqm_path: &Path) -> Option<u64> {
     if let Some(m) = cfg.bandwidth.upload_mbps {
@@ -219,6 +257,16 @@ pub struct Daemon {
     guard_wan: RateMeter,
     guard_last: Option<Instant>,
     wan_dev: Result<String, String>,
+    /// The WAN device's interface index when last read: a new one means new counters.
+    wan_ifindex: Option<u32>,
+    lan_dev: Result<String, String>,
+    /// `network.internal`'s own networks, before interfaces are resolved into
+    /// `cfg.network.internal` (which then holds every local network).
+    internal_configured: Vec<ipnet::IpNet>,
+    internal: netifd::Internal,
+    links: Option<LinkWatch>,
+    offload: Offload,
+    ticks: u64,
     capacity_bps: Option<u64>,
     /// user id → the limit this process last wrote.
     applied: HashMap<String, i64>,
@@ -256,6 +304,13 @@ impl Daemon {
             guard_wan: RateMeter::default(),
             guard_last: None,
             wan_dev: Err("not resolved".into()),
+            wan_ifindex: None,
+            lan_dev: Err("not resolved".into()),
+            internal_configured: cfg.network.internal.clone(),
+            internal: netifd::Internal::default(),
+            links: None,
+            offload: Offload::Off,
+            ticks: 0,
             capacity_bps: None,
             applied: HashMap::new(),
             reachable: None,
@@ -283,7 +338,7 @@ impl Daemon {
 
     /// (Re)builds the adapters for a configuration. Used at start and on SIGHUP.
     fn configure(&mut self, cfg: Config) {
-        let old = std::mem::replace(&mut self.cfg, cfg);
+        self.cfg = cfg;
         let cfg = &self.cfg;
         let timeout = Duration::from_secs(cfg.jellyfin.timeout as u64);
         match server_for(cfg, timeout) {
@@ -301,6 +356,16 @@ impl Daemon {
         if let Err(e) = &self.wan_dev {
             error!("{e}");
         }
+        let old_lan = std::mem::replace(&mut self.lan_dev, Err("not resolved".into()));
+        self.internal_configured = self.cfg.network.internal.clone();
+        self.resolve_network();
+        if self.links.is_none() {
+            self.links = LinkWatch::new()
+                .map_err(|e| warn!("{e}: interface changes are followed every minute"))
+                .ok();
+        }
+        self.read_offload();
+        let cfg = &self.cfg;
         self.capacity_bps = capacity(cfg, self.wan_dev.as_deref().ok(), Path::new(SQM_CONFIG));
         if self.capacity_bps.is_none() {
             error!("uplink capacity unknown: set bandwidth.upload_mbps (or configure SQM on the WAN device); limits are not managed");
@@ -324,7 +389,7 @@ impl Daemon {
 
         // Shaping: own tc objects on the LAN side. A changed LAN device means the old tree
         // must go first.
-        let lan_changed = old.network.lan_device != cfg.network.lan_device;
+        let lan_changed = old_lan != self.lan_dev;
         if lan_changed {
             if let Some(s) = self.shaper.as_mut() {
                 let _ = s.remove();
@@ -340,8 +405,10 @@ impl Daemon {
                     )
                 }
                 Some(_) => {
-                    let s = shaper::TcShaper::new(SHAPER_DEVICE, "tc")
-                        .with_lan_device(&cfg.network.lan_device);
+                    let mut s = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+                    if let Ok(lan) = &self.lan_dev {
+                        s = s.with_lan_device(lan);
+                    }
                     self.shaper = Some(Box::new(s));
                     self.shaper_error = None;
                 }
@@ -390,21 +457,10 @@ impl Daemon {
     pub fn tick(&mut self) {
         let now = self.now();
         let mut errors: Vec<String> = Vec::new();
+        self.follow_network(&mut errors);
 
         // Observe: the WAN counter.
-        let wan_bps = match &self.wan_dev {
-            Ok(dev) => match observe::read_tx_bytes(Path::new(SYS_ROOT), dev) {
-                Ok(c) => self.wan_meter.update(now, c),
-                Err(e) => {
-                    errors.push(e.to_string());
-                    None
-                }
-            },
-            Err(e) => {
-                errors.push(e.clone());
-                None
-            }
-        };
+        let wan_bps = self.read_wan(now, &mut errors);
 
         // Observe: per-viewer Jellyfin bytes — own tc class counters, else conntrack.
         let counters = self.viewer_counters(&mut errors);
@@ -550,10 +606,12 @@ impl Daemon {
                 Err(e) => debug!("tc counters unavailable: {e}"),
             }
         }
-        let server = self.cfg.server_ip()?;
+        let mut servers = vec![self.cfg.server_ip()?];
+        servers.extend(self.cfg.server_ip6().map(IpAddr::V6));
+        servers.dedup();
         let (src, counter) = self.flows.as_mut()?;
         let mut flows = Vec::new();
-        match src.flows(&[server], &self.cfg.jellyfin.ports, &mut flows) {
+        match src.flows(&servers, &self.cfg.jellyfin.ports, &mut flows) {
             Ok(()) => {
                 counter.update(&flows);
                 // Bounded memory when many addresses come and go: forget viewers silent for
@@ -808,6 +866,13 @@ impl Daemon {
         let Some(server_ip) = self.cfg.server_ip() else {
             return;
         };
+        let lan_device = match &self.lan_dev {
+            Ok(d) => d.clone(),
+            Err(e) => {
+                errors.push(format!("shaping: LAN device unknown: {e}"));
+                return;
+            }
+        };
         let Some(sh) = self.shaper.as_mut() else {
             return;
         };
@@ -823,9 +888,9 @@ impl Daemon {
             .collect();
         let sum: u64 = viewers.iter().map(|v| v.rate_bps).sum();
         let spec = shaper::Spec {
-            lan_device: self.cfg.network.lan_device.clone(),
+            lan_device,
             server_ip,
-            server_ip6: None,
+            server_ip6: self.cfg.server_ip6(),
             ports: self.cfg.jellyfin.ports.clone(),
             total_bps: self.last_plan.budget_bps.max(sum).max(1_000_000),
             newcomer_bps: (self.cfg.bandwidth.min_stream_mbps * 1e6).round() as u64,
@@ -930,7 +995,10 @@ impl Daemon {
         let Ok(tx) = observe::read_tx_bytes(Path::new(SYS_ROOT), dev) else {
             return;
         };
-        let Some(wan_bps) = self.guard_wan.update(now, tx) else {
+        let Some(wan_bps) = self
+            .guard_wan
+            .update_within(now, tx, self.plausible_wan_bps())
+        else {
             return;
         };
         // Jellyfin's own upload as the last tick measured it: cheap (no tc run), and when the
@@ -1138,6 +1206,13 @@ impl Daemon {
                 active: self.status.shaping.active,
                 error: self.status.shaping.error.clone(),
             },
+            network: status::NetworkStatus {
+                lan_device: self.lan_dev.as_ref().ok().cloned(),
+                internal: self.internal.nets.iter().map(|n| n.to_string()).collect(),
+                internal_fallback: self.internal.fallback,
+                server_ip6: self.cfg.server_ip6().map(|a| a.to_string()),
+                flow_offloading: self.offload,
+            },
             errors,
         };
         let path = self.cfg.main.run_dir.join("status.json");
@@ -1196,6 +1271,134 @@ impl Daemon {
             }
             Err(e) => error!("{e}; keeping the running configuration"),
         }
+    }
+}
+
+/// Following the home network: netifd's interfaces, the WAN device behind them, the firewall.
+impl Daemon {
+    /// Resolves what depends on netifd: the LAN device and the `internal` networks (the WAN
+    /// device is re-read where its counter fails, see [`Daemon::read_wan`]).
+    fn resolve_network(&mut self) {
+        let lan = lan_device(&self.cfg);
+        if lan != self.lan_dev {
+            match (&lan, &self.lan_dev) {
+                (Ok(d), _) => info!("LAN device {d}"),
+                (Err(e), Ok(_)) | (Err(e), Err(_)) => warn!("{e}"),
+            }
+            self.lan_dev = lan;
+        }
+        let internal = internal_networks(&self.cfg, &self.internal_configured);
+        if internal != self.internal {
+            let list: Vec<String> = internal.nets.iter().map(|n| n.to_string()).collect();
+            info!(
+                "local networks: {}{}",
+                list.join(" "),
+                if internal.fallback {
+                    " (netifd gave none: the private ranges stand in)"
+                } else {
+                    ""
+                }
+            );
+            for p in &internal.problems {
+                warn!("{p}");
+            }
+        }
+        self.cfg.network.internal = internal.nets.clone();
+        self.internal = internal;
+    }
+
+    fn read_offload(&mut self) {
+        let o = firewall::read_offload(Path::new(firewall::FIREWALL_CONFIG));
+        if o != self.offload && o.is_on() {
+            warn!("{}; {}", o.meaning(), o.fix());
+        }
+        self.offload = o;
+    }
+
+    /// Once per tick: when the kernel reported a link or address change (or, without that
+    /// notification, about every minute), ask netifd again; the firewall's file about every
+    /// minute.
+    fn follow_network(&mut self, errors: &mut Vec<String>) {
+        self.ticks += 1;
+        let minute = (60 / self.cfg.main.interval.max(1) as u64).max(1);
+        let changed = match self.links.as_mut() {
+            Some(w) => w.changed(),
+            None => self.ticks % minute == 0,
+        };
+        if changed {
+            self.resolve_network();
+        }
+        if self.ticks % minute == 0 {
+            self.read_offload();
+        }
+        if self.offload.is_on() && self.cfg.shaping.enabled {
+            errors.push(format!(
+                "{}; {}",
+                self.offload.meaning(),
+                self.offload.fix()
+            ));
+        }
+    }
+
+    /// The fastest upload the WAN could carry: a counter delta beyond it is a device that
+    /// started again, not traffic.
+    fn plausible_wan_bps(&self) -> Option<u64> {
+        self.capacity_bps
+            .map(|c| c.saturating_mul(4).max(100_000_000))
+    }
+
+    /// The WAN upload since the last tick. A counter that cannot be read (PPPoE down, the
+    /// device renamed or re-created) makes the daemon ask netifd for the device again at
+    /// once; a new device (or the same name with a new interface index) starts a new series,
+    /// so its counters from zero are never read as traffic.
+    fn read_wan(&mut self, now: f64, errors: &mut Vec<String>) -> Option<u64> {
+        let follow = self.cfg.network.wan_device.is_none();
+        for attempt in 0..2 {
+            let err = match &self.wan_dev {
+                Ok(dev) => {
+                    let index = observe::read_ifindex(Path::new(SYS_ROOT), dev);
+                    match observe::read_tx_bytes(Path::new(SYS_ROOT), dev) {
+                        Ok(c) => {
+                            if index != self.wan_ifindex {
+                                if self.wan_ifindex.is_some() {
+                                    info!("WAN device {dev} is new (index {index:?}): its counters start again");
+                                }
+                                self.wan_ifindex = index;
+                                self.wan_meter.reset();
+                                self.guard_wan.reset();
+                            }
+                            let max = self.plausible_wan_bps();
+                            return self.wan_meter.update_within(now, c, max);
+                        }
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Err(e) => e.clone(),
+            };
+            if attempt == 0 && follow {
+                let dev = wan_device(&self.cfg);
+                if dev != self.wan_dev {
+                    if let Ok(d) = &dev {
+                        info!("WAN device now {d}");
+                    }
+                    self.wan_dev = dev;
+                    self.wan_ifindex = None;
+                    self.wan_meter.reset();
+                    self.guard_wan.reset();
+                    if self.cfg.bandwidth.upload_mbps.is_none() {
+                        self.capacity_bps = capacity(
+                            &self.cfg,
+                            self.wan_dev.as_deref().ok(),
+                            Path::new(SQM_CONFIG),
+                        );
+                    }
+                    continue;
+                }
+            }
+            errors.push(err);
+            return None;
+        }
+        None
     }
 }
 
@@ -1284,8 +1487,13 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
 /// Works without a running daemon (after a crash, or to undo `run --once`).
 pub fn restore_all(cfg: &Config) -> Result<(), String> {
     let mut problems = Vec::new();
-    let mut sh =
-        shaper::TcShaper::new(SHAPER_DEVICE, "tc").with_lan_device(&cfg.network.lan_device);
+    let mut sh = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+    match lan_device(cfg) {
+        Ok(lan) => sh = sh.with_lan_device(&lan),
+        Err(e) => problems.push(format!(
+            "LAN device: {e} (its redirect filters, if any, stay)"
+        )),
+    }
     if let Err(e) = sh.remove() {
         problems.push(format!("shaping state: {e}"));
     }
