@@ -1039,8 +1039,7 @@ fn parse_internal(v: &str) -> Option<Result<IpNet, String>> {
         return Some(Ok(n));
     }
     // A name has no '.', ':' or '/', so a mistyped address is never taken for one.
-    (valid_uci_name(v) && v.len() <= 64 && !v.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| Err(v.to_string()))
+    (valid_uci_name(v) && v.len() <= 64).then(|| Err(v.to_string()))
 }
 
 fn parse_abs_path(v: &str) -> Option<PathBuf> {
@@ -1515,7 +1514,7 @@ mod tests {
         ("network", "network", "internal", "fc00::/129", "an IPv4 or IPv6 network"),
         ("network", "network", "internal", "lan-1", "or an interface name"),
         ("network", "network", "internal", "192.168.1", "an IPv4 or IPv6 network"),
-        ("network", "network", "internal", "42", "or an interface name"),
+        ("network", "network", "internal", "10.0.0.0/8/8", "or an interface name"),
         ("network", "network", "lan_interface", "lan.1", "letters, digits and _"),
         ("bandwidth", "bandwidth", "upload_mbps", "0", "above 0"),
         ("bandwidth", "bandwidth", "upload_mbps", "20,5", "'.' as decimal point"),
