@@ -1488,7 +1488,15 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
 pub fn restore_all(cfg: &Config) -> Result<(), String> {
     let mut problems = Vec::new();
     let mut sh = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
-    match lan_device(cfg) {
+    // Without netifd (ubus gone, the LAN down), the bridge OpenWrt names br-lan is the one
+    // place left to look: a redirect to a removed device would drop the server's packets.
+    let lan = lan_device(cfg).or_else(|e| {
+        Path::new(&format!("{SYS_ROOT}/class/net/br-lan"))
+            .exists()
+            .then(|| "br-lan".to_string())
+            .ok_or(e)
+    });
+    match lan {
         Ok(lan) => sh = sh.with_lan_device(&lan),
         Err(e) => problems.push(format!(
             "LAN device: {e} (its redirect filters, if any, stay)"

@@ -137,8 +137,15 @@ impl Netifd for Ubus {
         if !valid_name(name) {
             return Err(format!("'{name}' is not a netifd interface name"));
         }
+        // `-t`: ubus's own timeout (30 s by default) would stall the tick on a stuck ubusd.
         let out = Command::new("ubus")
-            .args(["call", &format!("network.interface.{name}"), "status"])
+            .args([
+                "-t",
+                "3",
+                "call",
+                &format!("network.interface.{name}"),
+                "status",
+            ])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()

@@ -37,7 +37,11 @@ pub const NETIFD_ENV: &str = "HOMENET_NETIFD";
 
 /// `ubus ...` as the stand-in answers it; returns the exit code.
 pub fn ubus_main(args: &[String]) -> i32 {
-    let call: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut call: Vec<&str> = args.iter().map(String::as_str).collect();
+    // `-t <seconds>` (ubus's request timeout) is accepted and has nothing to wait for here.
+    if call.first() == Some(&"-t") && call.len() >= 2 {
+        call.drain(..2);
+    }
     let name = match call.as_slice() {
         ["call", obj, "status", ..] => match obj.strip_prefix("network.interface.") {
             Some(n) => n.to_string(),
