@@ -1341,10 +1341,12 @@ impl Daemon {
     }
 
     /// The fastest upload the WAN could carry: a counter delta beyond it is a device that
-    /// started again, not traffic.
+    /// started again, not traffic. Generous (10× the capacity, at least 1 Gbit/s), since a
+    /// configured capacity may be well below the line's: a counter that falls from a few
+    /// hundred MB to zero still reads as several Gbit/s when taken for a 32-bit wrap.
     fn plausible_wan_bps(&self) -> Option<u64> {
         self.capacity_bps
-            .map(|c| c.saturating_mul(4).max(100_000_000))
+            .map(|c| c.saturating_mul(10).max(1_000_000_000))
     }
 
     /// The WAN upload since the last tick. A counter that cannot be read (PPPoE down, the
