@@ -280,13 +280,27 @@ fn check_lan(cfg: &Config) -> Vec<Line> {
         ipnet::IpNet::V6(n) => (n.addr().segments()[0] & 0xe000) == 0x2000,
         _ => false,
     });
-    match cfg.server_ip6() {
-        Some(ip) => out.push(Line::ok(format!("media server IPv6 address {ip}"))),
-        None if global_v6 => out.push(Line::warn(
+    let learned = match (cfg.server_ip6(), daemon::lan_device(cfg)) {
+        (None, Ok(lan)) => daemon::learn_server_ip6(cfg, &lan),
+        _ => crate::neigh::Learned::None,
+    };
+    match (cfg.server_ip6(), learned) {
+        (Some(ip), _) => out.push(Line::ok(format!("media server IPv6 address {ip}"))),
+        (None, crate::neigh::Learned::One(ip)) => out.push(Line::ok(format!(
+            "media server IPv6 address {ip} (from the neighbour table; set jellyfin.server_ip6 to fix it)"
+        ))),
+        (None, crate::neigh::Learned::Several(all)) => out.push(Line::warn(
+            format!(
+                "the media server has several IPv6 addresses ({}): remote IPv6 viewers are neither shaped nor counted",
+                all.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            "set jellyfin.server_ip6 to the address its viewers use (the stable one, not a temporary one)",
+        )),
+        (None, _) if global_v6 => out.push(Line::warn(
             "the LAN has global IPv6 but the media server's IPv6 address is unknown: remote IPv6 viewers are neither shaped nor counted",
             "set jellyfin.server_ip6 to the server's global address (ip -6 addr on the server)",
         )),
-        None => {}
+        (None, _) => {}
     }
     let offload = crate::firewall::read_offload(Path::new(crate::firewall::FIREWALL_CONFIG));
     if offload.is_on() && cfg.shaping.enabled {

@@ -72,7 +72,8 @@ pub struct Jellyfin {
     /// LAN address the media traffic comes from; `None` = the url's host when it is an IP.
     pub server_ip: Option<IpAddr>,
     /// The server's global IPv6 address, which remote IPv6 viewers reach directly (IPv6 is
-    /// routed, not forwarded); `None` = `server_ip` when that is IPv6, else no IPv6 shaping.
+    /// routed, not forwarded); `None` = `server_ip` when that is IPv6, else learned by the
+    /// daemon from the router's neighbour tables.
     pub server_ip6: Option<Ipv6Addr>,
     pub ports: Vec<u16>,
     /// Seconds per HTTP call.
@@ -1282,7 +1283,7 @@ pub fn effective(loaded: &Loaded) -> String {
     let server6 = match (j.server_ip6, c.server_ip()) {
         (Some(ip), _) => ip.to_string(),
         (None, Some(IpAddr::V6(ip))) => format!("{ip} (server_ip)"),
-        (None, _) => "<unset: IPv6 shaping and counting off>".into(),
+        (None, _) => "<unset: learned from the neighbour table>".into(),
     };
     put(s, "jellyfin", "server_ip6", server6);
     put(

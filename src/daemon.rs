@@ -9,6 +9,7 @@ use crate::decide::{self, Plan};
 use crate::firewall::{self, Offload};
 use crate::jellyfin::{self, MediaServer, Session};
 use crate::monitor::Monitor;
+use crate::neigh;
 use crate::netifd::{self, LinkWatch};
 use crate::observe::{self, RateMeter};
 use crate::publish::{self, Event, Webhook};
@@ -156,6 +157,30 @@ pub fn internal_networks(cfg: &Config, configured: &[ipnet::IpNet]) -> netifd::I
     )
 }
 
+/// The server's IPv6 address from the router's neighbour tables (see [`crate::neigh`]), when
+/// the configuration does not give it and `server_ip` is IPv4.
+pub fn learn_server_ip6(cfg: &Config, lan_device: &str) -> neigh::Learned {
+    let Some(IpAddr::V4(v4)) = cfg.server_ip() else {
+        return neigh::Learned::None;
+    };
+    let Ok(lan) = nix::net::if_::if_nametoindex(lan_device) else {
+        return neigh::Learned::None;
+    };
+    let Some(mac) = std::fs::read_to_string("/proc/net/arp")
+        .ok()
+        .and_then(|t| neigh::mac_of(&t, v4))
+    else {
+        return neigh::Learned::None;
+    };
+    match neigh::ipv6_neighbours(4096) {
+        Ok(n) => neigh::learn(&n, mac, lan),
+        Err(e) => {
+            debug!("IPv6 neighbour table unreadable: {e}");
+            neigh::Learned::None
+        }
+    }
+}
+
 /// The uplink capacity: `upload_mbps`, else SQM's configured upload on the WAN device.
 pub fn capacity(cfg: &Config, wan_dev: Option<&str>, sqm_path: &Path) -> Option<u64> {
     if let Some(m) = cfg.bandwidth.upload_mbps {
@@ -265,6 +290,8 @@ pub struct Daemon {
     internal_configured: Vec<ipnet::IpNet>,
     internal: netifd::Internal,
     links: Option<LinkWatch>,
+    /// The server's IPv6 address as the neighbour tables tell it (without `server_ip6`).
+    learned_ip6: neigh::Learned,
     offload: Offload,
     ticks: u64,
     capacity_bps: Option<u64>,
@@ -309,6 +336,7 @@ impl Daemon {
             internal_configured: cfg.network.internal.clone(),
             internal: netifd::Internal::default(),
             links: None,
+            learned_ip6: neigh::Learned::None,
             offload: Offload::Off,
             ticks: 0,
             capacity_bps: None,
@@ -607,7 +635,7 @@ impl Daemon {
             }
         }
         let mut servers = vec![self.cfg.server_ip()?];
-        servers.extend(self.cfg.server_ip6().map(IpAddr::V6));
+        servers.extend(self.server_ip6().map(IpAddr::V6));
         servers.dedup();
         let (src, counter) = self.flows.as_mut()?;
         let mut flows = Vec::new();
@@ -873,6 +901,7 @@ impl Daemon {
                 return;
             }
         };
+        let server_ip6 = self.server_ip6();
         let Some(sh) = self.shaper.as_mut() else {
             return;
         };
@@ -890,7 +919,7 @@ impl Daemon {
         let spec = shaper::Spec {
             lan_device,
             server_ip,
-            server_ip6: self.cfg.server_ip6(),
+            server_ip6,
             ports: self.cfg.jellyfin.ports.clone(),
             total_bps: self.last_plan.budget_bps.max(sum).max(1_000_000),
             newcomer_bps: (self.cfg.bandwidth.min_stream_mbps * 1e6).round() as u64,
@@ -1210,7 +1239,7 @@ impl Daemon {
                 lan_device: self.lan_dev.as_ref().ok().cloned(),
                 internal: self.internal.nets.iter().map(|n| n.to_string()).collect(),
                 internal_fallback: self.internal.fallback,
-                server_ip6: self.cfg.server_ip6().map(|a| a.to_string()),
+                server_ip6: self.server_ip6().map(|a| a.to_string()),
                 flow_offloading: self.offload,
             },
             errors,
@@ -1331,12 +1360,56 @@ impl Daemon {
         if self.ticks % minute == 0 {
             self.read_offload();
         }
+        // Until it is known, every tick (no process: a file and a netlink dump), so the first
+        // IPv6 stream is shaped from its second tick; then every minute, to follow a change.
+        if self.cfg.server_ip6().is_none()
+            && (self.ticks % minute == 0 || !matches!(self.learned_ip6, neigh::Learned::One(_)))
+        {
+            self.learn_ip6();
+        }
+        if let neigh::Learned::Several(all) = &self.learned_ip6 {
+            let list: Vec<String> = all.iter().map(|a| a.to_string()).collect();
+            errors.push(format!(
+                "the media server has several IPv6 addresses ({}): set jellyfin.server_ip6 to the one its viewers use; until then its IPv6 traffic is neither shaped nor counted",
+                list.join(", ")
+            ));
+        }
         if self.offload.is_on() && self.cfg.shaping.enabled {
             errors.push(format!(
                 "{}; {}",
                 self.offload.meaning(),
                 self.offload.fix()
             ));
+        }
+    }
+
+    /// The server's IPv6 address: `server_ip6` (or an IPv6 `server_ip`), else the one the
+    /// neighbour tables show for the server's MAC.
+    fn server_ip6(&self) -> Option<std::net::Ipv6Addr> {
+        self.cfg.server_ip6().or(match &self.learned_ip6 {
+            neigh::Learned::One(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    fn learn_ip6(&mut self) {
+        let learned = match &self.lan_dev {
+            Ok(lan) => learn_server_ip6(&self.cfg, lan),
+            Err(_) => neigh::Learned::None,
+        };
+        if learned != self.learned_ip6 {
+            match &learned {
+                neigh::Learned::One(a) => {
+                    info!("media server's IPv6 address {a} (from the neighbour table)")
+                }
+                neigh::Learned::Several(v) => warn!(
+                    "the media server has {} IPv6 addresses: set jellyfin.server_ip6",
+                    v.len()
+                ),
+                // A vanished entry (the neighbour expired) keeps the address known.
+                neigh::Learned::None => return,
+            }
+            self.learned_ip6 = learned;
         }
     }
 

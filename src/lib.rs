@@ -13,6 +13,7 @@ pub mod firewall;
 pub mod http;
 pub mod jellyfin;
 pub mod monitor;
+pub mod neigh;
 pub mod netifd;
 pub mod observe;
 pub mod publish;

@@ -163,18 +163,22 @@ impl Home {
         Home::build(
             "config network 'network'\n\toption wan_device 'wan'\n\toption lan_device 'br-lan'\n",
             extra,
-            false,
+            None,
         )
     }
 
     /// A home whose router is configured as OpenWrt ships it: the network section left at
     /// its defaults (WAN and LAN devices and the local networks from netifd), the media
-    /// server's IPv6 address set.
-    fn openwrt(extra: &str) -> Home {
-        Home::build(&format!("config network 'network'\n{extra}"), "", true)
+    /// server's IPv6 address set (`server_ip6`) or left for the daemon to learn.
+    fn openwrt(extra: &str, server_ip6: bool) -> Home {
+        Home::build(
+            &format!("config network 'network'\n{extra}"),
+            "",
+            Some(server_ip6),
+        )
     }
 
-    fn build(network: &str, extra: &str, openwrt: bool) -> Home {
+    fn build(network: &str, extra: &str, openwrt: Option<bool>) -> Home {
         let net = HomeNet::up(&Options {
             viewers: 3,
             ..Options::default()
@@ -196,7 +200,7 @@ impl Home {
                  config jellyfin 'jellyfin'\n\toption url 'http://192.168.1.2:8096'\n\toption api_key '{KEY}'\n\toption timeout '2'\n\toption notify_viewer '1'\n{ip6}\
                  {network}\
                  config bandwidth 'bandwidth'\n\toption upload_mbps '20'\n{extra}",
-                ip6 = if openwrt {
+                ip6 = if openwrt == Some(true) {
                     format!("\toption server_ip6 '{}'\n", topology::JF_V6)
                 } else {
                     String::new()
@@ -227,7 +231,7 @@ impl Home {
             )
             .expect("emulator");
         let log = dir.join("daemon.log");
-        let netifd = openwrt.then(|| {
+        let netifd = openwrt.is_some().then(|| {
             let f = dir.join("netifd.json");
             fs::write(&f, netifd_file("wan")).unwrap();
             fs::create_dir_all(dir.join("etc/config")).unwrap();
@@ -1031,7 +1035,9 @@ fn lan_viewer_on_the_global_ipv6_prefix_is_local_remote_ipv6_viewer_is_managed()
     if !need_root() {
         return;
     }
-    let mut h = Home::openwrt("");
+    // The server's IPv6 address is not configured: the daemon learns it from the neighbour
+    // table (the server's MAC from ARP), once the first IPv6 packet reaches it.
+    let mut h = Home::openwrt("", false);
     h.start_daemon(&[]);
     let server6 = format!("[{}]:8096", topology::JF_V6);
     let v0 = h.net.viewers[0].clone();
@@ -1078,6 +1084,10 @@ fn lan_viewer_on_the_global_ipv6_prefix_is_local_remote_ipv6_viewer_is_managed()
         }) > 100_000)
             .then_some(())
     });
+    assert_eq!(
+        h.status().unwrap()["network"]["server_ip6"],
+        topology::JF_V6.to_string()
+    );
     // The LAN viewer, over several ticks: never limited, restarted or shaped.
     wait_ticks(&h, 4);
     assert_eq!(h.limit(CAROL), 0, "a local viewer is never limited");
@@ -1104,7 +1114,7 @@ fn a_lan_service_on_the_jellyfin_port_that_is_not_the_server_is_untouched() {
     if !need_root() {
         return;
     }
-    let mut h = Home::openwrt("");
+    let mut h = Home::openwrt("", true);
     // The household host serves something on 8096 over IPv6, opened to the internet like
     // the media server (a firewall rule, no DNAT).
     let r = h.net.router.clone();
@@ -1197,7 +1207,7 @@ fn flow_offloading_is_reported_by_check_and_status() {
     if !need_root() {
         return;
     }
-    let mut h = Home::openwrt("");
+    let mut h = Home::openwrt("", true);
     fs::write(
         h.dir.join("etc/config/firewall"),
         "config defaults\n\toption input 'REJECT'\n\toption forward 'REJECT'\n\toption flow_offloading '1'\n\toption flow_offloading_hw '1'\n",
@@ -1236,7 +1246,7 @@ fn wan_down_and_up_as_a_new_device_keeps_measuring_without_a_false_spike() {
     if !need_root() {
         return;
     }
-    let mut h = Home::openwrt("");
+    let mut h = Home::openwrt("", true);
     let exe = topology::homenet_exe().unwrap();
     let sink = format!("{}:9000", topology::INET_V4);
     let inet = h.net.inet.clone();

@@ -174,9 +174,9 @@ return view.extend({
 		o.placeholder = _('host of the server URL');
 
 		o = addValue(s, form.Value, 'server_ip6', _('Server IPv6 address'),
-			_('The server\'s global IPv6 address (its stable one, see "ip -6 addr show scope global" on the server). Remote viewers on IPv6 reach it directly, without port forwarding; their streams are shaped and counted on the router only when this is set. Leave empty to use the server LAN address when that is IPv6; otherwise the server\'s IPv6 traffic, and any other device\'s, is left alone.'),
+			_('The server\'s global IPv6 address (its stable one, see "ip -6 addr show scope global" on the server). Remote viewers on IPv6 reach it directly, without port forwarding; their streams are shaped and counted on the router only when this is set. Leave empty to use the server LAN address when that is IPv6, or else the address the router sees the server use (when it has exactly one; with several, the status page asks you to set it). Other devices\' traffic on the same port is never touched.'),
 			null, 'ip6addr("nomask")');
-		o.placeholder = _('none');
+		o.placeholder = _('learned');
 
 		addValue(s, form.DynamicList, 'port', _('Streaming ports'),
 			_('TCP ports Jellyfin streams from: 8096 (http) and, if you use it, 8920 (https). Traffic from other ports is not counted as Jellyfin\'s.'),
