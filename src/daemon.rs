@@ -1305,9 +1305,16 @@ impl Daemon {
 
 /// Following the home network: netifd's interfaces, the WAN device behind them, the firewall.
 impl Daemon {
-    /// Resolves what depends on netifd: the LAN device and the `internal` networks (the WAN
-    /// device is re-read where its counter fails, see [`Daemon::read_wan`]).
+    /// Resolves what depends on netifd: the LAN device and the `internal` networks, and the
+    /// WAN device when it is followed (a WAN that moved to a new device while the old one
+    /// stays, e.g. from DHCP on eth1 to PPPoE; where the counter fails, see
+    /// [`Daemon::read_wan`]). A WAN that netifd reports down keeps its last device here.
     fn resolve_network(&mut self) {
+        if self.cfg.network.wan_device.is_none() && self.wan_dev.is_ok() {
+            if let Ok(d) = wan_device(&self.cfg) {
+                self.set_wan_dev(Ok(d));
+            }
+        }
         let lan = lan_device(&self.cfg);
         if lan != self.lan_dev {
             match (&lan, &self.lan_dev) {
@@ -1422,6 +1429,28 @@ impl Daemon {
             .map(|c| c.saturating_mul(10).max(1_000_000_000))
     }
 
+    /// Takes `dev` as the WAN device; true when it is another one (the meters start again).
+    fn set_wan_dev(&mut self, dev: Result<String, String>) -> bool {
+        if dev == self.wan_dev {
+            return false;
+        }
+        if let Ok(d) = &dev {
+            info!("WAN device now {d}");
+        }
+        self.wan_dev = dev;
+        self.wan_ifindex = None;
+        self.wan_meter.reset();
+        self.guard_wan.reset();
+        if self.cfg.bandwidth.upload_mbps.is_none() {
+            self.capacity_bps = capacity(
+                &self.cfg,
+                self.wan_dev.as_deref().ok(),
+                Path::new(SQM_CONFIG),
+            );
+        }
+        true
+    }
+
     /// The WAN upload since the last tick. A counter that cannot be read (PPPoE down, the
     /// device renamed or re-created) makes the daemon ask netifd for the device again at
     /// once; a new device (or the same name with a new interface index) starts a new series,
@@ -1450,25 +1479,8 @@ impl Daemon {
                 }
                 Err(e) => e.clone(),
             };
-            if attempt == 0 && follow {
-                let dev = wan_device(&self.cfg);
-                if dev != self.wan_dev {
-                    if let Ok(d) = &dev {
-                        info!("WAN device now {d}");
-                    }
-                    self.wan_dev = dev;
-                    self.wan_ifindex = None;
-                    self.wan_meter.reset();
-                    self.guard_wan.reset();
-                    if self.cfg.bandwidth.upload_mbps.is_none() {
-                        self.capacity_bps = capacity(
-                            &self.cfg,
-                            self.wan_dev.as_deref().ok(),
-                            Path::new(SQM_CONFIG),
-                        );
-                    }
-                    continue;
-                }
+            if attempt == 0 && follow && self.set_wan_dev(wan_device(&self.cfg)) {
+                continue;
             }
             errors.push(err);
             return None;
