@@ -1367,3 +1367,48 @@ fn wan_down_and_up_as_a_new_device_keeps_measuring_without_a_false_spike() {
     assert!(max <= 25_000_000, "false spike: {max} bit/s in {seen:?}");
     assert!(h.daemon_alive());
 }
+
+#[test]
+fn a_new_lan_prefix_is_followed_without_a_restart() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::openwrt("", true);
+    h.start_daemon(&[]);
+    let has = |h: &Home, net: &str| {
+        let st = h.status()?;
+        st["network"]["internal"]
+            .as_array()?
+            .iter()
+            .any(|n| n == net)
+            .then_some(())
+    };
+    wait_for(Duration::from_secs(10), "the LAN's subnet", || {
+        has(&h, "192.168.1.0/24")
+    });
+    assert!(has(&h, "2001:db8:7::/64").is_none());
+    // The provider delegates another prefix: netifd assigns a /64 of it to the LAN (here: the
+    // address appears on br-lan, which the kernel announces and the stand-in reports).
+    let r = h.net.router.clone();
+    h.net
+        .exec(
+            &r,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "2001:db8:7::1/64",
+                "dev",
+                "br-lan",
+                "nodad",
+            ],
+        )
+        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the new prefix in the local networks",
+        || has(&h, "2001:db8:7::/64"),
+    );
+    assert!(h.daemon_alive());
+}
