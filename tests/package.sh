@@ -51,12 +51,32 @@ done
 # rc.common and /lib/functions.sh provide are stubbed: each records its arguments, one line per
 # call with fields separated by '|', in $CALLS. The script runs under busybox ash (OpenWrt's
 # shell) when available, else dash.
+#
+# With PROCD_DIR set, the stubs also model what procd does with a service (a STAND-IN for procd,
+# written from its source, openwrt/procd 2c1834a, and from rc.common/procd.sh in openwrt/openwrt):
+# - rc.common (USE_PROCD): `start` = procd_open_service; start_service; procd_close_service, and
+#   procd_close_service runs service_triggers, then `ubus call service set`; `reload` runs
+#   reload_service when the script defines one, else `start`.
+# - `service set` (service/service.c service_update -> instance_update in service/instance.c):
+#   an instance that is not running is started; a running one whose config changed
+#   (instance_config_changed: the command, or the md5 of any `file`, computed by
+#   instance_file_update, or reload_signal) gets instance_restart, which with a reload_signal
+#   is kill(pid, reload_signal) and nothing else; an unchanged one is left alone; an instance
+#   not in the new set is stopped (SIGTERM).
+# - procd_send_signal NAME INSTANCE SIG (`ubus call service signal`): kill(pid, SIG).
+# Every signal the model delivers is also written to $PROCD_DIR/signals, one line each.
 # ---------------------------------------------------------------------------------------------
 INIT_SH=(dash)
 command -v busybox >/dev/null && INIT_SH=(busybox sh)
 cat >"$TMP/mock.sh" <<'EOF'
 rec() { local IFS='|'; printf '%s\n' "$*" >>"$CALLS"; }
 config_load() { rec config_load "$@"; }
+# like /lib/functions.sh: the value of MOCK_<section>_<option>, else the default
+config_get() {
+	local _v
+	eval "_v=\${MOCK_${2}_${3}-\$4}"
+	eval "$1=\$_v"
+}
 # like /lib/functions.sh: 1|on|true|yes|enabled -> 1, 0|off|false|no|disabled -> 0, else default
 config_get_bool() {
 	local _v
@@ -68,13 +88,94 @@ config_get_bool() {
 	esac
 	eval "$1=\$_v"
 }
-procd_open_instance() { rec procd_open_instance "$@"; }
-procd_set_param() { rec procd_set_param "$@"; }
-procd_close_instance() { rec procd_close_instance "$@"; }
+pd() { [ -n "${PROCD_DIR:-}" ]; }
+pd_signal() {
+	local pid
+	pid=$(cat "$PROCD_DIR/cur.$1.pid" 2>/dev/null) || return 0
+	kill -"$2" "$pid" 2>/dev/null || return 0
+	printf '%s\n' "$2" >>"$PROCD_DIR/signals"
+}
+procd_open_service() { rec procd_open_service "$@"; if pd; then : >"$PROCD_DIR/new.instances"; fi; }
+procd_open_instance() {
+	rec procd_open_instance "$@"
+	pd || return 0
+	PD_INST=$1
+	: >"$PROCD_DIR/new.$1.cmd"
+	: >"$PROCD_DIR/new.$1.file"
+	: >"$PROCD_DIR/new.$1.sig"
+}
+procd_set_param() {
+	rec procd_set_param "$@"
+	pd || return 0
+	local type=$1 f
+	shift
+	case $type in
+	command) printf '%s\n' "$@" >"$PROCD_DIR/new.$PD_INST.cmd" ;;
+	# instance_file_update: the md5 of the file's content; all zero when it cannot be opened
+	file) for f in "$@"; do
+		printf '%s %s\n' "$(md5sum <"$f" 2>/dev/null | cut -d' ' -f1)" "$f"
+	done >"$PROCD_DIR/new.$PD_INST.file" ;;
+	reload_signal) printf '%s\n' "$1" >"$PROCD_DIR/new.$PD_INST.sig" ;;
+	esac
+}
+procd_close_instance() { rec procd_close_instance "$@"; if pd; then printf '%s\n' "$PD_INST" >>"$PROCD_DIR/new.instances"; fi; }
+procd_close_service() {
+	rec procd_close_service "$@"
+	service_triggers
+	pd || return 0
+	local i pid x changed
+	for i in $(cat "$PROCD_DIR/new.instances"); do
+		pid=$(cat "$PROCD_DIR/cur.$i.pid" 2>/dev/null)
+		if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+			set --
+			while IFS= read -r x; do set -- "$@" "$x"; done <"$PROCD_DIR/new.$i.cmd"
+			"$@" >>"$PROCD_DIR/daemon.log" 2>&1 &
+			printf '%s\n' "$!" >"$PROCD_DIR/cur.$i.pid"
+		else
+			changed=0
+			for x in cmd file sig; do
+				cmp -s "$PROCD_DIR/new.$i.$x" "$PROCD_DIR/cur.$i.$x" || changed=1
+			done
+			if [ "$changed" = 1 ]; then
+				if [ -s "$PROCD_DIR/new.$i.sig" ]; then
+					pd_signal "$i" "$(cat "$PROCD_DIR/new.$i.sig")"
+				else
+					pd_signal "$i" TERM
+					rm -f "$PROCD_DIR/cur.$i.pid"
+				fi
+			fi
+		fi
+		for x in cmd file sig; do mv "$PROCD_DIR/new.$i.$x" "$PROCD_DIR/cur.$i.$x"; done
+	done
+	for x in "$PROCD_DIR"/cur.*.pid; do
+		[ -f "$x" ] || continue
+		i=${x#"$PROCD_DIR"/cur.}
+		i=${i%.pid}
+		grep -qx "$i" "$PROCD_DIR/new.instances" || { pd_signal "$i" TERM; rm -f "$x"; }
+	done
+}
+procd_open_trigger() { rec procd_open_trigger "$@"; }
+procd_close_trigger() { rec procd_close_trigger "$@"; }
 procd_add_reload_trigger() { rec procd_add_reload_trigger "$@"; }
+procd_add_interface_trigger() { rec procd_add_interface_trigger "$@"; }
 procd_add_reload_interface_trigger() { rec procd_add_reload_interface_trigger "$@"; }
-procd_send_signal() { rec procd_send_signal "$@"; }
-start() { rec start "$@"; }
+procd_send_signal() {
+	rec procd_send_signal "$@"
+	pd || return 0
+	local x i
+	for x in "$PROCD_DIR"/cur.*.pid; do
+		[ -f "$x" ] || continue
+		i=${x#"$PROCD_DIR"/cur.}
+		i=${i%.pid}
+		case $2 in '' | '*' | "$i") pd_signal "$i" "$3" ;; esac
+	done
+}
+# rc.common's procd variants of start and reload
+rc_procd() { procd_open_service jellydemon /etc/init.d/jellydemon; "$@"; procd_close_service; }
+start() { rec start "$@"; rc_procd start_service "$@"; }
+reload() {
+	if type reload_service >/dev/null 2>&1; then reload_service "$@"; else start; fi
+}
 procd_kill() { rec procd_kill "$@"; }
 # rc.common's stop for USE_PROCD services (OpenWrt 23.05 and later)
 rc_stop() {
@@ -108,17 +209,19 @@ t_init_enabled() {
 		'config_load|jellydemon' \
 		'procd_open_instance|jellydemon' \
 		'procd_set_param|command|/usr/sbin/jellydemon|--config|/etc/config/jellydemon|run' \
-		'procd_set_param|file|/etc/config/jellydemon' \
+		'procd_set_param|file|/etc/config/jellydemon|/etc/config/jellydemon_secrets' \
 		'procd_set_param|reload_signal|HUP' \
 		'procd_set_param|term_timeout|10' \
 		'procd_set_param|respawn|3600|5|5' \
 		'procd_set_param|stdout|1' \
 		'procd_set_param|stderr|1' \
 		'procd_close_instance' \
-		'procd_add_reload_trigger|jellydemon' \
+		'procd_add_reload_trigger|jellydemon|jellydemon_secrets' \
 		'config_load|jellydemon' \
-		'procd_add_reload_interface_trigger|wan' \
-		'procd_add_reload_interface_trigger|lan')
+		'procd_open_trigger' \
+		'procd_add_interface_trigger|interface.*|wan|/etc/init.d/jellydemon|netchange' \
+		'procd_add_interface_trigger|interface.*|lan|/etc/init.d/jellydemon|netchange' \
+		'procd_close_trigger')
 	eq "$(cat "$TMP/calls.enabled")" "$want"
 }
 check "init: enabled=1 starts one instance with the documented parameters" t_init_enabled
@@ -138,9 +241,20 @@ check "init: enabled=0 (or absent) refuses to start and logs why" t_init_refuses
 
 t_init_triggers_disabled() {
 	init_run trigoff 'service_triggers' MOCK_main_enabled=0 || return 1
-	eq "$(cat "$TMP/calls.trigoff")" "$(printf '%s\n' 'procd_add_reload_trigger|jellydemon' 'config_load|jellydemon')"
+	eq "$(cat "$TMP/calls.trigoff")" "$(printf '%s\n' 'procd_add_reload_trigger|jellydemon|jellydemon_secrets' 'config_load|jellydemon')"
 }
 check "init: disabled, only the config trigger (enabling in LuCI starts it)" t_init_triggers_disabled
+
+t_init_triggers_configured() {
+	init_run trigif 'service_triggers' MOCK_main_enabled=1 MOCK_network_wan_interface=wwan \
+		MOCK_network_lan_interface=guest || return 1
+	eq "$(grep interface "$TMP/calls.trigif")" "$(printf '%s\n' \
+		'procd_add_interface_trigger|interface.*|wwan|/etc/init.d/jellydemon|netchange' \
+		'procd_add_interface_trigger|interface.*|guest|/etc/init.d/jellydemon|netchange')" || return 1
+	init_run trigsame 'service_triggers' MOCK_main_enabled=1 MOCK_network_wan_interface=lan || return 1
+	eq "$(grep -c interface_trigger "$TMP/calls.trigsame")" 1
+}
+check "init: interface triggers follow network.wan_interface / lan_interface" t_init_triggers_configured
 
 t_init_no_secret() {
 	local c
@@ -150,10 +264,104 @@ t_init_no_secret() {
 check "init: no secret on the command line" t_init_no_secret
 
 t_init_reload() {
-	init_run reload 'reload_service' || return 1
-	eq "$(cat "$TMP/calls.reload")" "$(printf '%s\n' start 'procd_send_signal|jellydemon|*|HUP')"
+	init_run reload 'if type reload_service >/dev/null 2>&1; then echo "reload_service defined"; fi' || return 1
+	[ ! -s "$TMP/out.reload" ] || { cat "$TMP/out.reload"; return 1; }
+	init_run netchange 'netchange' || return 1
+	eq "$(cat "$TMP/calls.netchange")" 'procd_send_signal|jellydemon|jellydemon|HUP'
 }
-check "init: reload re-evaluates and sends HUP" t_init_reload
+check "init: no reload_service (procd signals on a changed file); netchange sends one HUP" t_init_reload
+
+# The init script, the procd model above and the real daemon together: a `uci commit` (the file
+# rewritten) followed by `reload` (what procd's config.change trigger and LuCI's Save & Apply
+# run) must reach the daemon as exactly one SIGHUP, i.e. one "configuration reloaded" line.
+DAEMON_BIN=${JELLYDEMON_BIN:-}
+for b in "$CROSS_OUT/x86_64-unknown-linux-musl/jellydemon" "$ROOT/target/debug/jellydemon" \
+	"$ROOT/target/release/jellydemon"; do
+	[ -z "$DAEMON_BIN" ] && [ -x "$b" ] && DAEMON_BIN=$b
+done
+# await_count FILE TEXT N: FILE has N lines containing TEXT, awaited as they are written (bounded;
+# tail is left to its timeout so that nothing waits for it)
+await_count() {
+	local n=0 line
+	while IFS= read -r line; do
+		case $line in *"$2"*) n=$((n + 1)) && [ "$n" -ge "$3" ] && return 0 ;; esac
+	done < <(timeout 20 tail -n +1 -f "$1")
+	return 1
+}
+await_reloads() { await_count "$PD/daemon.log" 'configuration reloaded' "$1"; }
+pd_run() {
+	local name=$1 code=$2
+	init_run "$name" "CONF='$PD/jellydemon'; SECRETS='$PD/jellydemon_secrets'; PROG='$DAEMON_BIN'; $code" \
+		PROCD_DIR="$PD" MOCK_main_enabled=1
+}
+t_procd_one_reload() {
+	local key=9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d
+	PD=$TMP/procd
+	mkdir -p "$PD/state" "$PD/run"
+	cat >"$PD/jellydemon" <<EOF
+config jellydemon 'main'
+	option enabled '1'
+	option interval '1'
+	option dry_run '1'
+	option state_dir '$PD/state'
+	option run_dir '$PD/run'
+
+config jellyfin 'jellyfin'
+	option url 'http://127.0.0.1:9'
+
+config network 'network'
+	option wan_device 'lo'
+	option lan_device 'lo'
+
+config bandwidth 'bandwidth'
+	option upload_mbps '20'
+
+config shaping 'shaping'
+	option enabled '0'
+EOF
+	printf "config jellyfin 'jellyfin'\n\toption api_key '%s'\n" "$key" >"$PD/jellydemon_secrets"
+	pd_run pdstart start || return 1
+	PIDS+=("$(cat "$PD/cur.jellydemon.pid")")
+	# the signal handlers are installed before the daemon says it is starting
+	await_count "$PD/daemon.log" ' starting' 1 ||
+		{ echo "daemon did not start: $(cat "$PD/daemon.log")"; return 1; }
+	# `uci set jellydemon.main.interval=2; uci commit jellydemon`, then the trigger's reload
+	sed -i "s/option interval '1'/option interval '2'/" "$PD/jellydemon"
+	pd_run pdreload reload || return 1
+	eq "$(cat "$PD/signals")" HUP || return 1
+	await_reloads 1 || { echo "no reload logged: $(cat "$PD/daemon.log")"; return 1; }
+	# a reload without a change (a second trigger for the same commit) signals nothing
+	pd_run pdreload2 reload || return 1
+	eq "$(cat "$PD/signals")" HUP || return 1
+	# a change of the secrets file alone is a change too
+	printf "config jellyfin 'jellyfin'\n\toption api_key '%s0'\n" "$key" >"$PD/jellydemon_secrets"
+	pd_run pdreload3 reload || return 1
+	eq "$(cat "$PD/signals")" "$(printf 'HUP\nHUP')" || return 1
+	await_reloads 2 || { echo "second reload not logged: $(cat "$PD/daemon.log")"; return 1; }
+	# an interface event: one more; by now any extra SIGHUP of the commits would have shown
+	pd_run pdnet netchange || return 1
+	await_reloads 3 || { echo "netchange reload not logged: $(cat "$PD/daemon.log")"; return 1; }
+	eq "$(grep -c 'configuration reloaded' "$PD/daemon.log")" 3 || return 1
+	case $(cat "$PD/daemon.log") in *"$key"*) echo "API key in the log"; return 1 ;; esac
+	kill "$(cat "$PD/cur.jellydemon.pid")"
+}
+t_procd_double_detected() {
+	# the model tells a script that also signals in reload_service (the old one) apart
+	PD=$TMP/procd-double
+	mkdir -p "$PD"
+	printf 'a\n' >"$PD/jellydemon"
+	pd_run dblstart "PROG=sleep; start_service() { procd_open_instance jellydemon; procd_set_param command sleep 30; procd_set_param file \"\$CONF\"; procd_set_param reload_signal HUP; procd_close_instance; }; start" || return 1
+	PIDS+=("$(cat "$PD/cur.jellydemon.pid")")
+	printf 'b\n' >"$PD/jellydemon"
+	pd_run dblreload "start_service() { procd_open_instance jellydemon; procd_set_param command sleep 30; procd_set_param file \"\$CONF\"; procd_set_param reload_signal HUP; procd_close_instance; }; reload_service() { start; procd_send_signal jellydemon '*' HUP; }; reload" || return 1
+	eq "$(cat "$PD/signals")" "$(printf 'HUP\nHUP')"
+}
+if [ -n "$DAEMON_BIN" ]; then
+	check "init + procd model + daemon: uci commit then reload = exactly one SIGHUP, one reload" t_procd_one_reload
+else
+	skip "init + procd model + daemon: one reload per change" "no jellydemon binary (cargo build)"
+fi
+check "procd model: a reload_service that signals again counts as two SIGHUPs" t_procd_double_detected
 
 t_init_stop_dead() {
 	init_run stopdead 'PROG=$FAKE; rc_stop' || return 1
