@@ -41,10 +41,13 @@ VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
 # static analysis of every shell script we ship or run
 # ---------------------------------------------------------------------------------------------
 command -v shellcheck >/dev/null || { echo "shellcheck missing: run tests/deps.sh" >&2; exit 1; }
-for f in files/jellydemon.init openwrt/cross.sh openwrt/musl-gcc.sh openwrt/ipk.sh \
-	openwrt/sizes.sh tests/package.sh; do
+FEED=$ROOT/net/jellydemon
+for f in net/jellydemon/files/jellydemon.init openwrt/cross.sh openwrt/musl-gcc.sh \
+	openwrt/ipk.sh openwrt/sizes.sh openwrt/release.sh tests/package.sh; do
 	check "shellcheck $f" shellcheck -x "$ROOT/$f"
 done
+# run with `sh test.sh NAME VERSION` on the target (busybox ash) by the feed's CI
+check "shellcheck net/jellydemon/test.sh" shellcheck -s sh "$FEED/test.sh"
 
 # ---------------------------------------------------------------------------------------------
 # init script against a mock of procd. procd/ubus/rc.common cannot run here, so the functions
@@ -199,7 +202,7 @@ init_run() {
 	CALLS="$TMP/calls.$name"
 	: >"$CALLS"
 	env CALLS="$CALLS" FAKE="$TMP/fake-daemon" "$@" timeout 30 "${INIT_SH[@]}" -c \
-		". '$TMP/mock.sh'; . '$ROOT/files/jellydemon.init'; $code" >"$TMP/out.$name" 2>&1
+		". '$TMP/mock.sh'; . '$FEED/files/jellydemon.init'; $code" >"$TMP/out.$name" 2>&1
 }
 
 t_init_enabled() {
@@ -400,17 +403,30 @@ check "init: stop with a daemon that outlives SIGTERM restores after it is gone"
 # feed Makefile: the fields the product contract fixes
 # ---------------------------------------------------------------------------------------------
 t_feed_makefile() {
-	local mk="$ROOT/openwrt/Makefile" l
-	for l in 'include $(TOPDIR)/rules.mk' 'PKG_BUILD_DEPENDS:=rust/host' 'PKG_SOURCE_PROTO:=git' \
-		'PKG_SOURCE_VERSION:=$(JELLYDEMON_COMMIT)' "PKG_VERSION:=$VERSION" \
+	local mk="$FEED/Makefile" l
+	for l in 'include $(TOPDIR)/rules.mk' 'PKG_BUILD_DEPENDS:=rust/host' "PKG_VERSION:=$VERSION" \
+		'PKG_RELEASE:=1' 'PKG_SOURCE:=$(PKG_NAME)-$(PKG_VERSION).tar.gz' \
+		'PKG_SOURCE_URL:=https://github.com/jellydemon/jellydemon/releases/download/v$(PKG_VERSION)/' \
+		'PKG_LICENSE:=GPL-2.0-only' 'PKG_LICENSE_FILES:=LICENSE' \
 		'include $(INCLUDE_DIR)/package.mk' \
-		'include $(TOPDIR)/feeds/packages/lang/rust/rust-package.mk' \
+		'include ../../lang/rust/rust-package.mk' \
 		'  DEPENDS:=$(RUST_ARCH_DEPENDS) +tc +kmod-ifb +kmod-sched-core' \
-		'/etc/config/jellydemon' \
+		'/etc/config/jellydemon' '/etc/config/jellydemon_secrets' \
 		'	$(INSTALL_BIN) $(PKG_INSTALL_DIR)/bin/jellydemon $(1)/usr/sbin/jellydemon' \
 		'$(eval $(call RustBinPackage,jellydemon))' '$(eval $(call BuildPackage,jellydemon))'; do
 		grep -qxF -- "$l" "$mk" || { echo "missing line: $l"; return 1; }
 	done
+	# feed rules: a fixed hash (not skip, not a placeholder), a maintainer with an address,
+	# relative includes only, no git source
+	grep -qE '^PKG_HASH:=[0-9a-f]{64}$' "$mk" || { echo "PKG_HASH is not a sha256"; return 1; }
+	if grep -qE '^PKG_HASH:=0{64}$' "$mk"; then echo "PKG_HASH is a placeholder"; return 1; fi
+	grep -qE '^PKG_MAINTAINER:=.+ <[^ @]+@[^ >]+>$' "$mk" || { echo "PKG_MAINTAINER needs 'Name <address>'"; return 1; }
+	if grep -nE 'TOPDIR\)/feeds|PKG_MIRROR_HASH|PKG_SOURCE_PROTO|skip' "$mk"; then return 1; fi
+	# every ./files/... the install section uses exists
+	local f
+	while IFS= read -r f; do
+		[ -f "$FEED/files/$f" ] || { echo "missing files/$f"; return 1; }
+	done < <(sed -n 's|.*\./files/\([^ ]*\) .*|\1|p' "$mk")
 	# the install section must be defined before RustBinPackage, or it installs to /usr/bin
 	local i r
 	i=$(grep -n '^define Package/jellydemon/install' "$mk" | cut -d: -f1)
@@ -420,8 +436,42 @@ t_feed_makefile() {
 		return 1
 	fi
 	grep -q '^Cargo.lock$' <(git -C "$ROOT" ls-files Cargo.lock) || { echo "Cargo.lock not committed"; return 1; }
+	# the license file is GPL-2.0's full text, as Cargo.toml says
+	grep -qx 'license = "GPL-2.0-only"' "$ROOT/Cargo.toml" || { echo "Cargo.toml license differs"; return 1; }
+	if ! grep -q 'GNU GENERAL PUBLIC LICENSE' "$ROOT/LICENSE" || ! grep -q 'Version 2, June 1991' "$ROOT/LICENSE" ||
+		[ "$(wc -l <"$ROOT/LICENSE")" -lt 300 ]; then
+		echo "LICENSE is not the GPL-2.0 text"
+		return 1
+	fi
+	# sysupgrade keeps the state directory (default state_dir)
+	eq "$(cat "$FEED/files/jellydemon.upgrade")" /etc/jellydemon/
 }
-check "feed Makefile: rust-package.mk, deps, /usr/sbin, conffiles, locked" t_feed_makefile
+check "feed Makefile: feed layout, source + hash, license, maintainer, installs" t_feed_makefile
+
+# PKG_HASH must be the hash of the tarball the tag gives (openwrt/release.sh), so the SDK's
+# download check passes.
+t_feed_hash() {
+	local tag=v$VERSION out want got
+	out=$("$ROOT/openwrt/release.sh" "$tag" "$TMP/release") || return 1
+	got=${out%% *}
+	want=$(sed -n 's/^PKG_HASH:=//p' "$FEED/Makefile")
+	eq "$got" "$want" || return 1
+	# what the SDK unpacks: jellydemon-<version>/ with Cargo.lock and LICENSE, without the
+	# Makefile that holds the hash
+	local list
+	list=$(tar -tzf "$TMP/release/jellydemon-$VERSION.tar.gz")
+	contains "$list" "jellydemon-$VERSION/Cargo.lock" >/dev/null || return 1
+	contains "$list" "jellydemon-$VERSION/LICENSE" >/dev/null || return 1
+	if grep -qx "jellydemon-$VERSION/net/jellydemon/Makefile" <<<"$list"; then echo "Makefile in the tarball"; return 1; fi
+	# byte-identical when made again
+	"$ROOT/openwrt/release.sh" "$tag" "$TMP/release2" >/dev/null &&
+		cmp "$TMP/release/jellydemon-$VERSION.tar.gz" "$TMP/release2/jellydemon-$VERSION.tar.gz"
+}
+if git -C "$ROOT" rev-parse -q --verify "refs/tags/v$VERSION^{commit}" >/dev/null; then
+	check "feed Makefile: PKG_HASH is the sha256 of the v$VERSION tarball (git archive | gzip -n)" t_feed_hash
+else
+	skip "feed Makefile: PKG_HASH against the tag" "no tag v$VERSION in this clone"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # cross builds and qemu smoke tests
@@ -599,13 +649,13 @@ done
 # ---------------------------------------------------------------------------------------------
 # .ipk: built from the cross binaries, unpacked with plain tar
 # ---------------------------------------------------------------------------------------------
-CONFIG_FILE=$ROOT/files/jellydemon.config
+CONFIG_FILE=$FEED/files/jellydemon.config
 if [ ! -f "$CONFIG_FILE" ]; then
-	# files/jellydemon.config is the default configuration the package ships; until this branch
+	# net/jellydemon/files/jellydemon.config is the default configuration the package ships; until this branch
 	# has it, package a minimal stand-in so the package format is still tested.
 	printf "\nconfig jellydemon 'main'\n\toption enabled '0'\n" >"$TMP/placeholder.config"
 	CONFIG_FILE=$TMP/placeholder.config
-	printf 'note  files/jellydemon.config missing: packaging a minimal stand-in config\n'
+	printf 'note  net/jellydemon/files/jellydemon.config missing: packaging a minimal stand-in config\n'
 fi
 
 LUCI_DIR=$ROOT/luci-app-jellydemon
@@ -660,7 +710,8 @@ for t in $TARGETS; do
 		local want f
 		for f in "Package: jellydemon" "Version: ${VERSION}-1" \
 			"Depends: libc, tc, kmod-ifb, kmod-sched-core" "Section: net" \
-			"License: GPL-2.0-only" "Architecture: $arch"; do
+			"License: GPL-2.0-only" "LicenseFiles: LICENSE" "Architecture: $arch" \
+			"Source: feeds/packages/net/jellydemon"; do
 			grep -qxF "$f" "$c" || { echo "missing '$f' in: $(cat "$c")"; return 1; }
 		done
 		for f in Source Maintainer Description Installed-Size; do
@@ -670,7 +721,7 @@ for t in $TARGETS; do
 		grep -qx "Installed-Size: $want" "$c" || { echo "Installed-Size is not $want"; return 1; }
 		# every line is a field or a continuation line
 		if grep -vqE '^([A-Z][A-Za-z-]*: .*| .+)$' "$c"; then echo "malformed control"; return 1; fi
-		eq "$(cat "$x/control/conffiles")" /etc/config/jellydemon
+		eq "$(cat "$x/control/conffiles")" "$(printf '%s\n' /etc/config/jellydemon /etc/config/jellydemon_secrets)"
 	}
 	check "ipk $arch: control fields and conffiles" t_control
 	t_scripts() {
@@ -687,18 +738,33 @@ for t in $TARGETS; do
 	t_data() {
 		local want got
 		want=$(printf '%s\n' './ 755 0/0' './etc/ 755 0/0' './etc/config/ 755 0/0' \
-			'./etc/config/jellydemon 600 0/0' './etc/init.d/ 755 0/0' \
-			'./etc/init.d/jellydemon 755 0/0' './usr/ 755 0/0' './usr/sbin/ 755 0/0' \
-			'./usr/sbin/jellydemon 755 0/0')
+			'./etc/config/jellydemon 600 0/0' './etc/config/jellydemon_secrets 600 0/0' \
+			'./etc/init.d/ 755 0/0' './etc/init.d/jellydemon 755 0/0' './lib/ 755 0/0' \
+			'./lib/upgrade/ 755 0/0' './lib/upgrade/keep.d/ 755 0/0' \
+			'./lib/upgrade/keep.d/jellydemon 644 0/0' \
+			'./usr/ 755 0/0' './usr/sbin/ 755 0/0' './usr/sbin/jellydemon 755 0/0')
 		got=$(tar -tvzf "$x/outer/data.tar.gz" --numeric-owner |
 			awk '{ m = $1; p = 0; for (i = 2; i <= 10; i++) { c = substr(m, i, 1); if (c != "-") p += 2 ^ (9 - (i - 1)) * 1 } ;
 				printf "%s %o %s\n", $6, p, $2 }' | sort)
 		eq "$got" "$want" || return 1
 		cmp -s "$x/data/usr/sbin/jellydemon" "$CROSS_OUT/$triple/jellydemon" || { echo "binary differs"; return 1; }
-		cmp -s "$x/data/etc/init.d/jellydemon" "$ROOT/files/jellydemon.init" || { echo "init differs"; return 1; }
+		cmp -s "$x/data/etc/init.d/jellydemon" "$FEED/files/jellydemon.init" || { echo "init differs"; return 1; }
+		cmp -s "$x/data/etc/config/jellydemon_secrets" "$FEED/files/jellydemon_secrets.config" || { echo "secrets differ"; return 1; }
 		eq "$(read_elf "$x/data/usr/sbin/jellydemon")" "$(elf_want "$triple")"
 	}
 	check "ipk $arch: data files, modes, owners, binary architecture" t_data
+	# the feed CI's test.sh (test_entrypoint.sh runs `sh test.sh NAME VERSION` after install)
+	t_feed_test() {
+		mkdir -p "$x/bin"
+		if [ "$triple" = x86_64-unknown-linux-musl ]; then
+			ln -sf "$x/data/usr/sbin/jellydemon" "$x/bin/jellydemon"
+		else
+			printf '#!/bin/sh\nexec %s %s "$@"\n' "$qemu" "$x/data/usr/sbin/jellydemon" >"$x/bin/jellydemon"
+			chmod +x "$x/bin/jellydemon"
+		fi
+		PATH="$x/bin:$PATH" JELLYDEMON_ROOT="$x/data" timeout 120 "${INIT_SH[@]}" "$FEED/test.sh" jellydemon "$VERSION"
+	}
+	check "ipk $arch: the feed's test.sh passes on the unpacked package" t_feed_test
 	t_determinism() {
 		JELLYDEMON_DEFAULT_CONFIG=$CONFIG_FILE "$ROOT/openwrt/ipk.sh" "$arch" "$ipkdir.again" >/dev/null || return 1
 		cmp "$ipk" "$ipkdir.again/jellydemon_${VERSION}-1_${arch}.ipk" &&
