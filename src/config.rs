@@ -382,11 +382,28 @@ fn load_files(file: &Path, secrets: &Path) -> Result<Loaded, ConfigError> {
         }) if !secrets.exists() => None,
         Err(e) => return Err(e),
     };
-    from_packages(
+    let mut loaded = from_packages(
         &package,
         file,
         secrets.as_ref().map(|(f, p)| (p, f.as_path())),
-    )
+    )?;
+    if let Some(w) = secrets.as_ref().and_then(|(f, _)| loose_mode_warning(f)) {
+        loaded.warnings.push(w);
+    }
+    Ok(loaded)
+}
+
+/// A secrets file that others may read defeats its purpose; the package installs it 0600.
+fn loose_mode_warning(file: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{}: readable by others (mode {mode:03o}): chmod 600 {}",
+            file.display(),
+            file.display()
+        )
+    })
 }
 
 fn read_package(file: &Path) -> Result<Package, ConfigError> {
@@ -2121,6 +2138,18 @@ config user
         );
         assert!(!eff.contains("new-key") && !eff.contains("tok"), "{eff}");
 
+        // Others may not read it: a warning (the package installs it 0600).
+        use std::os::unix::fs::PermissionsExt;
+        let sf = d.join("jellydemon_secrets");
+        std::fs::set_permissions(&sf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = load_file(&main).expect("valid").warnings.join("\n");
+        assert!(
+            w.contains("readable by others (mode 644): chmod 600"),
+            "{w}"
+        );
+        std::fs::set_permissions(&sf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let w = load_file(&main).expect("valid").warnings.join("\n");
+        assert!(!w.contains("readable by others"), "{w}");
         // A bad secret is an error naming the secrets file, never the value.
         write(
             &d,
@@ -2278,7 +2307,11 @@ config user
         let options: Vec<String> = main
             .sections
             .iter()
-            .flat_map(|s| s.options.iter().map(move |o| format!("{}.{}", s.stype, o.name)))
+            .flat_map(|s| {
+                s.options
+                    .iter()
+                    .map(move |o| format!("{}.{}", s.stype, o.name))
+            })
             .collect();
         assert_eq!(options, ["jellydemon.enabled", "jellyfin.url"]);
         // The secrets file: the three sections, empty.
