@@ -49,6 +49,46 @@ done
 # run with `sh test.sh NAME VERSION` on the target (busybox ash) by the feed's CI
 check "shellcheck net/jellydemon/test.sh" shellcheck -s sh "$FEED/test.sh"
 
+# a world for the Jellyfin emulator and a config for the daemon (dry run: it changes nothing)
+API_KEY=4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a
+EMU_VERSION=10.11.4
+write_world() {
+	cat >"$TMP/world.json" <<EOF
+{ "version": "$EMU_VERSION",
+  "api_keys": [ { "name": "jellydemon", "token": "$API_KEY" } ],
+  "users": [ { "name": "alice", "id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9" } ],
+  "items": [ { "id": "1f2e3d4c5b6a79880796a5b4c3d2e1f0", "name": "Smoke Test", "bitrate": 4000000 } ] }
+EOF
+}
+# write_config URL DIR: a config for the daemon (dry run: it changes nothing) in DIR/jellydemon,
+# its secrets in DIR/jellydemon_secrets, state and runtime directories below DIR
+write_config() {
+	mkdir -p "$2/state" "$2/run"
+	cat >"$2/jellydemon" <<EOF
+config jellydemon 'main'
+	option enabled '1'
+	option interval '1'
+	option dry_run '1'
+	option state_dir '$2/state'
+	option run_dir '$2/run'
+
+config jellyfin 'jellyfin'
+	option url '$1'
+
+config network 'network'
+	option wan_device 'lo'
+	option lan_device 'lo'
+
+config bandwidth 'bandwidth'
+	option upload_mbps '20'
+
+config shaping 'shaping'
+	option enabled '0'
+EOF
+	printf "config jellyfin 'jellyfin'\n\toption api_key '%s'\n" "$API_KEY" >"$2/jellydemon_secrets"
+	chmod 600 "$2/jellydemon_secrets"
+}
+
 # ---------------------------------------------------------------------------------------------
 # init script against a mock of procd. procd/ubus/rc.common cannot run here, so the functions
 # rc.common and /lib/functions.sh provide are stubbed: each records its arguments, one line per
@@ -298,31 +338,8 @@ pd_run() {
 		PROCD_DIR="$PD" MOCK_main_enabled=1
 }
 t_procd_one_reload() {
-	local key=9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d
 	PD=$TMP/procd
-	mkdir -p "$PD/state" "$PD/run"
-	cat >"$PD/jellydemon" <<EOF
-config jellydemon 'main'
-	option enabled '1'
-	option interval '1'
-	option dry_run '1'
-	option state_dir '$PD/state'
-	option run_dir '$PD/run'
-
-config jellyfin 'jellyfin'
-	option url 'http://127.0.0.1:9'
-
-config network 'network'
-	option wan_device 'lo'
-	option lan_device 'lo'
-
-config bandwidth 'bandwidth'
-	option upload_mbps '20'
-
-config shaping 'shaping'
-	option enabled '0'
-EOF
-	printf "config jellyfin 'jellyfin'\n\toption api_key '%s'\n" "$key" >"$PD/jellydemon_secrets"
+	write_config http://127.0.0.1:9 "$PD"
 	pd_run pdstart start || return 1
 	PIDS+=("$(cat "$PD/cur.jellydemon.pid")")
 	# the signal handlers are installed before the daemon says it is starting
@@ -337,7 +354,7 @@ EOF
 	pd_run pdreload2 reload || return 1
 	eq "$(cat "$PD/signals")" HUP || return 1
 	# a change of the secrets file alone is a change too
-	printf "config jellyfin 'jellyfin'\n\toption api_key '%s0'\n" "$key" >"$PD/jellydemon_secrets"
+	printf "config jellyfin 'jellyfin'\n\toption api_key '%s0'\n" "$API_KEY" >"$PD/jellydemon_secrets"
 	pd_run pdreload3 reload || return 1
 	eq "$(cat "$PD/signals")" "$(printf 'HUP\nHUP')" || return 1
 	await_reloads 2 || { echo "second reload not logged: $(cat "$PD/daemon.log")"; return 1; }
@@ -345,7 +362,7 @@ EOF
 	pd_run pdnet netchange || return 1
 	await_reloads 3 || { echo "netchange reload not logged: $(cat "$PD/daemon.log")"; return 1; }
 	eq "$(grep -c 'configuration reloaded' "$PD/daemon.log")" 3 || return 1
-	case $(cat "$PD/daemon.log") in *"$key"*) echo "API key in the log"; return 1 ;; esac
+	case $(cat "$PD/daemon.log") in *"$API_KEY"*) echo "API key in the log"; return 1 ;; esac
 	kill "$(cat "$PD/cur.jellydemon.pid")"
 }
 t_procd_double_detected() {
@@ -496,43 +513,6 @@ elf_want() {
 	esac
 }
 
-# a world for the Jellyfin emulator and a config for the daemon (dry run: it changes nothing)
-API_KEY=4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a
-EMU_VERSION=10.11.4
-write_world() {
-	cat >"$TMP/world.json" <<EOF
-{ "version": "$EMU_VERSION",
-  "api_keys": [ { "name": "jellydemon", "token": "$API_KEY" } ],
-  "users": [ { "name": "alice", "id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9" } ],
-  "items": [ { "id": "1f2e3d4c5b6a79880796a5b4c3d2e1f0", "name": "Smoke Test", "bitrate": 4000000 } ] }
-EOF
-}
-write_config() {
-	mkdir -p "$TMP/state" "$TMP/run"
-	cat >"$TMP/jellydemon.conf" <<EOF
-config jellydemon 'main'
-	option enabled '1'
-	option interval '1'
-	option dry_run '1'
-	option state_dir '$TMP/state'
-	option run_dir '$TMP/run'
-
-config jellyfin 'jellyfin'
-	option url 'http://127.0.0.1:$1'
-	option api_key '$API_KEY'
-
-config network 'network'
-	option wan_device 'lo'
-	option lan_device 'lo'
-
-config bandwidth 'bandwidth'
-	option upload_mbps '20'
-
-config shaping 'shaping'
-	option enabled '0'
-EOF
-}
-
 # the emulator, when this branch has it; prints its port
 EMU_PORT=""
 start_emulator() {
@@ -619,10 +599,10 @@ for t in $TARGETS; do
 		skip "$triple: run --once against the Jellyfin emulator" "$EMU_WHY"
 		continue
 	fi
-	write_config "$EMU_PORT"
+	write_config "http://127.0.0.1:$EMU_PORT" "$TMP/smoke"
 	t_check() {
 		local out rc
-		out=$(timeout 120 "${run[@]}" --config "$TMP/jellydemon.conf" check 2>&1)
+		out=$(timeout 120 "${run[@]}" --config "$TMP/smoke/jellydemon" check 2>&1)
 		rc=$?
 		# 0 = all good, 1 = something to fix (e.g. no tc here); anything else is a crash
 		[ "$rc" -le 1 ] || { echo "exit $rc: $out"; return 1; }
@@ -631,14 +611,14 @@ for t in $TARGETS; do
 	}
 	check "$triple: check against a config" t_check
 	t_once() {
-		rm -f "$TMP/run/status.json"
+		rm -f "$TMP/smoke/run/status.json"
 		local out
-		out=$(timeout 120 "${run[@]}" --config "$TMP/jellydemon.conf" run --once --stderr 2>&1) ||
+		out=$(timeout 120 "${run[@]}" --config "$TMP/smoke/jellydemon" run --once --stderr 2>&1) ||
 			{ echo "run --once failed: $out"; return 1; }
-		[ -s "$TMP/run/status.json" ] || { echo "no status.json: $out"; return 1; }
+		[ -s "$TMP/smoke/run/status.json" ] || { echo "no status.json: $out"; return 1; }
 		# the binary really talked to the emulator: the version it reports comes from there
 		local st
-		st=$(cat "$TMP/run/status.json")
+		st=$(cat "$TMP/smoke/run/status.json")
 		grep -Eq '"reachable": ?true' <<<"$st" || { echo "Jellyfin not reachable: $st"; return 1; }
 		grep -Eq "\"server_version\": ?\"$EMU_VERSION\"" <<<"$st" || { echo "no server_version $EMU_VERSION: $st"; return 1; }
 		case $st in *"$API_KEY"*) echo "API key in status.json"; return 1 ;; esac
@@ -759,7 +739,7 @@ for t in $TARGETS; do
 		if [ "$triple" = x86_64-unknown-linux-musl ]; then
 			ln -sf "$x/data/usr/sbin/jellydemon" "$x/bin/jellydemon"
 		else
-			printf '#!/bin/sh\nexec %s %s "$@"\n' "$qemu" "$x/data/usr/sbin/jellydemon" >"$x/bin/jellydemon"
+			printf '#!/bin/sh\nexec %s %s "$@"\n' "$("$ROOT/openwrt/cross.sh" qemu "$t")" "$x/data/usr/sbin/jellydemon" >"$x/bin/jellydemon"
 			chmod +x "$x/bin/jellydemon"
 		fi
 		PATH="$x/bin:$PATH" JELLYDEMON_ROOT="$x/data" timeout 120 "${INIT_SH[@]}" "$FEED/test.sh" jellydemon "$VERSION"
