@@ -373,8 +373,8 @@ pub fn load_file(file: &Path) -> Result<Loaded, ConfigError> {
 
 /// The main file and the secrets file; a missing secrets file means no secrets there.
 fn load_files(file: &Path, secrets: &Path) -> Result<Loaded, ConfigError> {
-    let package = read_package(file)?;
-    let secrets = match read_package(secrets) {
+    let package = read_and_parse(file)?;
+    let secrets = match read_and_parse(secrets) {
         Ok(p) => Some((secrets.to_path_buf(), p)),
         Err(ConfigError {
             kind: ErrorKind::Io,
@@ -406,7 +406,16 @@ fn loose_mode_warning(file: &Path) -> Option<String> {
     })
 }
 
-fn read_package(file: &Path) -> Result<Package, ConfigError> {
+/// Reads and parses the configuration at `path` (after the override lookup) without
+/// validating it: what `jellydemon config` prints, as `uci show` would, also when a value is
+/// invalid for jellydemon. Returns the file actually read.
+pub fn read_package(path: &Path) -> Result<(Package, PathBuf), ConfigError> {
+    let file = resolve_path(path);
+    let package = read_and_parse(&file)?;
+    Ok((package, file))
+}
+
+fn read_and_parse(file: &Path) -> Result<Package, ConfigError> {
     use std::io::Read;
     let io_err = |e: std::io::Error| ConfigError {
         file: file.to_path_buf(),
