@@ -43,7 +43,7 @@ VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
 command -v shellcheck >/dev/null || { echo "shellcheck missing: run tests/deps.sh" >&2; exit 1; }
 FEED=$ROOT/net/jellydemon
 for f in net/jellydemon/files/jellydemon.init openwrt/cross.sh openwrt/musl-gcc.sh \
-	openwrt/ipk.sh openwrt/sizes.sh openwrt/release.sh tests/package.sh; do
+	openwrt/ipk.sh openwrt/sizes.sh openwrt/release.sh tests/package.sh tests/luci/i18n-scan.sh; do
 	check "shellcheck $f" shellcheck -x "$ROOT/$f"
 done
 # run with `sh test.sh NAME VERSION` on the target (busybox ash) by the feed's CI
