@@ -521,8 +521,7 @@ pub trait MediaServer {
 
 /// The real client: plain HTTP to the server's LAN address, one connection per call.
 pub struct Client {
-    url: http::Url,
-    timeout: Duration,
+    http: http::Endpoint,
     base: String,
     auth: String,
     key: String,
@@ -535,8 +534,8 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client for `base_url` (`http://host:port[/prefix]`). `timeout` bounds connecting and
-    /// every whole call. https is refused: TLS is not built in.
+    /// A client for `base_url` (`http://host:port[/prefix]`). `timeout` bounds every whole call,
+    /// the one-time name lookup included. https is refused: TLS is not built in.
     pub fn new(
         base_url: &str,
         api_key: &Secret,
@@ -554,8 +553,7 @@ impl Client {
         );
         let url = http::Url::parse(&base).map_err(map_http)?;
         Ok(Client {
-            url,
-            timeout,
+            http: http::Endpoint::new(url, timeout),
             base,
             auth,
             key: api_key.expose().to_string(),
@@ -598,7 +596,9 @@ impl Client {
         if json.is_some() {
             headers.push(("Content-Type", "application/json"));
         }
-        let out = http::request(&self.url, method, path, &headers, json, self.timeout, limit)
+        let out = self
+            .http
+            .request(method, path, &headers, json, limit)
             .map_err(map_http)
             .and_then(|resp| check_status(&resp).map(|_| resp.body));
         out.map_err(|e| self.redact(e))
