@@ -349,6 +349,17 @@ impl fmt::Debug for Endpoint {
 impl Endpoint {
     /// A client for `url` whose every call, name lookup included, ends within `timeout`.
     pub fn new(url: Url, timeout: Duration) -> Endpoint {
+        let resolver = Arc::new(OnceResolver::new(&url.host, url.port));
+        Self::build(url, timeout, resolver)
+    }
+
+    /// The same server with another timeout, keeping the address already looked up (the
+    /// shutdown shortens the timeout and must not wait for DNS again).
+    pub fn with_timeout(&self, timeout: Duration) -> Endpoint {
+        Self::build(self.url.clone(), timeout, self.resolver.clone())
+    }
+
+    fn build(url: Url, timeout: Duration, resolver: Arc<OnceResolver>) -> Endpoint {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -364,7 +375,6 @@ impl Endpoint {
             .max_idle_connections_per_host(0)
             .user_agent(concat!("jellydemon/", env!("CARGO_PKG_VERSION")))
             .build();
-        let resolver = Arc::new(OnceResolver::new(&url.host, url.port));
         let agent = ureq::Agent::with_parts(
             config,
             TcpConnector::default(),
@@ -580,6 +590,10 @@ mod tests {
         assert!(lower.contains("\r\ncontent-length: 2\r\n"), "{sent}");
         assert!(lower.contains("\r\nuser-agent: jellydemon/"), "{sent}");
         assert_eq!(ep.resolved().map(|a| a.len()), Some(1));
+        assert_eq!(
+            ep.with_timeout(Duration::from_secs(1)).resolved(),
+            ep.resolved()
+        );
     }
 
     #[test]

@@ -498,6 +498,9 @@ pub trait MediaServer {
     fn users(&mut self) -> Result<Vec<User>, Error>;
     /// `POST /Users/{id}/Policy`: a full replace of the policy.
     fn set_policy(&mut self, user_id: &str, policy: &Map<String, Value>) -> Result<(), Error>;
+    /// Bounds every later call by `timeout` (the shutdown shortens it to fit procd's kill
+    /// timeout), keeping what the client already knows (the server's address).
+    fn set_timeout(&mut self, _timeout: Duration) {}
     /// `POST /Sessions/{id}/Playing/Stop`.
     fn stop(&mut self, session_id: &str) -> Result<(), Error>;
     /// `POST /Sessions/{id}/Playing?playCommand=PlayNow&…`.
@@ -614,6 +617,10 @@ impl Client {
 }
 
 impl MediaServer for Client {
+    fn set_timeout(&mut self, timeout: Duration) {
+        self.http = self.http.with_timeout(timeout);
+    }
+
     fn system_info(&mut self) -> Result<ServerInfo, Error> {
         let body = self.get("/System/Info", BODY_LIMIT)?;
         ServerInfo::from_json(&parse::<Value>(&body)?)
@@ -750,11 +757,7 @@ fn check_base_url(url: &str) -> Result<String, Error> {
     let url = url.trim();
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("https://") {
-        return Err(Error::BadUrl(
-            "https is not supported (TLS is not built in); use the server's LAN http:// \
-             address, e.g. http://192.168.1.2:8096"
-                .into(),
-        ));
+        return Err(Error::BadUrl(crate::config::JELLYFIN_HTTPS_HINT.into()));
     }
     let Some(rest) = lower.strip_prefix("http://") else {
         return Err(Error::BadUrl(format!(
