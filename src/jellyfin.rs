@@ -761,13 +761,13 @@ fn check_base_url(url: &str) -> Result<String, Error> {
     }
     let Some(rest) = lower.strip_prefix("http://") else {
         return Err(Error::BadUrl(format!(
-            "{url:?} must start with http://, e.g. http://192.168.1.2:8096"
+            "'{url}' must start with http://, e.g. http://192.168.1.2:8096"
         )));
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || host.contains('@') || url.contains(['?', '#']) {
         return Err(Error::BadUrl(format!(
-            "{url:?} needs a host and no user, query or fragment, e.g. http://192.168.1.2:8096"
+            "'{url}' needs a host and no user, query or fragment, e.g. http://192.168.1.2:8096"
         )));
     }
     Ok(url.trim_end_matches('/').to_string())

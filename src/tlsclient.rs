@@ -2,8 +2,8 @@
 //! `uclient-fetch` (installed by default, TLS from its `libustream-*` library) or `curl` where
 //! that is installed. Used by the webhook's background sender only.
 //!
-//! Both are run with an argument vector (never a shell), a clean environment (no proxy from the
-//! daemon's environment), and a deadline after which the child is killed. What each can keep
+//! Both are run with an argument vector (never a shell), told to use no proxy (whatever the
+//! environment says), and a deadline after which the child is killed. What each can keep
 //! off the command line, read from their sources:
 //! - curl reads its options from stdin with `--config -` (curl's manual, "-K, --config"): the URL
 //!   and the body go there, so `ps` shows no part of the URL.
@@ -88,6 +88,8 @@ impl TlsClient {
                 a.extend(
                     [
                         "-q".to_string(),
+                        // Never through a proxy from the environment.
+                        "--no-proxy".into(),
                         "-O".into(),
                         "/dev/null".into(),
                         format!("--timeout={secs}"),
@@ -123,6 +125,8 @@ impl TlsClient {
                 opt("url", url);
                 // https only, never a redirect (curl follows none without --location).
                 opt("proto", "=https");
+                // Never through a proxy from the environment.
+                opt("noproxy", "*");
                 opt(
                     "max-time",
                     &format!("{:.1}", timeout.as_secs_f64().max(0.1)),
@@ -183,8 +187,6 @@ impl TlsClient {
         let deadline = Instant::now() + timeout + Duration::from_secs(1);
         let mut child = match Command::new(&self.program)
             .args(self.args(url, timeout))
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -312,6 +314,7 @@ mod tests {
         let lines: Vec<&str> = conf.lines().collect();
         assert_eq!(lines[0], format!("url = \"{URL}\""));
         assert!(lines.contains(&"proto = \"=https\""), "{conf}");
+        assert!(lines.contains(&"noproxy = \"*\""), "{conf}");
         assert!(lines.contains(&"max-time = \"5.0\""), "{conf}");
         assert!(lines.contains(&"write-out = \"%{http_code}\""), "{conf}");
         assert!(lines.contains(&"cacert = \"/tmp/ca.pem\""), "{conf}");
@@ -348,6 +351,7 @@ mod tests {
             args,
             [
                 "-q",
+                "--no-proxy",
                 "-O",
                 "/dev/null",
                 "--timeout=4",
