@@ -70,7 +70,7 @@ pub fn render(lines: &[Line]) -> (String, u8) {
 pub fn run(path: &Path) -> u8 {
     let lines = gather(path);
     let (text, code) = render(&lines);
-    print!("{text}");
+    crate::print_out(text);
     code
 }
 
@@ -142,23 +142,7 @@ fn gather(path: &Path) -> Vec<Line> {
             "set jellyfin.server_ip to the server's LAN address",
         )),
     }
-    if !Path::new(&format!(
-        "{}/class/net/{}",
-        daemon::SYS_ROOT,
-        cfg.network.lan_device
-    ))
-    .exists()
-    {
-        lines.push(Line::fail(
-            format!("LAN device {} not found", cfg.network.lan_device),
-            "set network.lan_device (usually br-lan)",
-        ));
-    } else {
-        lines.push(Line::ok(format!(
-            "LAN device {} found",
-            cfg.network.lan_device
-        )));
-    }
+    lines.extend(check_lan(cfg));
     lines.extend(check_shaping(cfg));
     lines.push(check_conntrack());
     lines.extend(check_bridge_netfilter());
@@ -280,6 +264,76 @@ fn check_conntrack() -> Line {
     }
 }
 
+/// The LAN device, the local networks and the server's IPv6 address, as netifd tells them.
+fn check_lan(cfg: &Config) -> Vec<Line> {
+    let mut out = Vec::new();
+    match daemon::lan_device(cfg) {
+        Ok(dev) if Path::new(&format!("{}/class/net/{dev}", daemon::SYS_ROOT)).exists() => {
+            out.push(Line::ok(format!("LAN device {dev} found")))
+        }
+        Ok(dev) => out.push(Line::fail(
+            format!("LAN device {dev} not found"),
+            "set network.lan_interface to the interface the media server is on, or network.lan_device (e.g. br-lan)",
+        )),
+        Err(e) => out.push(Line::fail(
+            format!("LAN device: {e}"),
+            "set network.lan_interface (usually lan) or network.lan_device (e.g. br-lan)",
+        )),
+    }
+    let internal = daemon::internal_networks(cfg, &cfg.network.internal);
+    let list: Vec<String> = internal.nets.iter().map(|n| n.to_string()).collect();
+    if internal.fallback {
+        out.push(Line::warn(
+            format!(
+                "local networks: netifd gave none for {} ({}); the private ranges stand in: {}",
+                cfg.network.internal_interfaces.join(", "),
+                internal.problems.join("; "),
+                list.join(" ")
+            ),
+            "check that the interface is up (ifstatus lan), or list the networks in network.internal (e.g. 192.168.1.0/24 2001:db8:1::/64)",
+        ));
+    } else {
+        out.push(Line::ok(format!("local networks {}", list.join(" "))));
+        for p in &internal.problems {
+            out.push(Line::warn(
+                p.clone(),
+                "remove the name from network.internal or fix it",
+            ));
+        }
+    }
+    let global_v6 = internal.nets.iter().any(|n| match n {
+        ipnet::IpNet::V6(n) => (n.addr().segments()[0] & 0xe000) == 0x2000,
+        _ => false,
+    });
+    let learned = match (cfg.server_ip6(), daemon::lan_device(cfg)) {
+        (None, Ok(lan)) => daemon::learn_server_ip6(cfg, &lan),
+        _ => crate::neigh::Learned::None,
+    };
+    match (cfg.server_ip6(), learned) {
+        (Some(ip), _) => out.push(Line::ok(format!("media server IPv6 address {ip}"))),
+        (None, crate::neigh::Learned::One(ip)) => out.push(Line::ok(format!(
+            "media server IPv6 address {ip} (from the neighbour table; set jellyfin.server_ip6 to fix it)"
+        ))),
+        (None, crate::neigh::Learned::Several(all)) => out.push(Line::warn(
+            format!(
+                "the media server has several IPv6 addresses ({}): remote IPv6 viewers are neither shaped nor counted",
+                all.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            "set jellyfin.server_ip6 to the address its viewers use (the stable one, not a temporary one)",
+        )),
+        (None, _) if global_v6 => out.push(Line::warn(
+            "the LAN has global IPv6 but the media server's IPv6 address is unknown: remote IPv6 viewers are neither shaped nor counted",
+            "set jellyfin.server_ip6 to the server's global address (ip -6 addr on the server)",
+        )),
+        (None, _) => {}
+    }
+    let offload = crate::firewall::read_offload(Path::new(crate::firewall::FIREWALL_CONFIG));
+    if offload.is_on() && cfg.shaping.enabled {
+        out.push(Line::warn(offload.meaning(), offload.fix()));
+    }
+    out
+}
+
 fn check_bridge_netfilter() -> Vec<Line> {
     let mut on = Vec::new();
     for k in ["iptables", "ip6tables", "arptables"] {
@@ -336,12 +390,35 @@ fn check_wol(cfg: &Config) -> Vec<Line> {
             "set wol.interface to the LAN bridge (br-lan)",
         ));
     }
+    // The asleep/down distinction probes the server's address; a host name gives none.
+    if cfg.server_ip().is_none() {
+        out.push(Line::warn(
+            "the media server's IP address is unknown: a sleeping server will be reported as Jellyfin down",
+            "set jellyfin.server_ip (or use an IP address in jellyfin.url)",
+        ));
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wol_without_server_address_warns() {
+        let mut cfg = Config::default();
+        cfg.wol.enabled = true;
+        cfg.jellyfin.url = Some("http://nas.lan:8096".into());
+        let lines = check_wol(&cfg);
+        let (t, _) = render(&lines);
+        assert!(
+            t.contains("warn  the media server's IP address is unknown"),
+            "{t}"
+        );
+        cfg.jellyfin.server_ip = Some("192.168.1.2".parse().unwrap());
+        let (t, _) = render(&check_wol(&cfg));
+        assert!(!t.contains("IP address is unknown"), "{t}");
+    }
 
     #[test]
     fn render_exit_codes() {

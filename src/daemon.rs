@@ -6,12 +6,16 @@ use crate::backup::Backup;
 use crate::config::Config;
 use crate::conntrack::{self, ConnectWatch, FlowCounter, FlowSource};
 use crate::decide::{self, Plan};
+use crate::firewall::{self, Offload};
 use crate::jellyfin::{self, MediaServer, Session};
 use crate::monitor::Monitor;
+use crate::neigh;
+use crate::netifd::{self, LinkWatch};
 use crate::observe::{self, RateMeter};
 use crate::publish::{self, Event, Webhook};
 use crate::shaper::{self, Shaper};
 use crate::status::{self, Status, StreamStatus};
+use crate::wake::{self, Liveness};
 use crate::wol;
 use log::{debug, error, info, warn};
 use std::collections::{BTreeMap, HashMap};
@@ -118,6 +122,66 @@ pub fn wan_device(cfg: &Config) -> Result<String, String> {
     }
 }
 
+/// The LAN device: `lan_device` when set, else the device netifd reports for `lan_interface`.
+pub fn lan_device(cfg: &Config) -> Result<String, String> {
+    match &cfg.network.lan_device {
+        Some(d) => Ok(d.clone()),
+        None => netifd::resolve_device(
+            &mut netifd::Ubus,
+            &cfg.network.lan_interface,
+            "network.lan_device",
+        ),
+    }
+}
+
+/// The WAN interfaces whose delegated IPv6 prefixes are the home's: `wan_interface` and its
+/// DHCPv6 twin (`wan6`, as OpenWrt names it), which is where netifd reports the prefix.
+pub fn wan_interfaces(cfg: &Config) -> Vec<String> {
+    let w = &cfg.network.wan_interface;
+    vec![w.clone(), format!("{w}6")]
+}
+
+/// What `network.internal` means now: `configured` (its CIDRs) and, when it names interfaces,
+/// their networks as netifd reports them (the private ranges when it reports none).
+pub fn internal_networks(cfg: &Config, configured: &[ipnet::IpNet]) -> netifd::Internal {
+    if cfg.network.internal_interfaces.is_empty() {
+        return netifd::Internal {
+            nets: configured.to_vec(),
+            ..Default::default()
+        };
+    }
+    netifd::resolve_internal(
+        &mut netifd::Ubus,
+        configured,
+        &cfg.network.internal_interfaces,
+        &wan_interfaces(cfg),
+    )
+}
+
+/// The server's IPv6 address from the router's neighbour tables (see [`crate::neigh`]), when
+/// the configuration does not give it and `server_ip` is IPv4.
+pub fn learn_server_ip6(cfg: &Config, lan_device: &str) -> neigh::Learned {
+    let Some(IpAddr::V4(v4)) = cfg.server_ip() else {
+        return neigh::Learned::None;
+    };
+    let Ok(lan) = nix::net::if_::if_nametoindex(lan_device) else {
+        return neigh::Learned::None;
+    };
+    let Some(mac) = std::fs::read_to_string("/proc/net/arp")
+        .ok()
+        .and_then(|t| neigh::mac_of(&t, v4))
+    else {
+        return neigh::Learned::None;
+    };
+    match neigh::ipv6_neighbours(4096) {
+        Ok(n) => neigh::learn(&n, mac, lan),
+        Err(e) => {
+            debug!("IPv6 neighbour table unreadable: {e}");
+            neigh::Learned::None
+        }
+    }
+}
+
 /// The uplink capacity: `upload_mbps`, else SQM's configured upload on the WAN device.
 pub fn capacity(cfg: &Config, wan_dev: Option<&str>, sqm_path: &Path) -> Option<u64> {
     if let Some(m) = cfg.bandwidth.upload_mbps {
@@ -188,8 +252,28 @@ fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
 /// and the exit).
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
 
-/// How often the guard looks at the WAN counter between ticks.
+/// The guard's measurement window: the WAN rate over the last half second.
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
+/// How often the guard samples the WAN counter (by the clock, between ticks): the window
+/// slides by this step, so a jump is seen within a step of filling the window.
+pub const GUARD_STEP: Duration = Duration::from_millis(250);
+/// After a packet to a sleeping server, how long the loop ticks every second.
+const WAKING_WINDOW: Duration = Duration::from_secs(180);
+/// After Jellyfin answered from sleep, how long the loop keeps ticking every second (the
+/// viewer who woke it is about to start playing).
+const AFTER_WAKE_WINDOW: Duration = Duration::from_secs(60);
+/// The tick period while waking.
+const WAKING_TICK: Duration = Duration::from_secs(1);
+
+/// What the wake path needs from the configuration.
+fn wake_config(cfg: &Config, opts: Options) -> wake::WakeConfig {
+    wake::WakeConfig {
+        wol: cfg.wol.clone(),
+        internal: cfg.network.internal.clone(),
+        ports: cfg.jellyfin.ports.clone(),
+        dry_run: opts.dry_run || cfg.main.dry_run,
+    }
+}
 
 /// A stream as this tick saw it, with what the status and the events need.
 struct Seen {
@@ -208,7 +292,17 @@ pub struct Daemon {
     shaper: Option<Box<dyn Shaper>>,
     shaper_error: Option<String>,
     flows: Option<(Box<dyn FlowSource>, FlowCounter)>,
+    /// The conntrack watch, only when the wake thread could not start (then drained between
+    /// ticks, as a fallback).
     connect: Option<ConnectWatch>,
+    /// Owns the conntrack watch and sends on-connect wakes, whatever the tick is doing.
+    wake_thread: Option<wake::WakeThread>,
+    /// The scheduler and the record of sent packets, shared with the wake thread.
+    waker: wake::Waker,
+    /// Host asleep or awake, as the probes and Jellyfin's answers say.
+    presence: wake::Presence,
+    /// When Jellyfin last answered after a sleep.
+    woke_at: Option<Instant>,
     webhook: Option<Webhook>,
     backup: Result<Backup, String>,
     state: decide::State,
@@ -220,9 +314,21 @@ pub struct Daemon {
     /// status shows, what the guard subtracts).
     jellyfin_bps: u64,
     /// The guard's own meter (short windows between ticks).
-    guard_wan: RateMeter,
+    guard_wan: observe::WindowMeter,
     guard_last: Option<Instant>,
     wan_dev: Result<String, String>,
+    /// The WAN device's interface index when last read: a new one means new counters.
+    wan_ifindex: Option<u32>,
+    lan_dev: Result<String, String>,
+    /// `network.internal`'s own networks, before interfaces are resolved into
+    /// `cfg.network.internal` (which then holds every local network).
+    internal_configured: Vec<ipnet::IpNet>,
+    internal: netifd::Internal,
+    links: Option<LinkWatch>,
+    /// The server's IPv6 address as the neighbour tables tell it (without `server_ip6`).
+    learned_ip6: neigh::Learned,
+    offload: Offload,
+    ticks: u64,
     capacity_bps: Option<u64>,
     /// user id → the limit this process last wrote.
     applied: HashMap<String, i64>,
@@ -230,7 +336,6 @@ pub struct Daemon {
     server_version: Option<String>,
     last_logged_error: Option<String>,
     item_bitrates: HashMap<(String, String), Option<u64>>,
-    scheduler: wol::Scheduler,
     wol_status: status::WolStatus,
     known: BTreeMap<String, Event>,
     last_plan: Plan,
@@ -250,6 +355,10 @@ impl Daemon {
             shaper_error: None,
             flows: None,
             connect: None,
+            wake_thread: None,
+            waker: wake::Waker::new(wake_config(&cfg, opts)),
+            presence: wake::Presence::default(),
+            woke_at: None,
             webhook: None,
             backup: Err("not loaded".into()),
             state: decide::State::default(),
@@ -257,16 +366,23 @@ impl Daemon {
             wan_meter: RateMeter::default(),
             jf_meter: RateMeter::default(),
             jellyfin_bps: 0,
-            guard_wan: RateMeter::default(),
+            guard_wan: observe::WindowMeter::new(GUARD_PERIOD.as_secs_f64()),
             guard_last: None,
             wan_dev: Err("not resolved".into()),
+            wan_ifindex: None,
+            lan_dev: Err("not resolved".into()),
+            internal_configured: cfg.network.internal.clone(),
+            internal: netifd::Internal::default(),
+            links: None,
+            learned_ip6: neigh::Learned::None,
+            offload: Offload::Off,
+            ticks: 0,
             capacity_bps: None,
             applied: HashMap::new(),
             reachable: None,
             server_version: None,
             last_logged_error: None,
             item_bitrates: HashMap::new(),
-            scheduler: wol::Scheduler::from_config(&cfg.wol),
             wol_status: status::WolStatus::default(),
             known: BTreeMap::new(),
             last_plan: Plan::default(),
@@ -287,7 +403,7 @@ impl Daemon {
 
     /// (Re)builds the adapters for a configuration. Used at start and on SIGHUP.
     fn configure(&mut self, cfg: Config) {
-        let old = std::mem::replace(&mut self.cfg, cfg);
+        self.cfg = cfg;
         let cfg = &self.cfg;
         let timeout = Duration::from_secs(cfg.jellyfin.timeout as u64);
         match server_for(cfg, timeout) {
@@ -305,6 +421,16 @@ impl Daemon {
         if let Err(e) = &self.wan_dev {
             error!("{e}");
         }
+        let old_lan = std::mem::replace(&mut self.lan_dev, Err("not resolved".into()));
+        self.internal_configured = self.cfg.network.internal.clone();
+        self.resolve_network();
+        if self.links.is_none() {
+            self.links = LinkWatch::new()
+                .map_err(|e| warn!("{e}: interface changes are followed every minute"))
+                .ok();
+        }
+        self.read_offload();
+        let cfg = &self.cfg;
         self.capacity_bps = capacity(cfg, self.wan_dev.as_deref().ok(), Path::new(SQM_CONFIG));
         if self.capacity_bps.is_none() {
             error!("uplink capacity unknown: set bandwidth.upload_mbps (or configure SQM on the WAN device); limits are not managed");
@@ -323,12 +449,12 @@ impl Daemon {
                 }
             },
         };
-        self.scheduler = wol::Scheduler::from_config(&cfg.wol);
+        self.waker.reconfigure(wake_config(cfg, self.opts));
         self.wol_status.enabled = cfg.wol.enabled;
 
         // Shaping: own tc objects on the LAN side. A changed LAN device means the old tree
         // must go first.
-        let lan_changed = old.network.lan_device != cfg.network.lan_device;
+        let lan_changed = old_lan != self.lan_dev;
         if lan_changed {
             if let Some(s) = self.shaper.as_mut() {
                 let _ = s.remove();
@@ -344,8 +470,10 @@ impl Daemon {
                     )
                 }
                 Some(_) => {
-                    let s = shaper::TcShaper::new(SHAPER_DEVICE, "tc")
-                        .with_lan_device(&cfg.network.lan_device);
+                    let mut s = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+                    if let Ok(lan) = &self.lan_dev {
+                        s = s.with_lan_device(lan);
+                    }
                     self.shaper = Some(Box::new(s));
                     self.shaper_error = None;
                 }
@@ -354,17 +482,7 @@ impl Daemon {
         if self.flows.is_none() {
             self.flows = best_flow_source().map(|s| (s, FlowCounter::new()));
         }
-        if cfg.wol.enabled && cfg.wol.on_connect && self.connect.is_none() {
-            match ConnectWatch::new() {
-                Ok(w) => self.connect = Some(w),
-                Err(e) => warn!(
-                    "cannot watch new connections for Wake-on-LAN ({e}); waking on sessions only"
-                ),
-            }
-        }
-        if !(cfg.wol.enabled && cfg.wol.on_connect) {
-            self.connect = None;
-        }
+        self.configure_wake_watch();
         if let Some(e) = &self.shaper_error {
             warn!("{e}");
         }
@@ -394,21 +512,10 @@ impl Daemon {
     pub fn tick(&mut self) {
         let now = self.now();
         let mut errors: Vec<String> = Vec::new();
+        self.follow_network(&mut errors);
 
         // Observe: the WAN counter.
-        let wan_bps = match &self.wan_dev {
-            Ok(dev) => match observe::read_tx_bytes(Path::new(SYS_ROOT), dev) {
-                Ok(c) => self.wan_meter.update(now, c),
-                Err(e) => {
-                    errors.push(e.to_string());
-                    None
-                }
-            },
-            Err(e) => {
-                errors.push(e.clone());
-                None
-            }
-        };
+        let wan_bps = self.read_wan(now, &mut errors);
 
         // Observe: per-viewer Jellyfin bytes — own tc class counters, else conntrack.
         let counters = self.viewer_counters(&mut errors);
@@ -423,23 +530,7 @@ impl Daemon {
         };
 
         // Observe: who is streaming.
-        let sessions = match self.server.as_mut() {
-            Some(s) => s.sessions().map_err(|e| e.to_string()),
-            None => Err(self
-                .server_error
-                .clone()
-                .unwrap_or_else(|| "no Jellyfin server configured".into())),
-        };
-        let sessions = match sessions {
-            Ok(s) => {
-                self.set_reachable(true, None);
-                Some(s)
-            }
-            Err(e) => {
-                self.set_reachable(false, Some(e));
-                None
-            }
-        };
+        let sessions = self.observe_sessions();
 
         if let Some(sessions) = sessions {
             let seen = self.classify(sessions);
@@ -468,7 +559,7 @@ impl Daemon {
                 per_ip
                     .iter()
                     .map(|(ip, est)| measured(ip).unwrap_or(*est))
-                    .sum()
+                    .fold(0u64, u64::saturating_add)
             });
             self.jellyfin_bps = jellyfin_bps;
             let input = decide::Input {
@@ -504,12 +595,97 @@ impl Daemon {
         if let Some(e) = &self.shaper_error {
             errors.push(e.clone());
         }
-        let playing = self
-            .last_seen
-            .iter()
-            .any(|s| !s.session.play_state.is_paused);
-        self.wol_step(playing, 0);
+        // A sleeping host plays nothing, whatever the last answer listed.
+        let playing = !self.presence.asleep()
+            && self
+                .last_seen
+                .iter()
+                .any(|s| !s.session.play_state.is_paused);
+        self.wol_step(playing);
         self.publish(wan_bps, errors);
+    }
+
+    /// Jellyfin's sessions, or None when it is away. While the host is known asleep, a cheap
+    /// probe replaces the calls (each would block for the whole timeout); after a failed call,
+    /// a probe tells "host asleep" (quiet, limits kept) from "Jellyfin down" (logged once).
+    fn observe_sessions(&mut self) -> Option<Vec<Session>> {
+        if self.presence.asleep() && self.probe() == Some(Liveness::Asleep) {
+            return None;
+        }
+        let result = match self.server.as_mut() {
+            Some(s) => s.sessions().map_err(|e| e.to_string()),
+            None => Err(self
+                .server_error
+                .clone()
+                .unwrap_or_else(|| "no Jellyfin server configured".into())),
+        };
+        match result {
+            Ok(s) => {
+                let sent = self.waker.lock().last.as_ref().map(|l| l.at);
+                if let wake::Change::Woke(after) =
+                    self.presence.answered(unix_now(), Instant::now(), sent)
+                {
+                    self.woke_at = Some(Instant::now());
+                    match after {
+                        Some(a) => info!("the media server is awake: Jellyfin answered {a:.1} s after the Wake-on-LAN packet"),
+                        None => info!("the media server is awake"),
+                    }
+                }
+                self.set_reachable(true, None);
+                Some(s)
+            }
+            Err(e) => {
+                if self.server.is_some() && self.probe() == Some(Liveness::Asleep) {
+                    // Quiet: sleeping is the server's normal state, not an error.
+                    self.reachable = Some(false);
+                    debug!("Jellyfin not answering ({e}); its host is asleep");
+                } else if self.presence.booting(unix_now()) {
+                    // The host is back from sleep; Jellyfin is still starting.
+                    self.reachable = Some(false);
+                    debug!("Jellyfin not answering yet ({e}); its host is starting");
+                } else {
+                    self.set_reachable(false, Some(e));
+                }
+                None
+            }
+        }
+    }
+
+    /// One liveness probe of the server host (None: no address to probe).
+    fn probe(&mut self) -> Option<Liveness> {
+        let ip = self.cfg.server_ip()?;
+        let port = *self.cfg.jellyfin.ports.first()?;
+        let timeout = wake::PROBE_TIMEOUT.min(Duration::from_secs(
+            u64::from(self.cfg.jellyfin.timeout).max(1),
+        ));
+        let l = wake::probe(std::net::SocketAddr::new(ip, port), timeout);
+        match self.presence.probed(unix_now(), l) {
+            wake::Change::FellAsleep => info!(
+                "the media server {ip} is asleep (no answer at all); limits kept, Jellyfin not asked until it answers"
+            ),
+            wake::Change::HostBack => info!("the media server {ip} answers again; waiting for Jellyfin"),
+            _ => {}
+        }
+        Some(l)
+    }
+
+    /// True while a magic packet went out for a sleeping server that has not answered yet,
+    /// and for a while after it did: the loop then ticks every second, so the stream that
+    /// caused the wake is limited as soon as it starts.
+    pub fn waking(&self) -> bool {
+        if self
+            .woke_at
+            .is_some_and(|t| t.elapsed() < AFTER_WAKE_WINDOW)
+        {
+            return true;
+        }
+        let Some(since) = self.presence.slept_since else {
+            return false;
+        };
+        let w = self.waker.lock();
+        w.last
+            .as_ref()
+            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && l.unix.saturating_add(60) >= since)
     }
 
     fn set_reachable(&mut self, ok: bool, err: Option<String>) {
@@ -554,10 +730,12 @@ impl Daemon {
                 Err(e) => debug!("tc counters unavailable: {e}"),
             }
         }
-        let server = self.cfg.server_ip()?;
+        let mut servers = vec![self.cfg.server_ip()?];
+        servers.extend(self.server_ip6().map(IpAddr::V6));
+        servers.dedup();
         let (src, counter) = self.flows.as_mut()?;
         let mut flows = Vec::new();
-        match src.flows(&[server], &self.cfg.jellyfin.ports, &mut flows) {
+        match src.flows(&servers, &self.cfg.jellyfin.ports, &mut flows) {
             Ok(()) => {
                 counter.update(&flows);
                 // Bounded memory when many addresses come and go: forget viewers silent for
@@ -660,7 +838,10 @@ impl Daemon {
             let Some(user) = by_id.get(want.user_id.as_str()) else {
                 continue;
             };
-            let desired = (want.limit_bps as i64).min(MAX_LIMIT);
+            // Jellyfin stores an int32; `as i64` would turn a huge figure into "no limit".
+            let desired = i64::try_from(want.limit_bps)
+                .unwrap_or(MAX_LIMIT)
+                .min(MAX_LIMIT);
             let current = user.remote_limit;
             if dry {
                 if current != desired {
@@ -812,6 +993,14 @@ impl Daemon {
         let Some(server_ip) = self.cfg.server_ip() else {
             return;
         };
+        let lan_device = match &self.lan_dev {
+            Ok(d) => d.clone(),
+            Err(e) => {
+                errors.push(format!("shaping: LAN device unknown: {e}"));
+                return;
+            }
+        };
+        let server_ip6 = self.server_ip6();
         let Some(sh) = self.shaper.as_mut() else {
             return;
         };
@@ -825,11 +1014,14 @@ impl Daemon {
                 ceil_bps: v.ceil_bps,
             })
             .collect();
-        let sum: u64 = viewers.iter().map(|v| v.rate_bps).sum();
+        let sum = viewers
+            .iter()
+            .map(|v| v.rate_bps)
+            .fold(0u64, u64::saturating_add);
         let spec = shaper::Spec {
-            lan_device: self.cfg.network.lan_device.clone(),
+            lan_device,
             server_ip,
-            server_ip6: None,
+            server_ip6,
             ports: self.cfg.jellyfin.ports.clone(),
             total_bps: self.last_plan.budget_bps.max(sum).max(1_000_000),
             newcomer_bps: (self.cfg.bandwidth.min_stream_mbps * 1e6).round() as u64,
@@ -857,46 +1049,78 @@ impl Daemon {
         }
     }
 
-    /// Wake-on-LAN: sessions playing or new connections, through the pure scheduler.
-    fn wol_step(&mut self, playing: bool, new_connections: usize) {
+    /// Wake-on-LAN: sessions playing, through the scheduler shared with the wake thread.
+    fn wol_step(&mut self, playing: bool) {
         if !self.cfg.wol.enabled {
             return;
         }
-        let actions = self.scheduler.step(unix_now(), playing, new_connections);
-        for a in actions {
-            match a {
-                wol::Action::Wake(reason) => self.wake(reason),
-                wol::Action::RunIdle => self.run_idle(),
+        for a in self.waker.step(playing, 0) {
+            if a == wol::Action::RunIdle {
+                self.run_idle();
             }
+        }
+        // Wakes the thread sent since the last tick become events here (the webhook is the
+        // tick's).
+        let sent = std::mem::take(&mut self.waker.lock().unreported);
+        for why in sent {
+            self.notify(Event::ServerWoken { reason: why.into() });
         }
     }
 
-    fn wake(&mut self, reason: wol::Reason) {
-        let Some(mac) = self.cfg.wol.mac else { return };
-        let why = match reason {
-            wol::Reason::Session => "session",
-            wol::Reason::Connect => "connect",
-        };
-        if self.dry() {
-            info!("[dry run] would send a Wake-on-LAN packet ({why})");
+    /// Without conntrack events: the wake thread polls the `/proc` table once per interval.
+    fn start_proc_wake(&mut self, why: &str) {
+        if !Path::new(conntrack::PROC_PATH).exists() {
+            warn!("cannot watch new connections for Wake-on-LAN ({why}); waking on sessions only");
             return;
         }
-        let sender = wol::Sender::from_config(&self.cfg.wol);
-        match sender.send(mac, self.cfg.wol.password.as_deref()) {
-            Ok(report) => {
-                if let Err(e) = &report.udp {
-                    warn!("Wake-on-LAN: the UDP form was not sent ({e}); the raw frame was");
-                }
-                if let Err(e) = &report.raw {
-                    warn!("Wake-on-LAN: the raw frame was not sent ({e}); the UDP form was");
-                }
-                info!("Wake-on-LAN packet sent ({why})");
-                self.wol_status.last_wake = Some(unix_now());
-                self.wol_status.last_reason = Some(why.into());
-                self.wol_status.wakes += 1;
-                self.notify(Event::ServerWoken { reason: why.into() });
+        let poll = conntrack::ProcConnectPoll::new();
+        let period = Duration::from_secs(u64::from(self.cfg.main.interval.max(1)));
+        match wake::WakeThread::start_proc(self.waker.clone(), poll, period) {
+            Ok(t) => {
+                info!(
+                    "Wake-on-LAN: no conntrack events ({why}); watching {} every {} s for new connections",
+                    conntrack::PROC_PATH,
+                    period.as_secs()
+                );
+                self.wake_thread = Some(t);
             }
-            Err(e) => warn!("Wake-on-LAN failed: {e}"),
+            Err(e) => warn!("cannot start the wake thread ({e}); waking on sessions only"),
+        }
+    }
+
+    /// Starts (or stops) the wake thread as the configuration asks. A thread that cannot start
+    /// leaves the watch to the loop, drained between ticks as before.
+    fn configure_wake_watch(&mut self) {
+        if !(self.cfg.wol.enabled && self.cfg.wol.on_connect) {
+            self.wake_thread = None;
+            self.connect = None;
+            return;
+        }
+        if self.wake_thread.as_ref().is_some_and(|t| t.alive()) || self.connect.is_some() {
+            return;
+        }
+        self.wake_thread = None;
+        let watch = match ConnectWatch::new() {
+            Ok(w) => w,
+            Err(e) => {
+                self.start_proc_wake(&e.to_string());
+                return;
+            }
+        };
+        match wake::WakeThread::start(self.waker.clone(), watch) {
+            Ok(t) => {
+                info!(
+                    "Wake-on-LAN: watching new connections from outside to port(s) {:?}",
+                    self.cfg.jellyfin.ports
+                );
+                self.wake_thread = Some(t);
+            }
+            Err(e) => {
+                warn!(
+                    "cannot start the wake thread ({e}); new connections are handled between ticks"
+                );
+                self.connect = ConnectWatch::new().ok();
+            }
         }
     }
 
@@ -910,12 +1134,15 @@ impl Daemon {
             return;
         }
         // Off the loop: a slow ssh must not delay ticks.
-        std::thread::spawn(
-            move || match wol::run_idle_command(&argv, Duration::from_secs(60)) {
+        let started = crate::spawn_thread("idle-command", move || {
+            match wol::run_idle_command(&argv, Duration::from_secs(60)) {
                 Ok((code, out)) => info!("idle command exited {code}: {}", out.trim()),
                 Err(e) => warn!("idle command failed: {e}"),
-            },
-        );
+            }
+        });
+        if let Err(e) = started {
+            warn!("idle command not run: cannot start a thread for it: {e}");
+        }
     }
 
     /// Between ticks: when the uplink runs above target (a household upload just started),
@@ -934,7 +1161,10 @@ impl Daemon {
         let Ok(tx) = observe::read_tx_bytes(Path::new(SYS_ROOT), dev) else {
             return;
         };
-        let Some(wan_bps) = self.guard_wan.update(now, tx) else {
+        let Some(wan_bps) = self
+            .guard_wan
+            .update_within(now, tx, self.plausible_wan_bps())
+        else {
             return;
         };
         // Jellyfin's own upload as the last tick measured it: cheap (no tc run), and when the
@@ -971,23 +1201,42 @@ impl Daemon {
         }
     }
 
-    /// New connections from outside to the Jellyfin port (Wake-on-LAN on_connect).
+    /// New connections from outside to the Jellyfin port, when no wake thread runs: one
+    /// bounded burst per call, so a flood cannot starve the loop.
     fn on_connections(&mut self) {
         let Some(w) = self.connect.as_mut() else {
             return;
         };
         let mut conns = Vec::new();
-        w.drain(&mut conns);
-        let internal = &self.cfg.network.internal;
-        let ports = &self.cfg.jellyfin.ports;
-        let n = conns
-            .iter()
-            .filter(|c| conntrack::is_outside_connect(c, internal, ports, &[]))
-            .count();
-        if n > 0 {
-            debug!("{n} new connection(s) to Jellyfin from outside");
-            self.wol_step(false, n);
-        }
+        wake::drain_burst(w, &mut conns);
+        self.waker.on_connections(&conns);
+    }
+
+    /// The Wake-on-LAN part of the status, from the shared record and the presence.
+    fn wol_status(&self) -> status::WolStatus {
+        let w = self.waker.lock();
+        let p = &self.presence;
+        let mut st = self.wol_status.clone();
+        st.last_wake = w.last.as_ref().map(|l| l.unix);
+        st.last_reason = w.last.as_ref().map(|l| l.reason.to_string());
+        st.wakes = w.wakes;
+        st.server_awake = p.known.then_some(!p.asleep());
+        st.asleep_since = p.asleep_since;
+        st.awake_after_s = p.awake_after_s.map(|a| (a * 10.0).round() / 10.0);
+        st.server_state = p.known.then(|| {
+            let woken = st
+                .last_wake
+                .zip(p.slept_since)
+                .is_some_and(|(t, since)| t.saturating_add(60) >= since);
+            match (p.asleep(), p.slept_since.is_some(), woken) {
+                (true, _, false) => "asleep",
+                (_, true, true) => "waking",
+                (false, true, false) => "booting",
+                _ => "awake",
+            }
+            .to_string()
+        });
+        st
     }
 
     fn notify(&mut self, e: Event) {
@@ -1123,6 +1372,10 @@ impl Daemon {
                 server_version: self.server_version.clone(),
                 error: if self.reachable == Some(true) {
                     None
+                } else if self.presence.asleep() {
+                    Some(
+                        "the media server is asleep (its host answers nothing); limits kept".into(),
+                    )
                 } else {
                     self.last_logged_error.clone().or(self.server_error.clone())
                 },
@@ -1136,11 +1389,18 @@ impl Daemon {
             },
             budget_bps: plan.budget_bps,
             streams,
-            wol: self.wol_status.clone(),
+            wol: self.wol_status(),
             shaping: status::ShapingStatus {
                 enabled: self.cfg.shaping.enabled,
                 active: self.status.shaping.active,
                 error: self.status.shaping.error.clone(),
+            },
+            network: status::NetworkStatus {
+                lan_device: self.lan_dev.as_ref().ok().cloned(),
+                internal: self.internal.nets.iter().map(|n| n.to_string()).collect(),
+                internal_fallback: self.internal.fallback,
+                server_ip6: self.server_ip6().map(|a| a.to_string()),
+                flow_offloading: self.offload,
             },
             errors,
         };
@@ -1169,7 +1429,9 @@ impl Daemon {
                 warn!("could not remove all shaping state: {e}");
             }
         }
-        if !self.dry() {
+        if self.presence.asleep() {
+            info!("the media server is asleep: the original limits stay in the backup for the next start or `jellydemon restore`");
+        } else if !self.dry() {
             // Everything within SHUTDOWN_BUDGET of SIGTERM (DESIGN.md: 5 s; procd kills at
             // the init script's term_timeout). The running client keeps the server's address:
             // no name lookup now. Each user takes two calls, so each gets half of what is left.
@@ -1214,6 +1476,192 @@ impl Daemon {
     }
 }
 
+/// Following the home network: netifd's interfaces, the WAN device behind them, the firewall.
+impl Daemon {
+    /// Resolves what depends on netifd: the LAN device and the `internal` networks, and the
+    /// WAN device when it is followed (a WAN that moved to a new device while the old one
+    /// stays, e.g. from DHCP on eth1 to PPPoE; where the counter fails, see
+    /// [`Daemon::read_wan`]). A WAN that netifd reports down keeps its last device here.
+    fn resolve_network(&mut self) {
+        if self.cfg.network.wan_device.is_none() && self.wan_dev.is_ok() {
+            if let Ok(d) = wan_device(&self.cfg) {
+                self.set_wan_dev(Ok(d));
+            }
+        }
+        let lan = lan_device(&self.cfg);
+        if lan != self.lan_dev {
+            match (&lan, &self.lan_dev) {
+                (Ok(d), _) => info!("LAN device {d}"),
+                (Err(e), Ok(_)) | (Err(e), Err(_)) => warn!("{e}"),
+            }
+            self.lan_dev = lan;
+        }
+        let internal = internal_networks(&self.cfg, &self.internal_configured);
+        if internal != self.internal {
+            let list: Vec<String> = internal.nets.iter().map(|n| n.to_string()).collect();
+            info!(
+                "local networks: {}{}",
+                list.join(" "),
+                if internal.fallback {
+                    " (netifd gave none: the private ranges stand in)"
+                } else {
+                    ""
+                }
+            );
+            for p in &internal.problems {
+                warn!("{p}");
+            }
+        }
+        self.cfg.network.internal = internal.nets.clone();
+        self.internal = internal;
+    }
+
+    fn read_offload(&mut self) {
+        let o = firewall::read_offload(Path::new(firewall::FIREWALL_CONFIG));
+        if o != self.offload && o.is_on() {
+            warn!("{}; {}", o.meaning(), o.fix());
+        }
+        self.offload = o;
+    }
+
+    /// Once per tick: when the kernel reported a link or address change (or, without that
+    /// notification, about every minute), ask netifd again; the firewall's file about every
+    /// minute.
+    fn follow_network(&mut self, errors: &mut Vec<String>) {
+        self.ticks += 1;
+        let minute = (60 / self.cfg.main.interval.max(1) as u64).max(1);
+        let changed = match self.links.as_mut() {
+            Some(w) => w.changed(),
+            None => self.ticks % minute == 0,
+        };
+        if changed {
+            self.resolve_network();
+        }
+        if self.ticks % minute == 0 {
+            self.read_offload();
+        }
+        // Until it is known, every tick (no process: a file and a netlink dump), so the first
+        // IPv6 stream is shaped from its second tick; then every minute, to follow a change.
+        if self.cfg.server_ip6().is_none()
+            && (self.ticks % minute == 0 || !matches!(self.learned_ip6, neigh::Learned::One(_)))
+        {
+            self.learn_ip6();
+        }
+        if let neigh::Learned::Several(all) = &self.learned_ip6 {
+            let list: Vec<String> = all.iter().map(|a| a.to_string()).collect();
+            errors.push(format!(
+                "the media server has several IPv6 addresses ({}): set jellyfin.server_ip6 to the one its viewers use; until then its IPv6 traffic is neither shaped nor counted",
+                list.join(", ")
+            ));
+        }
+        if self.offload.is_on() && self.cfg.shaping.enabled {
+            errors.push(format!(
+                "{}; {}",
+                self.offload.meaning(),
+                self.offload.fix()
+            ));
+        }
+    }
+
+    /// The server's IPv6 address: `server_ip6` (or an IPv6 `server_ip`), else the one the
+    /// neighbour tables show for the server's MAC.
+    fn server_ip6(&self) -> Option<std::net::Ipv6Addr> {
+        self.cfg.server_ip6().or(match &self.learned_ip6 {
+            neigh::Learned::One(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    fn learn_ip6(&mut self) {
+        let learned = match &self.lan_dev {
+            Ok(lan) => learn_server_ip6(&self.cfg, lan),
+            Err(_) => neigh::Learned::None,
+        };
+        if learned != self.learned_ip6 {
+            match &learned {
+                neigh::Learned::One(a) => {
+                    info!("media server's IPv6 address {a} (from the neighbour table)")
+                }
+                neigh::Learned::Several(v) => warn!(
+                    "the media server has {} IPv6 addresses: set jellyfin.server_ip6",
+                    v.len()
+                ),
+                // A vanished entry (the neighbour expired) keeps the address known.
+                neigh::Learned::None => return,
+            }
+            self.learned_ip6 = learned;
+        }
+    }
+
+    /// The fastest upload the WAN could carry: a counter delta beyond it is a device that
+    /// started again, not traffic. Generous (10× the capacity, at least 1 Gbit/s), since a
+    /// configured capacity may be well below the line's: a counter that falls from a few
+    /// hundred MB to zero still reads as several Gbit/s when taken for a 32-bit wrap.
+    fn plausible_wan_bps(&self) -> Option<u64> {
+        self.capacity_bps
+            .map(|c| c.saturating_mul(10).max(1_000_000_000))
+    }
+
+    /// Takes `dev` as the WAN device; true when it is another one (the meters start again).
+    fn set_wan_dev(&mut self, dev: Result<String, String>) -> bool {
+        if dev == self.wan_dev {
+            return false;
+        }
+        if let Ok(d) = &dev {
+            info!("WAN device now {d}");
+        }
+        self.wan_dev = dev;
+        self.wan_ifindex = None;
+        self.wan_meter.reset();
+        self.guard_wan.reset();
+        if self.cfg.bandwidth.upload_mbps.is_none() {
+            self.capacity_bps = capacity(
+                &self.cfg,
+                self.wan_dev.as_deref().ok(),
+                Path::new(SQM_CONFIG),
+            );
+        }
+        true
+    }
+
+    /// The WAN upload since the last tick. A counter that cannot be read (PPPoE down, the
+    /// device renamed or re-created) makes the daemon ask netifd for the device again at
+    /// once; a new device (or the same name with a new interface index) starts a new series,
+    /// so its counters from zero are never read as traffic.
+    fn read_wan(&mut self, now: f64, errors: &mut Vec<String>) -> Option<u64> {
+        let follow = self.cfg.network.wan_device.is_none();
+        for attempt in 0..2 {
+            let err = match &self.wan_dev {
+                Ok(dev) => {
+                    let index = observe::read_ifindex(Path::new(SYS_ROOT), dev);
+                    match observe::read_tx_bytes(Path::new(SYS_ROOT), dev) {
+                        Ok(c) => {
+                            if index != self.wan_ifindex {
+                                if self.wan_ifindex.is_some() {
+                                    info!("WAN device {dev} is new (index {index:?}): its counters start again");
+                                }
+                                self.wan_ifindex = index;
+                                self.wan_meter.reset();
+                                self.guard_wan.reset();
+                            }
+                            let max = self.plausible_wan_bps();
+                            return self.wan_meter.update_within(now, c, max);
+                        }
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Err(e) => e.clone(),
+            };
+            if attempt == 0 && follow && self.set_wan_dev(wan_device(&self.cfg)) {
+                continue;
+            }
+            errors.push(err);
+            return None;
+        }
+        None
+    }
+}
+
 fn fmt_limit(bps: i64) -> String {
     if bps <= 0 {
         "none".into()
@@ -1223,6 +1671,10 @@ fn fmt_limit(bps: i64) -> String {
 }
 
 /// The daemon: runs until SIGTERM/SIGINT (then cleans up), or one tick with `once`.
+///
+/// Between ticks the loop waits on the signals (and, without a wake thread, on new
+/// connections), and runs the guard by the clock every [`GUARD_STEP`], however busy the
+/// event sources are.
 pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -> i32 {
     let mut signals = signals;
     let mut d = Daemon::new(cfg, opts);
@@ -1233,18 +1685,32 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
         if opts.once {
             return 0;
         }
-        next += Duration::from_secs(d.cfg.main.interval as u64);
+        let period = if d.waking() {
+            WAKING_TICK
+        } else {
+            Duration::from_secs(d.cfg.main.interval as u64)
+        };
+        next += period;
         let now = Instant::now();
         if next < now {
             next = now;
         }
-        // Wait for the next tick, a signal, or a new connection (Wake-on-LAN within a second).
+        if next > now + period {
+            next = now + period;
+        }
+        let mut next_guard = now + GUARD_STEP;
         loop {
-            let left = next.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let now = Instant::now();
+            if now >= next {
                 break;
             }
-            let ms = left.min(GUARD_PERIOD).as_millis().min(i32::MAX as u128) as i32;
+            if now >= next_guard {
+                d.guard();
+                next_guard = Instant::now() + GUARD_STEP;
+                continue;
+            }
+            let wait = next.min(next_guard).saturating_duration_since(now);
+            let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
             let term_fd = signals.term.as_fd();
             let hup_fd = signals.hup.as_fd();
             let mut fds = vec![
@@ -1264,11 +1730,6 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
             let timeout =
                 nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
             match nix::poll::poll(&mut fds, timeout) {
-                Ok(0) => {
-                    drop(fds);
-                    d.guard();
-                    continue;
-                }
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
@@ -1299,14 +1760,27 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
 /// Works without a running daemon (after a crash, or to undo `run --once`).
 pub fn restore_all(cfg: &Config) -> Result<(), String> {
     let mut problems = Vec::new();
-    let mut sh =
-        shaper::TcShaper::new(SHAPER_DEVICE, "tc").with_lan_device(&cfg.network.lan_device);
+    let mut sh = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+    // Without netifd (ubus gone, the LAN down), the bridge OpenWrt names br-lan is the one
+    // place left to look: a redirect to a removed device would drop the server's packets.
+    let lan = lan_device(cfg).or_else(|e| {
+        Path::new(&format!("{SYS_ROOT}/class/net/br-lan"))
+            .exists()
+            .then(|| "br-lan".to_string())
+            .ok_or(e)
+    });
+    match lan {
+        Ok(lan) => sh = sh.with_lan_device(&lan),
+        Err(e) => problems.push(format!(
+            "LAN device: {e} (its redirect filters, if any, stay)"
+        )),
+    }
     if let Err(e) = sh.remove() {
         problems.push(format!("shaping state: {e}"));
     }
     let mut backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string())?;
     if backup.is_empty() {
-        println!("no backed-up limits to restore");
+        crate::say("no backed-up limits to restore\n");
     } else {
         let mut server = server_for(cfg, Duration::from_secs(cfg.jellyfin.timeout as u64))?;
         for (uid, entry) in backup.entries() {
@@ -1327,11 +1801,11 @@ pub fn restore_all(cfg: &Config) -> Result<(), String> {
                     continue;
                 }
             }
-            println!(
-                "{}: remote limit {} restored",
+            crate::say(&format!(
+                "{}: remote limit {} restored\n",
                 entry.name,
                 fmt_limit(entry.original)
-            );
+            ));
             backup.remove(&uid).map_err(|e| e.to_string())?;
         }
     }

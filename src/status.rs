@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::firewall::Offload;
+
 pub const STATUS_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -20,6 +22,7 @@ pub struct Status {
     pub streams: Vec<StreamStatus>,
     pub wol: WolStatus,
     pub shaping: ShapingStatus,
+    pub network: NetworkStatus,
     /// Problems that need the user's attention now, one sentence each.
     pub errors: Vec<String>,
 }
@@ -84,7 +87,15 @@ pub struct WolStatus {
     /// Why it was sent: "session", "connect" or "manual".
     pub last_reason: Option<String>,
     pub wakes: u64,
+    /// True when the server host answers, false while it sleeps (None: not known yet).
     pub server_awake: Option<bool>,
+    /// "awake", "asleep", "waking" (a packet left, no answer yet) or "booting" (the host
+    /// answers, Jellyfin not yet).
+    pub server_state: Option<String>,
+    /// Unix seconds since when the host has been silent.
+    pub asleep_since: Option<u64>,
+    /// Seconds from the last magic packet to Jellyfin's first answer after a sleep.
+    pub awake_after_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -94,6 +105,24 @@ pub struct ShapingStatus {
     /// True when the kernel and tc support what shaping needs.
     pub active: bool,
     pub error: Option<String>,
+}
+
+/// The home network as the daemon follows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkStatus {
+    /// The LAN device the server's packets are shaped on (`null` while unknown).
+    pub lan_device: Option<String>,
+    /// Every network whose viewers count as local, interfaces resolved.
+    pub internal: Vec<String>,
+    /// True when netifd gave no network for the interfaces in `internal`, so the private
+    /// ranges (RFC 1918, ULA) stand in.
+    pub internal_fallback: bool,
+    /// The server's IPv6 address shaping and counting match (`null`: IPv6 left alone).
+    pub server_ip6: Option<String>,
+    /// Flow offloading in the firewall: "off", "software" or "hardware". When on, the LAN
+    /// ingress hook misses established connections: router-side shaping cannot work.
+    pub flow_offloading: crate::firewall::Offload,
 }
 
 impl Status {
@@ -106,6 +135,7 @@ impl Status {
         let wan = v.at("wan");
         let wol = v.at("wol");
         let sh = v.at("shaping");
+        let net = v.at("network");
         Status {
             version: v.at("version").u32(),
             updated: v.at("updated").u64(),
@@ -131,17 +161,24 @@ impl Status {
                 last_reason: wol.at("last_reason").opt_string(),
                 wakes: wol.at("wakes").u64(),
                 server_awake: wol.at("server_awake").0.as_bool(),
+                server_state: wol.at("server_state").opt_string(),
+                asleep_since: wol.at("asleep_since").opt_u64(),
+                awake_after_s: wol.at("awake_after_s").0.as_f64(),
             },
             shaping: ShapingStatus {
                 enabled: sh.at("enabled").bool(),
                 active: sh.at("active").bool(),
                 error: sh.at("error").opt_string(),
             },
-            errors: v
-                .at("errors")
-                .items()
-                .filter_map(|e| e.0.as_str().map(str::to_string))
-                .collect(),
+            network: NetworkStatus {
+                lan_device: net.at("lan_device").opt_string(),
+                internal: net.at("internal").strings(),
+                internal_fallback: net.at("internal_fallback").bool(),
+                server_ip6: net.at("server_ip6").opt_string(),
+                flow_offloading: Offload::deserialize(net.at("flow_offloading").0)
+                    .unwrap_or_default(),
+            },
+            errors: v.at("errors").strings(),
         }
     }
 }
@@ -201,6 +238,9 @@ impl<'a> J<'a> {
     fn string(self) -> String {
         self.opt_string().unwrap_or_default()
     }
+    fn strings(self) -> Vec<String> {
+        self.items().filter_map(J::opt_string).collect()
+    }
 }
 
 #[cfg(test)]
@@ -259,11 +299,21 @@ mod tests {
                 last_reason: Some("connect".into()),
                 wakes: 13,
                 server_awake: Some(false),
+                server_state: Some("asleep".into()),
+                asleep_since: Some(14),
+                awake_after_s: Some(1.5),
             },
             shaping: ShapingStatus {
                 enabled: true,
                 active: true,
                 error: Some("x".into()),
+            },
+            network: NetworkStatus {
+                lan_device: Some("br-lan".into()),
+                internal: vec!["192.168.1.0/24".into(), "fd00::/64".into()],
+                internal_fallback: true,
+                server_ip6: Some("fd00::2".into()),
+                flow_offloading: Offload::Hardware,
             },
             errors: vec!["a".into(), "b".into()],
         };

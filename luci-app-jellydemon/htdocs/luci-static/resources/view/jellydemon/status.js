@@ -214,9 +214,13 @@ function renderCards(st, now) {
 		_('updated %s, every %d s').format(ago(now - (num(st.updated) || 0)), num(st.interval) || 0),
 		st.dry_run ? 'jd-warn' : 'jd-ok'));
 
+	const asleep = wol.server_state === 'asleep' || wol.server_state === 'waking';
 	if (jf.reachable)
 		cards.push(card('jellyfin', _('Reachable'),
 			jf.server_version ? _('version %s').format(jf.server_version) : _('version unknown'), 'jd-ok'));
+	else if (asleep)
+		/* Sleeping is the server's normal state, not a fault: limits are kept meanwhile. */
+		cards.push(card('jellyfin', _('Server asleep'), _('limits kept until it answers'), 'jd-warn'));
 	else
 		cards.push(card('jellyfin', _('Unreachable'), jf.error || _('no answer'), 'jd-bad'));
 
@@ -225,20 +229,39 @@ function renderCards(st, now) {
 			: _('no WAN device found'),
 		wan.capacity_bps != null ? '' : 'jd-bad'));
 
-	if (st.shaping != null)
+	/* Flow offloading takes established connections past the LAN ingress hook: the classes
+	 * exist but see almost nothing. */
+	const offload = (st.network || {}).flow_offloading;
+	if (st.shaping != null && sh.enabled && (offload == 'software' || offload == 'hardware'))
+		cards.push(card('shaping', _('Bypassed'),
+			(offload == 'hardware' ? _('hardware flow offloading is on') : _('software flow offloading is on')) +
+			': ' + _('established connections skip the router\'s per-viewer classes; Jellyfin limits still apply. Turn it off under Network > Firewall > Routing/NAT Offloading.'),
+			'jd-bad'));
+	else if (st.shaping != null)
 		cards.push(card('shaping', !sh.enabled ? _('Off') : sh.active ? _('Active') : _('Not working'),
 			sh.error || (sh.enabled ? _('one class per remote viewer') : _('Jellyfin limits only')),
 			!sh.enabled ? '' : sh.active ? 'jd-ok' : 'jd-bad'));
 
 	if (!wol.enabled)
 		cards.push(card('wake', _('Off'), _('Wake-on-LAN is disabled')));
+	else if (wol.server_state === 'asleep')
+		cards.push(card('wake', _('Asleep'), num(wol.asleep_since) != null
+			? _('since %s, not woken yet').format(shortTime(wol.asleep_since, now))
+			: _('not woken yet'), 'jd-warn'));
+	else if (wol.server_state === 'waking' && num(wol.last_wake) != null)
+		cards.push(card('wake', _('Waking'), _('asleep – woken at %s (%s)').format(
+			shortTime(wol.last_wake, now), wakeReason(wol.last_reason)), 'jd-warn'));
+	else if (wol.server_state === 'booting')
+		cards.push(card('wake', _('Waking'), _('the host answers, Jellyfin not yet'), 'jd-warn'));
 	else if (num(wol.last_wake) == null)
 		cards.push(card('wake', _('Never'), _('no packet sent since start')));
 	else
 		cards.push(card('wake', shortTime(wol.last_wake, now),
-			'%s – %s%s'.format(ago(now - wol.last_wake), wakeReason(wol.last_reason),
+			'%s – %s%s%s'.format(ago(now - wol.last_wake), wakeReason(wol.last_reason),
 				wol.server_awake === true ? ', ' + _('server awake') :
-				wol.server_awake === false ? ', ' + _('server asleep') : '')));
+				wol.server_awake === false ? ', ' + _('server asleep') : '',
+				num(wol.awake_after_s) != null && wol.server_awake === true
+					? ' ' + _('(awake after %d s)').format(Math.round(wol.awake_after_s)) : '')));
 
 	return E('div', { 'class': 'jd-grid' }, cards);
 }
