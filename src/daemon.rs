@@ -256,7 +256,7 @@ pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
 /// How often the guard samples the WAN counter (by the clock, between ticks): the window
 /// slides by this step, so a jump is seen within a step of filling the window.
-pub const GUARD_STEP: Duration = Duration::from_millis(250);
+pub const GUARD_STEP: Duration = Duration::from_millis(100);
 /// After a packet to a sleeping server, how long the loop ticks every second.
 const WAKING_WINDOW: Duration = Duration::from_secs(180);
 /// After Jellyfin answered from sleep, how long the loop keeps ticking every second (the
@@ -679,13 +679,10 @@ impl Daemon {
         {
             return true;
         }
-        let Some(since) = self.presence.slept_since else {
-            return false;
-        };
         let w = self.waker.lock();
         w.last
             .as_ref()
-            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && l.unix.saturating_add(60) >= since)
+            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && self.presence.woken_by(l.unix))
     }
 
     fn set_reachable(&mut self, ok: bool, err: Option<String>) {
@@ -1223,19 +1220,7 @@ impl Daemon {
         st.server_awake = p.known.then_some(!p.asleep());
         st.asleep_since = p.asleep_since;
         st.awake_after_s = p.awake_after_s.map(|a| (a * 10.0).round() / 10.0);
-        st.server_state = p.known.then(|| {
-            let woken = st
-                .last_wake
-                .zip(p.slept_since)
-                .is_some_and(|(t, since)| t.saturating_add(60) >= since);
-            match (p.asleep(), p.slept_since.is_some(), woken) {
-                (true, _, false) => "asleep",
-                (_, true, true) => "waking",
-                (false, true, false) => "booting",
-                _ => "awake",
-            }
-            .to_string()
-        });
+        st.server_state = p.state(st.last_wake).map(str::to_string);
         st
     }
 
