@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod decide;
 pub mod http;
 pub mod jellyfin;
+pub mod limits;
 pub mod monitor;
 pub mod observe;
 pub mod publish;
