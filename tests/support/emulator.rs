@@ -619,7 +619,10 @@ fn coerce(kind: Kind, v: &Value) -> Option<Value> {
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
-    /// none | status500 | garbage | slow | starting | huge
+    /// none | status500 | garbage | slow | late | starting | huge. `slow` waits before
+    /// handling; `late` handles at once (a POST is applied) and answers after `delay_ms`, as a
+    /// busy server does (reference/real-world.md: "a busy Jellyfin may apply a write and
+    /// answer late").
     pub mode: String,
     #[serde(default)]
     /// Delay before answering (any mode).
@@ -1283,7 +1286,8 @@ fn handle(shared: &Shared, r: &Req) -> (Reply, String) {
         return (emu_control(shared, r), "emu".into());
     }
     let fault = shared.lock().fault.clone();
-    if fault.mode != "none" && fault_applies(&fault, r) {
+    let late = fault.mode == "late" && fault_applies(&fault, r);
+    if fault.mode != "none" && !late && fault_applies(&fault, r) {
         if fault.delay_ms > 0 {
             std::thread::sleep(Duration::from_millis(fault.delay_ms));
         }
@@ -1345,6 +1349,10 @@ fn handle(shared: &Shared, r: &Req) -> (Reply, String) {
         ),
     };
     let reply = route(shared, &mut st, r, &auth);
+    drop(st);
+    if late && fault.delay_ms > 0 {
+        std::thread::sleep(Duration::from_millis(fault.delay_ms));
+    }
     (reply, caller_name)
 }
 
@@ -2541,8 +2549,16 @@ fn emu_control(shared: &Shared, r: &Req) -> Reply {
         }
         ("POST", "/_emu/fault") => match serde_json::from_slice::<Fault>(&r.body) {
             Ok(f)
-                if ["none", "status500", "garbage", "slow", "starting", "huge"]
-                    .contains(&f.mode.as_str())
+                if [
+                    "none",
+                    "status500",
+                    "garbage",
+                    "slow",
+                    "late",
+                    "starting",
+                    "huge",
+                ]
+                .contains(&f.mode.as_str())
                     && ["api", "all"].contains(&f.scope.as_str()) =>
             {
                 shared.lock().fault = f;
