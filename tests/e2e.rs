@@ -1164,3 +1164,68 @@ fn chaos_kill_9_at_random_moments_loses_no_original() {
          {restarts} by a new start; policy writes in the last log window: {posts}; 0 lost originals"
     );
 }
+
+#[test]
+fn reload_moves_the_backup_and_restores_when_limits_are_no_longer_managed() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::new("");
+    h.start_daemon(&[]);
+    h.remote_viewer(0, "bob", ITEM2, "transcode");
+    let limited = |h: &Home| h.limit(BOB) != 12_000_000 && h.limit(BOB) > 0;
+    wait_for(Duration::from_secs(20), "bob limited", || {
+        limited(&h).then_some(())
+    });
+    let base = fs::read_to_string(&h.cfg).unwrap();
+    let pid = nix::unistd::Pid::from_raw(h.daemon.as_ref().unwrap().id() as i32);
+    let reload = |h: &Home, text: String| {
+        fs::write(&h.cfg, text).unwrap();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    };
+    let backup = |dir: &str| h.dir.join(dir).join("original-limits.json");
+
+    // A new state_dir: the backup goes along.
+    let moved = base.replace("/state'", "/state2'");
+    reload(&h, moved.clone());
+    wait_for(
+        Duration::from_secs(10),
+        "the backup in the new state_dir",
+        || {
+            let text = fs::read_to_string(backup("state2")).ok()?;
+            (text.contains("12000000") && !backup("state").exists()).then_some(())
+        },
+    );
+    assert!(limited(&h), "still managed");
+
+    // manage_limits off: bob's original back at once, not at exit.
+    reload(
+        &h,
+        moved.replace(
+            "option timeout '2'",
+            "option timeout '2'\n\toption manage_limits '0'",
+        ),
+    );
+    wait_for(Duration::from_secs(10), "bob's original back", || {
+        (h.limit(BOB) == 12_000_000).then_some(())
+    });
+    reload(&h, moved.clone());
+    wait_for(Duration::from_secs(20), "bob limited again", || {
+        limited(&h).then_some(())
+    });
+
+    // Dry run switched on by a reload: the same.
+    reload(
+        &h,
+        moved.replace(
+            "option interval '1'",
+            "option interval '1'\n\toption dry_run '1'",
+        ),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "bob's original back in dry run",
+        || (h.limit(BOB) == 12_000_000).then_some(()),
+    );
+    assert!(h.daemon_alive());
+}
