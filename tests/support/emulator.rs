@@ -627,7 +627,8 @@ pub struct Fault {
     #[serde(default)]
     /// Delay before answering (any mode).
     pub delay_ms: u64,
-    /// "api" (default): everything but the viewer-side endpoints; "all": every non-/_emu path.
+    /// "api" (default): everything but the viewer-side endpoints; "all": every non-/_emu path;
+    /// "writes": the POSTs of "api" only (a server whose reads are quick and writes slow).
     #[serde(default = "default_scope")]
     pub scope: String,
     /// Body size for "huge".
@@ -1272,6 +1273,9 @@ fn authenticate(st: &State, r: &Req) -> Auth {
 fn fault_applies(f: &Fault, r: &Req) -> bool {
     if f.scope == "all" {
         return true;
+    }
+    if f.scope == "writes" && r.method != "POST" {
+        return false;
     }
     let p = r.path.to_ascii_lowercase();
     !(p == "/users/authenticatebyname"
@@ -2559,7 +2563,7 @@ fn emu_control(shared: &Shared, r: &Req) -> Reply {
                     "huge",
                 ]
                 .contains(&f.mode.as_str())
-                    && ["api", "all"].contains(&f.scope.as_str()) =>
+                    && ["api", "all", "writes"].contains(&f.scope.as_str()) =>
             {
                 shared.lock().fault = f;
                 Reply::Empty(204)
