@@ -111,6 +111,8 @@ pub struct Limits {
     /// `/System/Info` `Id` of the configured server, read once per configuration.
     server_id: Option<String>,
     retry: HashMap<String, Retry>,
+    /// The server was away at the last try: no restore round before this time.
+    away_until: Option<f64>,
     /// Where the next tick's bounded restores start, so no entry waits behind failing ones.
     cursor: Option<String>,
     /// The last `[dry run]` line per user, so it is said once per change.
@@ -136,6 +138,7 @@ impl Limits {
             known: HashMap::new(),
             server_id: None,
             retry: HashMap::new(),
+            away_until: None,
             cursor: None,
             dry_said: HashMap::new(),
         }
@@ -161,9 +164,12 @@ impl Limits {
         self.known.get(user_id).and_then(|k| k.current)
     }
 
-    /// The server may be another one now (new URL, or it came back): read its Id again.
+    /// The server may be another one now (new URL, or it came back): read its Id again, and
+    /// try the originals still owed at once rather than after their pause.
     pub fn server_changed(&mut self) {
         self.server_id = None;
+        self.retry.clear();
+        self.away_until = None;
     }
 
     /// A reload: the same `state_dir` keeps what is in memory (it is what is on flash); a new
@@ -335,7 +341,35 @@ impl Limits {
         now: f64,
         errors: &mut Vec<String>,
     ) {
+        let before = errors.len();
+        self.restore_round(server, managed, now, errors);
+        // Between two tries the status still says what is owed: never silence.
+        let owed = match &self.backup {
+            Ok(b) => b
+                .entries()
+                .iter()
+                .filter(|(u, _)| !managed.contains(u))
+                .count(),
+            Err(_) => 0,
+        };
+        if owed > 0 && errors.len() == before {
+            errors.push(format!(
+                "{owed} original limit(s) still to restore (see the log); retrying"
+            ));
+        }
+    }
+
+    fn restore_round(
+        &mut self,
+        server: &mut dyn MediaServer,
+        managed: &BTreeSet<String>,
+        now: f64,
+        errors: &mut Vec<String>,
+    ) {
         let Ok(b) = &self.backup else { return };
+        if self.away_until.is_some_and(|t| now < t) {
+            return;
+        }
         let mut todo: Vec<String> = b
             .entries()
             .into_iter()
@@ -373,6 +407,7 @@ impl Limits {
                     r.at = now + r.wait;
                     errors.push(e.message.clone());
                     if e.server_away {
+                        self.away_until = Some(r.at);
                         // The server is away: the rest would wait for the same timeout.
                         break;
                     }
@@ -959,14 +994,41 @@ mod tests {
         let none = BTreeSet::new();
         l.restore_unmanaged(&mut s, &none, 0.0, &mut errors);
         assert_eq!(errors.len(), 1);
+        // Within the pause nothing is asked; once the server is back, at once.
+        s.requests.clear();
+        l.restore_unmanaged(&mut s, &none, 0.5, &mut errors);
+        assert!(s.requests.is_empty(), "{:?}", s.requests);
         s.mode = Mode::Normal;
-        let mut t = 0.0;
-        while l.pending() > 0 && t < 120.0 {
+        l.server_changed();
+        l.restore_unmanaged(&mut s, &none, 0.6, &mut errors);
+        assert_eq!(l.pending(), 0, "both back in the first tick after");
+        assert_eq!((s.limit("u1"), s.limit("u2")), (20 * M, 0));
+    }
+
+    #[test]
+    fn a_failing_restore_is_retried_with_a_growing_pause_until_it_succeeds() {
+        let d = Dir::new();
+        let mut s = Fake::new(&[("u1", "alice", 20 * M)]);
+        let mut l = Limits::load(&d.0);
+        apply(&mut l, &mut s, &[want("u1", 8 * M)]);
+        s.mode = Mode::NotFoundEverything;
+        let (none, mut errors) = (BTreeSet::new(), Vec::new());
+        let mut tries = 0;
+        for t in 0..120 {
+            let before = s.requests.len();
+            l.restore_unmanaged(&mut s, &none, t as f64, &mut errors);
+            tries += usize::from(s.requests.len() > before);
+        }
+        assert!((5..=10).contains(&tries), "{tries} tries in 120 s");
+        assert_eq!(l.pending(), 1);
+        s.mode = Mode::Normal;
+        let mut t = 120.0;
+        while l.pending() > 0 && t < 200.0 {
             l.restore_unmanaged(&mut s, &none, t, &mut errors);
             t += 1.0;
         }
-        assert_eq!(l.pending(), 0, "every original back within the retry bound");
-        assert_eq!((s.limit("u1"), s.limit("u2")), (20 * M, 0));
+        assert_eq!(l.pending(), 0, "back within the longest pause");
+        assert_eq!(s.limit("u1"), 20 * M);
     }
 
     #[test]
