@@ -1209,7 +1209,8 @@ pub fn restore_all(cfg: &Config) -> Result<(), String> {
         println!("no backed-up limits to restore");
     } else {
         let mut server = server_for(cfg, Duration::from_secs(cfg.jellyfin.timeout as u64))?;
-        problems.extend(lim.restore_all(server.as_mut(), false));
+        // A server that is away would cost one timeout per user: stop at the first.
+        problems.extend(lim.restore_all(server.as_mut(), true));
         println!(
             "{} of {before} original limit(s) restored",
             before - lim.pending()
