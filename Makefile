@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps test test-rust test-luci test-package demo bench chaos clean
+.PHONY: all build deps test test-rust test-luci test-package demo bench chaos fuzz clean
 
 all: build
 
@@ -75,6 +75,15 @@ chaos: deps
 	@[ "$$(id -u)" = 0 ] || { echo "make chaos needs root (it builds network namespaces)"; exit 1; }
 	$(CARGO) build --examples
 	JD_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) test --test e2e chaos_kill_9 -- --nocapture
+
+# ---- fuzz: libFuzzer on every parser of outside input (README "Fuzzing") ----
+# 10 million executions per target by default; RUNS=… and MAX_TIME=… (seconds per target)
+# change that, e.g. `make fuzz RUNS=0 MAX_TIME=600`. Stable Rust and a C++ compiler suffice.
+# `make test` replays the seeds and mutations of them (tests/fuzz_replay.rs).
+RUNS ?= 10000000
+MAX_TIME ?= 0
+fuzz:
+	RUNS=$(RUNS) MAX_TIME=$(MAX_TIME) fuzz/run.sh $(FUZZ_TARGETS)
 
 # ---- packaging: cross builds without the SDK, .ipk, sizes (README "Packaging") ----
 # Short target names; `make cross-mipsel` builds one. OpenWrt arch names also work for ipk.
