@@ -6,7 +6,7 @@
 use crate::uci::{self, Package, ParseError, Section, Value};
 use ipnet::IpNet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 /// A string that must never reach a log, a status file or an error message.
@@ -71,6 +71,10 @@ pub struct Jellyfin {
     pub api_key: Secret,
     /// LAN address the media traffic comes from; `None` = the url's host when it is an IP.
     pub server_ip: Option<IpAddr>,
+    /// The server's global IPv6 address, which remote IPv6 viewers reach directly (IPv6 is
+    /// routed, not forwarded); `None` = `server_ip` when that is IPv6, else learned by the
+    /// daemon from the router's neighbour tables.
+    pub server_ip6: Option<Ipv6Addr>,
     pub ports: Vec<u16>,
     /// Seconds per HTTP call.
     pub timeout: u32,
@@ -86,8 +90,14 @@ pub struct Network {
     pub wan_interface: String,
     /// Explicit WAN device; wins over `wan_interface` when set.
     pub wan_device: Option<String>,
-    pub lan_device: String,
+    /// Logical LAN interface, resolved with ubus like the WAN.
+    pub lan_interface: String,
+    /// Explicit LAN device; wins over `lan_interface` when set.
+    pub lan_device: Option<String>,
+    /// The networks `internal` names directly (CIDRs).
     pub internal: Vec<IpNet>,
+    /// The interfaces `internal` names: their subnets and prefixes, read from netifd.
+    pub internal_interfaces: Vec<String>,
 }
 
 /// `config bandwidth 'bandwidth'`.
@@ -174,6 +184,7 @@ impl Default for Config {
                 url: None,
                 api_key: Secret::default(),
                 server_ip: None,
+                server_ip6: None,
                 ports: vec![8096],
                 timeout: 5,
                 manage_limits: true,
@@ -184,11 +195,10 @@ impl Default for Config {
             network: Network {
                 wan_interface: "wan".into(),
                 wan_device: None,
-                lan_device: "br-lan".into(),
-                internal: ["192.168.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "fc00::/7"]
-                    .iter()
-                    .map(|s| s.parse().expect("built-in default"))
-                    .collect(),
+                lan_interface: "lan".into(),
+                lan_device: None,
+                internal: Vec::new(),
+                internal_interfaces: vec!["lan".into()],
             },
             bandwidth: Bandwidth {
                 upload_mbps: None,
@@ -227,6 +237,15 @@ impl Config {
     /// The per-user settings for a Jellyfin user name (case-insensitive), if any.
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| same_user(&u.name, name))
+    }
+
+    /// The server's IPv6 address for shaping and counting: `server_ip6`, else `server_ip` (or
+    /// the url's host) when that is IPv6. `None`: the server's IPv6 traffic is left alone.
+    pub fn server_ip6(&self) -> Option<Ipv6Addr> {
+        self.jellyfin.server_ip6.or(match self.server_ip() {
+            Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => Some(v6),
+            _ => None,
+        })
     }
 
     /// The server's LAN address: `server_ip`, else the url's host when that is an IP literal.
@@ -405,6 +424,7 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
             "url",
             "api_key",
             "server_ip",
+            "server_ip6",
             "port",
             "timeout",
             "manage_limits",
@@ -416,7 +436,13 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
     (
         "network",
         "network",
-        &["wan_interface", "wan_device", "lan_device", "internal"],
+        &[
+            "wan_interface",
+            "wan_device",
+            "lan_interface",
+            "lan_device",
+            "internal",
+        ],
     ),
     (
         "bandwidth",
@@ -740,6 +766,15 @@ impl<'a> Reader<'a> {
         )?;
         j.api_key = self.api_key()?;
         j.server_ip = self.get("server_ip", "an IPv4 or IPv6 address", |v| v.parse().ok())?;
+        j.server_ip6 = self.get(
+            "server_ip6",
+            "the server's global IPv6 address, e.g. 2001:db8:2::2",
+            |v| {
+                v.parse::<Ipv6Addr>()
+                    .ok()
+                    .filter(|a| !a.is_unspecified() && !a.is_multicast())
+            },
+        )?;
         if let Some(mut ports) = self.list("port", "a TCP port from 1 to 65535", parse_port)? {
             let mut seen = Vec::new();
             ports.retain(|p| {
@@ -794,13 +829,20 @@ impl<'a> Reader<'a> {
         )?;
         let dev = "a network device name: 1 to 15 characters, no spaces, '/' or ':'";
         n.wan_device = self.get("wan_device", dev, parse_ifname)?;
-        self.set(&mut n.lan_device, "lan_device", dev, parse_ifname)?;
-        if let Some(nets) = self.list(
+        self.set(
+            &mut n.lan_interface,
+            "lan_interface",
+            "a logical interface name: letters, digits and _",
+            |v| valid_uci_name(v).then(|| v.to_string()),
+        )?;
+        n.lan_device = self.get("lan_device", dev, parse_ifname)?;
+        if let Some(items) = self.list(
             "internal",
-            "an IPv4 or IPv6 network, e.g. 192.168.0.0/16 or fc00::/7",
-            parse_cidr,
+            "an IPv4 or IPv6 network (e.g. 192.168.0.0/16 or fc00::/7) or an interface name (e.g. lan)",
+            parse_internal,
         )? {
-            n.internal = nets;
+            n.internal = items.iter().filter_map(|i| i.clone().ok()).collect();
+            n.internal_interfaces = items.into_iter().filter_map(|i| i.err()).collect();
         }
         Ok(())
     }
@@ -1004,6 +1046,15 @@ fn parse_cidr(v: &str) -> Option<IpNet> {
         return Some(n);
     }
     v.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+/// One `internal` item: a network (`Ok`) or a netifd interface name (`Err`).
+fn parse_internal(v: &str) -> Option<Result<IpNet, String>> {
+    if let Some(n) = parse_cidr(v) {
+        return Some(Ok(n));
+    }
+    // A name has no '.', ':' or '/', so a mistyped address is never taken for one.
+    (valid_uci_name(v) && v.len() <= 64).then(|| Err(v.to_string()))
 }
 
 fn parse_abs_path(v: &str) -> Option<PathBuf> {
@@ -1243,6 +1294,12 @@ pub fn effective(loaded: &Loaded) -> String {
         (None, None) => "<unset: the url's host is not an IP address>".into(),
     };
     put(s, "jellyfin", "server_ip", server);
+    let server6 = match (j.server_ip6, c.server_ip()) {
+        (Some(ip), _) => ip.to_string(),
+        (None, Some(IpAddr::V6(ip))) => format!("{ip} (server_ip)"),
+        (None, _) => "<unset: learned from the neighbour table>".into(),
+    };
+    put(s, "jellyfin", "server_ip6", server6);
     put(
         s,
         "jellyfin",
@@ -1274,12 +1331,24 @@ pub fn effective(loaded: &Loaded) -> String {
         "wan_device",
         or_unset(&n.wan_device, "<unset: from wan_interface>"),
     );
-    put(s, "network", "lan_device", n.lan_device.clone());
+    put(s, "network", "lan_interface", n.lan_interface.clone());
+    put(
+        s,
+        "network",
+        "lan_device",
+        or_unset(&n.lan_device, "<unset: from lan_interface>"),
+    );
     put(
         s,
         "network",
         "internal",
-        list(n.internal.iter().map(|i| i.to_string()).collect()),
+        list(
+            n.internal_interfaces
+                .iter()
+                .cloned()
+                .chain(n.internal.iter().map(|i| i.to_string()))
+                .collect(),
+        ),
     );
 
     let s = named(pkg, "bandwidth");
@@ -1437,6 +1506,9 @@ mod tests {
         ("jellyfin", "jellyfin", "url", "http://host/a?b=c", "host[:port][/path]"),
         ("jellyfin", "jellyfin", "server_ip", "192.168.1", "an IPv4 or IPv6 address"),
         ("jellyfin", "jellyfin", "server_ip", "nas.lan", "an IPv4 or IPv6 address"),
+        ("jellyfin", "jellyfin", "server_ip6", "192.168.1.2", "global IPv6 address"),
+        ("jellyfin", "jellyfin", "server_ip6", "::", "global IPv6 address"),
+        ("jellyfin", "jellyfin", "server_ip6", "ff02::1", "global IPv6 address"),
         ("jellyfin", "jellyfin", "port", "0", "from 1 to 65535"),
         ("jellyfin", "jellyfin", "port", "65536", "from 1 to 65535"),
         ("jellyfin", "jellyfin", "port", "http", "from 1 to 65535"),
@@ -1455,7 +1527,10 @@ mod tests {
         ("network", "network", "lan_device", "..", "network device name"),
         ("network", "network", "internal", "192.168.0.0/33", "an IPv4 or IPv6 network"),
         ("network", "network", "internal", "fc00::/129", "an IPv4 or IPv6 network"),
-        ("network", "network", "internal", "lan", "an IPv4 or IPv6 network"),
+        ("network", "network", "internal", "lan-1", "or an interface name"),
+        ("network", "network", "internal", "192.168.1", "an IPv4 or IPv6 network"),
+        ("network", "network", "internal", "10.0.0.0/8/8", "or an interface name"),
+        ("network", "network", "lan_interface", "lan.1", "letters, digits and _"),
         ("bandwidth", "bandwidth", "upload_mbps", "0", "above 0"),
         ("bandwidth", "bandwidth", "upload_mbps", "20,5", "'.' as decimal point"),
         ("bandwidth", "bandwidth", "upload_mbps", "-3", "above 0"),
@@ -1898,7 +1973,7 @@ config user
             "jellyfin.url = http://192.168.1.2:8096  (line 4)",
             "jellyfin.api_key = <unset>  (default)",
             "jellyfin.port = 8096  (default)",
-            "network.internal = 192.168.0.0/16 10.0.0.0/8 172.16.0.0/12 fc00::/7  (default)",
+            "network.internal = lan  (default)",
             "bandwidth.upload_mbps = <unset: SQM's configured upload>  (default)",
             "bandwidth.target_pct = 90  (default)",
             "@user[0].name = alice  (line 6)",

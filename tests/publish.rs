@@ -186,6 +186,7 @@ fn sample_status() -> Status {
             active: true,
             error: None,
         },
+        network: Default::default(),
         errors: vec!["upload capacity unknown: set bandwidth.upload_mbps".into()],
     }
 }

@@ -9,7 +9,7 @@ const assert = require('node:assert/strict');
 const { setup, TEST_TIMEOUT } = require('./helpers');
 const { CONFIG, SHIPPED } = require('./fixtures');
 
-const DEFAULT_INTERNAL = [ '192.168.0.0/16', '10.0.0.0/8', '172.16.0.0/12', 'fc00::/7' ];
+const DEFAULT_INTERNAL = [ 'lan' ];
 
 /* Every option of DESIGN.md section 4, as the form must show it for the fixture config. */
 const EXPECTED = {
@@ -22,6 +22,7 @@ const EXPECTED = {
 	'jellyfin.url': 'http://192.168.1.2:8096',
 	'jellyfin.api_key': 'secret-key-0123',
 	'jellyfin.server_ip': '',
+	'jellyfin.server_ip6': '',
 	'jellyfin.port': [ '8096' ],
 	'jellyfin.timeout': '5',
 	'jellyfin.manage_limits': '1',
@@ -30,7 +31,8 @@ const EXPECTED = {
 	'jellyfin.notify_viewer': '1',
 	'network.wan_interface': 'wan',
 	'network.wan_device': '',
-	'network.lan_device': 'br-lan',
+	'network.lan_interface': 'lan',
+	'network.lan_device': '',
 	'network.internal': DEFAULT_INTERNAL,
 	'bandwidth.upload_mbps': '40',
 	'bandwidth.reserve_mbps': '2',
@@ -149,14 +151,14 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 	await s.test('an invalid CIDR shows the datatype message and blocks saving', async () => {
 		await tab(t.page, 'network');
 		const add = field(t.page, 'network.internal');
-		const msg = 'Expecting: One of the following: \n - valid IPv4 or IPv6 CIDR\n - valid IP address';
-		for (const bad of [ '10.0.0.300', '300.1.2.0/24', '10.0.0.0/33', 'fd00::/129', '10.0.0.0/255.0.0.0', 'lan' ]) {
+		const msg = 'Expecting: One of the following: \n - valid IPv4 or IPv6 CIDR\n - valid IP address\n - valid UCI identifier';
+		for (const bad of [ '10.0.0.300', '300.1.2.0/24', '10.0.0.0/33', 'fd00::/129', '10.0.0.0/255.0.0.0', 'lan-1' ]) {
 			await add.fill(bad);
 			await add.press('Tab');
 			assert.equal(await add.getAttribute('data-tooltip'), msg, bad);
 		}
 		await saveExpectingError(t, 'Option "Local networks" contains an invalid input value. ' + msg);
-		for (const good of [ '100.64.0.0/10', '2001:db8::/32', '192.168.7.7' ]) {
+		for (const good of [ '100.64.0.0/10', '2001:db8::/32', '192.168.7.7', 'guest' ]) {
 			await add.fill(good);
 			await add.press('Tab');
 			assert.equal(await add.getAttribute('data-tooltip'), null, good);
@@ -307,7 +309,7 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 			"jellydemon.jellyfin.api_key='secret-key-0123'",
 			"jellydemon.jellyfin.manage_limits='0'",
 			'jellydemon.network=network',
-			"jellydemon.network.internal='192.168.0.0/16' '10.0.0.0/8' '172.16.0.0/12' 'fc00::/7' '100.64.0.0/10'",
+			"jellydemon.network.internal='lan' '100.64.0.0/10'",
 			'jellydemon.bandwidth=bandwidth',
 			'jellydemon.@user[0]=user',
 			"jellydemon.@user[0].name='alice'",

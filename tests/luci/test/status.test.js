@@ -202,6 +202,23 @@ test('status page with a moved runtime directory', { timeout: TEST_TIMEOUT }, as
 	});
 });
 
+test('status page says when flow offloading bypasses shaping', { timeout: TEST_TIMEOUT }, async (s) => {
+	const st = status(now(), {
+		network: { lan_device: 'br-lan', internal: [ '192.168.1.0/24', '2001:db8:2::/56' ],
+			internal_fallback: false, server_ip6: '2001:db8:2::2', flow_offloading: 'hardware' }
+	});
+	const t = await setup({ config: CONFIG, files: { [STATUS_PATH]: JSON.stringify(st) } });
+	s.after(() => t.close());
+
+	await s.test('the shaping card warns and says what to do', async () => {
+		await t.open('status', '?poll=1');
+		const text = await t.page.locator('[data-card=shaping]').textContent();
+		assert.match(text, /Bypassed.*hardware flow offloading is on/);
+		assert.match(text, /Routing\/NAT Offloading/);
+		assert.deepEqual(t.problems, []);
+	});
+});
+
 test('status page while the media server sleeps and wakes', { timeout: TEST_TIMEOUT }, async (s) => {
 	const t = await setup({ config: CONFIG, files: { [STATUS_PATH]: JSON.stringify(status(now())) } });
 	s.after(() => t.close());

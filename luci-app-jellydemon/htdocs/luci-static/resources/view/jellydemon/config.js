@@ -19,7 +19,7 @@ const NAMED_SECTIONS = [
 	[ 'publish', 'publish' ]
 ];
 
-const DEFAULT_INTERNAL = [ '192.168.0.0/16', '10.0.0.0/8', '172.16.0.0/12', 'fc00::/7' ];
+const DEFAULT_INTERNAL = [ 'lan' ];
 
 function sameValue(a, b) {
 	if (Array.isArray(a) || Array.isArray(b)) {
@@ -173,6 +173,11 @@ return view.extend({
 			null, 'ipaddr("nomask")');
 		o.placeholder = _('host of the server URL');
 
+		o = addValue(s, form.Value, 'server_ip6', _('Server IPv6 address'),
+			_('The server\'s global IPv6 address (its stable one, see "ip -6 addr show scope global" on the server). Remote viewers on IPv6 reach it directly, without port forwarding; their streams are shaped and counted on the router only when this is set. Leave empty to use the server LAN address when that is IPv6, or else the address the router sees the server use (when it has exactly one; with several, the status page asks you to set it). Other devices\' traffic on the same port is never touched.'),
+			null, 'ip6addr("nomask")');
+		o.placeholder = _('learned');
+
 		addValue(s, form.DynamicList, 'port', _('Streaming ports'),
 			_('TCP ports Jellyfin streams from: 8096 (http) and, if you use it, 8920 (https). Traffic from other ports is not counted as Jellyfin\'s.'),
 			[ '8096' ], 'and(uinteger,range(1,65535))');
@@ -210,13 +215,18 @@ return view.extend({
 			null, 'netdevname');
 		o.placeholder = _('from the WAN interface');
 
-		addValue(s, form.Value, 'lan_device', _('LAN device'),
-			_('The device your Jellyfin server is connected to, usually the LAN bridge br-lan. Remote viewers\' streams are shaped there.'),
-			'br-lan', 'netdevname');
+		addValue(s, form.Value, 'lan_interface', _('LAN interface'),
+			_('The logical network interface your Jellyfin server is on (as in Network > Interfaces), usually "lan". Its device (e.g. the bridge br-lan) is found automatically and followed when it changes; remote viewers\' streams are shaped there.'),
+			'lan', 'uciname');
+
+		o = addValue(s, form.Value, 'lan_device', _('LAN device'),
+			_('Only if the interface cannot be resolved: the Linux device your Jellyfin server is connected to, e.g. br-lan. When set it wins over the LAN interface.'),
+			null, 'netdevname');
+		o.placeholder = _('from the LAN interface');
 
 		addValue(s, form.DynamicList, 'internal', _('Local networks'),
-			_('Viewers with an address in these networks (or equal to a single address listed) are local: they are never limited. Add your VPN ranges here if VPN viewers should count as local.'),
-			DEFAULT_INTERNAL.slice(), 'or(cidr,ipaddr("nomask"))');
+			_('Viewers in these networks are local: they are never limited, restarted or shaped. An interface name (e.g. "lan", "guest") means all of its IPv4 subnets and IPv6 prefixes, including the prefix your provider delegates, followed as they change; you can also list networks (e.g. a VPN range 10.8.0.0/24) or single addresses. When the interfaces report nothing, the private ranges 192.168.0.0/16, 10.0.0.0/8, 172.16.0.0/12 and fc00::/7 are used.'),
+			DEFAULT_INTERNAL.slice(), 'or(cidr,ipaddr("nomask"),uciname)');
 
 		/* ---- Bandwidth ---- */
 		s = m.section(form.NamedSection, 'bandwidth', 'bandwidth', _('Bandwidth'));

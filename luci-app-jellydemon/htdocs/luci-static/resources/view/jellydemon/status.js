@@ -229,7 +229,15 @@ function renderCards(st, now) {
 			: _('no WAN device found'),
 		wan.capacity_bps != null ? '' : 'jd-bad'));
 
-	if (st.shaping != null)
+	/* Flow offloading takes established connections past the LAN ingress hook: the classes
+	 * exist but see almost nothing. */
+	const offload = (st.network || {}).flow_offloading;
+	if (st.shaping != null && sh.enabled && (offload == 'software' || offload == 'hardware'))
+		cards.push(card('shaping', _('Bypassed'),
+			(offload == 'hardware' ? _('hardware flow offloading is on') : _('software flow offloading is on')) +
+			': ' + _('established connections skip the router\'s per-viewer classes; Jellyfin limits still apply. Turn it off under Network > Firewall > Routing/NAT Offloading.'),
+			'jd-bad'));
+	else if (st.shaping != null)
 		cards.push(card('shaping', !sh.enabled ? _('Off') : sh.active ? _('Active') : _('Not working'),
 			sh.error || (sh.enabled ? _('one class per remote viewer') : _('Jellyfin limits only')),
 			!sh.enabled ? '' : sh.active ? 'jd-ok' : 'jd-bad'));
