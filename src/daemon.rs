@@ -246,11 +246,15 @@ fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
         .collect()
 }
 
+/// How long the restore on SIGTERM may take in all (the promise is 5 s; some is left for tc
+/// and the exit).
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
+
 /// The guard's measurement window: the WAN rate over the last half second.
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
 /// How often the guard samples the WAN counter (by the clock, between ticks): the window
 /// slides by this step, so a jump is seen within a step of filling the window.
-pub const GUARD_STEP: Duration = Duration::from_millis(250);
+pub const GUARD_STEP: Duration = Duration::from_millis(100);
 /// After a packet to a sleeping server, how long the loop ticks every second.
 const WAKING_WINDOW: Duration = Duration::from_secs(180);
 /// After Jellyfin answered from sleep, how long the loop keeps ticking every second (the
@@ -675,13 +679,10 @@ impl Daemon {
         {
             return true;
         }
-        let Some(since) = self.presence.slept_since else {
-            return false;
-        };
         let w = self.waker.lock();
         w.last
             .as_ref()
-            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && l.unix.saturating_add(60) >= since)
+            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && self.presence.woken_by(l.unix))
     }
 
     fn set_reachable(&mut self, ok: bool, err: Option<String>) {
@@ -1137,19 +1138,7 @@ impl Daemon {
         st.server_awake = p.known.then_some(!p.asleep());
         st.asleep_since = p.asleep_since;
         st.awake_after_s = p.awake_after_s.map(|a| (a * 10.0).round() / 10.0);
-        st.server_state = p.known.then(|| {
-            let woken = st
-                .last_wake
-                .zip(p.slept_since)
-                .is_some_and(|(t, since)| t.saturating_add(60) >= since);
-            match (p.asleep(), p.slept_since.is_some(), woken) {
-                (true, _, false) => "asleep",
-                (_, true, true) => "waking",
-                (false, true, false) => "booting",
-                _ => "awake",
-            }
-            .to_string()
-        });
+        st.server_state = p.state(st.last_wake).map(str::to_string);
         st
     }
 
@@ -1336,6 +1325,7 @@ impl Daemon {
 
     /// Everything back as it was: own tc state removed, every original limit restored.
     pub fn shutdown(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_BUDGET;
         if let Some(s) = self.shaper.as_mut() {
             if let Err(e) = s.remove() {
                 warn!("could not remove all shaping state: {e}");
@@ -1346,17 +1336,30 @@ impl Daemon {
                 info!("the media server is asleep: the original limits stay in the backup for the next start or `jellydemon restore`");
             }
         } else if self.limits.pending() > 0 {
-            // A short timeout: procd kills us 5 s after SIGTERM.
-            if let Ok(s) = server_for(&self.cfg, Duration::from_secs(2)) {
-                self.server = Some(s);
+            // Everything within SHUTDOWN_BUDGET of SIGTERM (DESIGN.md: 5 s; procd kills at
+            // the init script's term_timeout). The running client keeps the server's address:
+            // no name lookup now. Each user takes two calls, so each gets half of what is left.
+            // Dry run too: these are originals the daemon changed before.
+            if self.server.is_none() {
+                self.server = server_for(&self.cfg, Duration::from_secs(2)).ok();
             }
-            if let Some(server) = self.server.as_mut() {
-                let problems = self.limits.restore_all(server.as_mut(), true);
-                for p in &problems {
-                    warn!("{p}");
+            for uid in self.limits.pending_users() {
+                let left = deadline.saturating_duration_since(Instant::now()) / 2;
+                if left < Duration::from_millis(100) {
+                    warn!("no time left to restore the remaining original limits: they stay in the backup for `jellydemon restore` or the next start");
+                    break;
                 }
-                if !problems.is_empty() {
-                    warn!("the remaining original limits stay in the backup for `jellydemon restore` or the next start");
+                let Some(server) = self.server.as_mut() else {
+                    warn!("no Jellyfin server configured: the original limits stay in the backup");
+                    break;
+                };
+                server.set_timeout(left.min(Duration::from_secs(2)));
+                if let Err(e) = self.limits.restore_user(server.as_mut(), &uid) {
+                    warn!("{e}");
+                    if e.server_away {
+                        warn!("Jellyfin unreachable: the remaining original limits stay in the backup for `jellydemon restore` or the next start");
+                        break;
+                    }
                 }
             }
         }

@@ -159,6 +159,14 @@ impl Limits {
         self.backup.as_ref().map(Backup::len).unwrap_or(0)
     }
 
+    /// The users whose originals are backed up, in a stable order.
+    pub fn pending_users(&self) -> Vec<String> {
+        match &self.backup {
+            Ok(b) => b.entries().into_iter().map(|(u, _)| u).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The limit this process knows the user has because of it, for the status.
     pub fn limit_of(&self, user_id: &str) -> Option<i64> {
         self.known.get(user_id).and_then(|k| k.current)

@@ -123,6 +123,15 @@ impl WindowMeter {
                 }
             },
         };
+        // After a long pause (the caller skipped sampling) the old sample would average the
+        // pause in: start the window afresh.
+        if self
+            .samples
+            .back()
+            .is_some_and(|(t, _)| now - t > 4.0 * self.window)
+        {
+            self.samples.clear();
+        }
         self.samples.push_back((now, total));
         while self.samples.len() > 2 && now - self.samples[1].0 >= self.window {
             self.samples.pop_front();
@@ -222,6 +231,9 @@ mod tests {
         // Time not moving forward is ignored.
         assert_eq!(m.update(1.5, 99_999_999), None);
         assert_eq!(m.update(2.0, 125_010), Some(1_000_000));
+        // A long pause is not averaged in.
+        assert_eq!(m.update(60.0, 200_000_000), None);
+        assert_eq!(m.update(60.5, 200_062_500), Some(1_000_000));
         // Many samples within one window stay bounded.
         let mut m = WindowMeter::new(1000.0);
         for i in 0..10_000u64 {

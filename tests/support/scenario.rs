@@ -1413,13 +1413,15 @@ pub fn demo_main(args: &[String]) -> Result<(), String> {
         live: true,
         keep_logs: a.get("keep-logs").map(PathBuf::from),
     };
+    // Ctrl-C during the scenario ends the demo there.
+    let interrupted = stop_flag();
     if !a.has("wake-only") {
         let summary = run_scenario(&sc, &opts)?;
         println!();
         print!("{}", render_summary(&summary));
         println!();
     }
-    if a.get("scenario").is_none() {
+    if a.get("scenario").is_none() && !interrupted.load(Ordering::Relaxed) {
         wake_demo(&sc, &opts)?;
     }
     Ok(())

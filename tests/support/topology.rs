@@ -776,11 +776,13 @@ impl HomeNet {
                 }
             }
         });
+        // Dropped on every way out, the sleeper stops the NIC thread.
+        let sleeper = Sleeper { events: rx, stop };
         ready_rx
             .recv_timeout(CMD_TIMEOUT)
             .map_err(|_| "the sleeping NIC did not open".to_string())??;
         self.exec_stdin(&self.jf, &["nft", "-f", "-"], &sleep_ruleset())?;
-        Ok(Sleeper { events: rx, stop })
+        Ok(sleeper)
     }
 }
 

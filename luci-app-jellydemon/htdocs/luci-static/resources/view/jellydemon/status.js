@@ -17,10 +17,22 @@ const DEFAULT_RUN_DIR = '/var/run/jellydemon';
 const HISTORY = 60;
 const SVGNS = 'http://www.w3.org/2000/svg';
 
-const callInit = rpc.declare({
-	object: 'rc',
-	method: 'init',
-	params: [ 'name', 'action' ]
+/* The ACL grants exactly these actions of this script (file exec), not rc init of every service. */
+const INIT = '/etc/init.d/jellydemon';
+
+function initAction(action) {
+	return fs.exec(INIT, [ action ]).then(function(res) {
+		if (res && res.code)
+			throw new Error(_('%s %s exited with code %d').format(INIT, action, res.code));
+	});
+}
+
+/* Whether this login may change the service (the ACL's write part), as LuCI forms ask. */
+const callSessionAccess = rpc.declare({
+	object: 'session',
+	method: 'access',
+	params: [ 'scope', 'object', 'function' ],
+	expect: { 'access': false }
 });
 
 const SERIES = [
@@ -337,7 +349,11 @@ return view.extend({
 	},
 
 	load: function() {
-		return uci.load('jellydemon').catch(function() {}).then(L.bind(function() {
+		return Promise.all([
+			uci.load('jellydemon').catch(function() {}),
+			callSessionAccess('uci', 'jellydemon', 'write')
+		]).then(L.bind(function(res) {
+			this.mayControl = res[1] === true;
 			this.runDir = uci.get('jellydemon', 'main', 'run_dir') || DEFAULT_RUN_DIR;
 			return this.readStatus();
 		}, this));
@@ -375,9 +391,9 @@ return view.extend({
 			uci.set('jellydemon', 'main', 'enabled', '1');
 			steps.push(function() { return uci.save(); });
 			steps.push(function() { return uci.apply(10); });
-			steps.push(function() { return callInit('jellydemon', 'enable'); });
+			steps.push(function() { return initAction('enable'); });
 		}
-		steps.push(function() { return callInit('jellydemon', 'start'); });
+		steps.push(function() { return initAction('start'); });
 
 		return steps.reduce(function(p, step) {
 			return p.then(function(rv) {
@@ -415,7 +431,8 @@ return view.extend({
 		else
 			msg = _('jellydemon is not running. Start it, or see the system log (logread -e jellydemon) if it stops again.');
 
-		const btn = (res.error == 'denied' || res.error == 'toolarge') ? '' : E('button', {
+		/* A login that may only look at the service gets no button it could not use. */
+		const btn = (res.error == 'denied' || res.error == 'toolarge' || !this.mayControl) ? '' : E('button', {
 			'class': 'btn cbi-button cbi-button-apply',
 			'id': 'jd-start',
 			'click': ui.createHandlerFn(this, 'handleStart', disabled)
