@@ -12,6 +12,7 @@ pub mod decide;
 pub mod firewall;
 pub mod http;
 pub mod jellyfin;
+pub mod limits;
 pub mod monitor;
 pub mod neigh;
 pub mod netifd;
