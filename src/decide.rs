@@ -3,7 +3,7 @@
 //! class. No I/O here; everything is plain data so it can be tested exhaustively.
 
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// Limits are rounded down to this step so tiny measurement noise never rewrites a policy.
@@ -125,6 +125,8 @@ pub struct UserLimit {
     pub limit_bps: u64,
 }
 
+/// One viewer's class. `rate_bps` 0 means counting only: the class must not cap (the plan
+/// then has `managing` false).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewerShare {
     pub ip: IpAddr,
@@ -284,9 +286,23 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
     next.last_other_bps = Some(other_now);
 
     let Some(capacity) = policy.capacity_bps else {
-        // Without a capacity nothing can be divided; remember users so they are restored.
+        // Without a capacity nothing can be divided, and a guess would throttle viewers for
+        // nothing: every remote viewer gets a counting-only class (rate 0 = no cap), so the
+        // per-viewer figures go on. Users are remembered so they are still restored.
         next.users_seen = prev.users_seen.clone();
         next.last_other_bps = Some(other_now);
+        let ips: BTreeSet<IpAddr> = competing
+            .iter()
+            .filter_map(|s| s.remote_ip.map(canonical))
+            .collect();
+        plan.viewers = ips
+            .into_iter()
+            .map(|ip| ViewerShare {
+                ip,
+                rate_bps: 0,
+                ceil_bps: 0,
+            })
+            .collect();
         return (plan, next);
     };
     plan.managing = true;
@@ -1026,7 +1042,60 @@ mod tests {
         );
         assert!(!plan.managing);
         assert!(plan.user_limits.is_empty());
-        assert!(plan.viewers.is_empty());
+        assert!(plan.restarts.is_empty());
+        assert_eq!(plan.budget_bps, 0);
+        // The viewer still gets a class, to count its bytes, but one without a cap.
+        assert_eq!(
+            plan.viewers,
+            vec![ViewerShare {
+                ip: "203.0.113.7".parse().unwrap(),
+                rate_bps: 0,
+                ceil_bps: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_capacity_never_limits_whatever_the_load() {
+        // Two 8 Mbit/s remote streams, a busy uplink, over many ticks: never a limit, a
+        // restart or a capped class while nothing says how big the uplink is.
+        let mut p = policy();
+        p.capacity_bps = None;
+        let streams = vec![
+            stream("s1", "alice", "203.0.113.7", 8 * M),
+            stream("s2", "bob", "::ffff:198.51.100.9", 8 * M),
+            stream("s3", "carol", "192.168.1.20", 8 * M),
+        ];
+        let mut st = State::default();
+        for t in 0..20 {
+            let (plan, n) = decide(
+                &st,
+                &input(t as f64, (16 + t) * M, 16 * M, streams.clone()),
+                &p,
+            );
+            assert!(!plan.managing);
+            assert!(plan.user_limits.is_empty() && plan.restarts.is_empty());
+            assert!(plan.shares.is_empty());
+            assert_eq!(
+                plan.viewers.len(),
+                2,
+                "one counting class per remote viewer"
+            );
+            assert!(plan
+                .viewers
+                .iter()
+                .all(|v| v.rate_bps == 0 && v.ceil_bps == 0));
+            assert!(plan
+                .viewers
+                .iter()
+                .any(|v| v.ip == "198.51.100.9".parse::<IpAddr>().unwrap()));
+            st = n;
+        }
+        // Once the capacity is known, the same streams are managed from the first tick.
+        let (plan, _) = decide(&st, &input(20.0, 16 * M, 16 * M, streams), &policy());
+        assert!(plan.managing);
+        assert_eq!(plan.viewers.len(), 2);
+        assert!(plan.viewers.iter().all(|v| v.rate_bps == 8 * M));
     }
 
     #[test]
