@@ -20,6 +20,13 @@ pub const UPGRADE_FACTOR_PCT: u64 = 150;
 pub const SATURATED_PCT: u64 = 97;
 /// Users who stopped streaming get their original limit back after this long.
 pub const RESTORE_AFTER_S: f64 = 300.0;
+/// A stream's Jellyfin limit is its share less this much. Shares, classes and the budget
+/// count bytes on the wire; Jellyfin's limit is a media bitrate. The difference carries
+/// TCP/IP and Ethernet headers (about 5 % of a full-size packet) and leaves about 10 % so a
+/// player refills its buffer (the prefill after a start or restart) while the stream plays
+/// on. A stream whose class is exactly its media bitrate receives about 95 % of what it plays
+/// and drains its buffer until it stalls.
+pub const LIMIT_HEADROOM_PCT: u64 = 15;
 
 /// How the budget is divided: the configuration's own enum (`bandwidth.algorithm`).
 pub use crate::config::Algorithm;
@@ -243,6 +250,11 @@ fn round_down(bps: u64) -> u64 {
     (bps / LIMIT_STEP_BPS) * LIMIT_STEP_BPS
 }
 
+/// The Jellyfin limit (media bitrate) that fits a share (wire rate) with headroom.
+pub fn limit_for_share(share_bps: u64) -> u64 {
+    round_down(share_bps.saturating_mul(100) / (100 + LIMIT_HEADROOM_PCT)).max(LIMIT_STEP_BPS)
+}
+
 /// The decision for one tick. Pure: the same inputs give the same plan and memory.
 pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
     let mut plan = Plan::default();
@@ -388,7 +400,7 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         let e = per_user
             .entry(s.user_id.as_str())
             .or_insert((s.user_name.clone(), u64::MAX));
-        e.1 = e.1.min(share);
+        e.1 = e.1.min(limit_for_share(share));
         if let Some(ip) = s.remote_ip {
             // The class never grants more than the Jellyfin share, and drops at once with
             // this tick's budget.
@@ -464,13 +476,14 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             // A restart is costly, so renegotiate for where the budget is now, not for where
             // the confirmed figure still lags: a household upload that is still ramping up
             // would otherwise leave the new stream above its class and stalling.
-            let limit = match reason {
-                RestartReason::Exceeds => fast_share
-                    .get(s.session_id.as_str())
-                    .map_or(limit, |f| limit.min(*f)),
-                RestartReason::Upgrade => limit,
+            let fast = fast_share.get(s.session_id.as_str()).copied();
+            let limit = match (reason, fast) {
+                (RestartReason::Exceeds, Some(f)) => limit.min(limit_for_share(f)),
+                _ => limit,
             };
-            mem.applied_bps = mem.applied_bps.min(limit);
+            if let (RestartReason::Exceeds, Some(f)) = (reason, fast) {
+                mem.applied_bps = mem.applied_bps.min(f);
+            }
             mem.last_restart = Some(input.now);
             mem.restarts += 1;
             mem.negotiated_limit_bps = Some(limit);
@@ -512,6 +525,11 @@ mod tests {
     use proptest::prelude::*;
 
     const M: u64 = 1_000_000;
+
+    /// The Jellyfin limit of a share: the share less the headroom, rounded down.
+    fn lim(share: u64) -> u64 {
+        limit_for_share(share)
+    }
 
     fn policy() -> Policy {
         Policy {
@@ -669,7 +687,7 @@ mod tests {
         assert!(plan.managing);
         assert_eq!(plan.budget_bps, 16 * M);
         assert_eq!(plan.user_limits.len(), 1);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         assert_eq!(plan.viewers[0].ip, "203.0.113.7".parse::<IpAddr>().unwrap());
         assert_eq!(plan.viewers[0].ceil_bps, 16 * M * 115 / 100);
         assert!(
@@ -711,7 +729,44 @@ mod tests {
             &policy(),
         );
         let limits: Vec<u64> = plan.user_limits.iter().map(|u| u.limit_bps).collect();
-        assert_eq!(limits, vec![8 * M, 8 * M]);
+        assert_eq!(limits, vec![lim(8 * M), lim(8 * M)]);
+    }
+
+    #[test]
+    fn every_limit_leaves_room_for_headers_and_a_refill() {
+        for share in (1..=400).map(|i| i * 250_000) {
+            let l = lim(share);
+            // Headers (~5 %) plus a refill margin (~5 % or more) fit inside the class.
+            assert!(l * 110 <= share * 100, "share {share} limit {l}");
+            // And no more is given away than the headroom and the rounding step.
+            assert!(l * (100 + LIMIT_HEADROOM_PCT) + LIMIT_STEP_BPS * 115 >= share * 100);
+        }
+        assert_eq!(
+            lim(0),
+            LIMIT_STEP_BPS,
+            "a limit is never 0 (0 means none in Jellyfin)"
+        );
+    }
+
+    #[test]
+    fn a_stream_as_fast_as_its_class_renegotiates_to_fit_it() {
+        // Two 8 Mbit/s transcodes, budget 16: classes of 8 each would carry only about 7.6 of
+        // media (headers) and the players would drain. Both renegotiate below their class.
+        let streams = vec![
+            stream("s1", "alice", "203.0.113.7", 8 * M),
+            stream("s2", "bob", "198.51.100.9", 8 * M),
+        ];
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 16 * M, 16 * M, streams),
+            &policy(),
+        );
+        assert_eq!(plan.restarts.len(), 2);
+        for (r, v) in plan.restarts.iter().zip(&plan.viewers) {
+            assert_eq!(r.reason, RestartReason::Exceeds);
+            assert_eq!(v.rate_bps, 8 * M);
+            assert!(r.limit_bps * 110 <= v.rate_bps * 100, "{r:?} in {v:?}");
+        }
     }
 
     #[test]
@@ -726,7 +781,7 @@ mod tests {
             &input(0.0, 8 * M, 8 * M, streams.clone()),
             &p,
         );
-        assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M));
         assert!(plan.restarts.is_empty());
         // The household starts a 10 Mbit/s upload: the router's classes follow at once...
         let (plan, st) = decide(&st, &input(5.0, 18 * M, 8 * M, streams.clone()), &p);
@@ -734,13 +789,13 @@ mod tests {
         let rates: Vec<u64> = plan.viewers.iter().map(|v| v.rate_bps).collect();
         assert_eq!(rates, vec![4 * M, 4 * M]);
         // ...but one tick is not trusted enough to change Jellyfin limits or restart anyone.
-        assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M));
         assert!(plan.restarts.is_empty());
         // ...the second confirms it: budget 18 - 10 = 8, 4 each.
         let (plan, _) = decide(&st, &input(6.0, 18 * M, 8 * M, streams), &p);
         assert_eq!(plan.budget_bps, 8 * M);
         let limits: Vec<u64> = plan.user_limits.iter().map(|u| u.limit_bps).collect();
-        assert_eq!(limits, vec![4 * M, 4 * M]);
+        assert_eq!(limits, vec![lim(4 * M), lim(4 * M)]);
         assert_eq!(plan.restarts.len(), 1);
         assert_eq!(plan.restarts[0].session_id, "s1");
         assert_eq!(plan.restarts[0].reason, RestartReason::Exceeds);
@@ -802,20 +857,20 @@ mod tests {
         let s = vec![stream("s1", "alice", "203.0.113.7", 3 * M)];
         // other = 10 → budget 8.
         let (plan, st) = decide(&State::default(), &input(0.0, 13 * M, 3 * M, s.clone()), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M));
         // other drops to 0 → budget 16, but it must hold for RAISE_HOLD_TICKS ticks.
         let mut st = st;
         for tick in 1..RAISE_HOLD_TICKS {
             let (plan, n) = decide(&st, &input(tick as f64, 3 * M, 3 * M, s.clone()), &p);
-            assert_eq!(plan.user_limits[0].limit_bps, 8 * M, "tick {tick}");
+            assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M), "tick {tick}");
             st = n;
         }
         let (plan, st) = decide(&st, &input(9.0, 3 * M, 3 * M, s.clone()), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         // A fall applies as soon as it is confirmed by a second sample.
         let (_, st) = decide(&st, &input(10.0, 15 * M, 3 * M, s.clone()), &p);
         let (plan, _) = decide(&st, &input(11.0, 15 * M, 3 * M, s), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 6 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(6 * M));
     }
 
     #[test]
@@ -827,7 +882,11 @@ mod tests {
         let pattern = [3, 13, 13, 3, 13, 13, 3, 13, 13];
         for (i, w) in pattern.iter().enumerate() {
             let (plan, n) = decide(&st, &input(i as f64 + 1.0, w * M, 3 * M, s.clone()), &p);
-            assert_eq!(plan.user_limits[0].limit_bps, 8 * M, "no flapping at {i}");
+            assert_eq!(
+                plan.user_limits[0].limit_bps,
+                lim(8 * M),
+                "no flapping at {i}"
+            );
             st = n;
         }
     }
@@ -871,8 +930,8 @@ mod tests {
         // Confirmed other 6 → limit 12 < 14: restart. This tick's other is 12 on a saturated
         // uplink (+2 headroom) → budget 4, which is what the stream renegotiates for.
         assert_eq!(plan.restarts.len(), 1);
-        assert_eq!(plan.restarts[0].limit_bps, 4 * M);
-        assert_eq!(plan.user_limits[0].limit_bps, 4 * M);
+        assert_eq!(plan.restarts[0].limit_bps, lim(4 * M));
+        assert_eq!(plan.user_limits[0].limit_bps, lim(4 * M));
         assert_eq!(plan.viewers[0].rate_bps, 4 * M);
     }
 
@@ -903,12 +962,12 @@ mod tests {
         let p = policy();
         let s = vec![stream("s1", "alice", "203.0.113.7", 3 * M)];
         let (plan, st) = decide(&State::default(), &input(0.0, 3 * M, 3 * M, s.clone()), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         // A burst misattributed to "other" for one tick...
         let (plan, st) = decide(&st, &input(1.0, 20 * M, 3 * M, s.clone()), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         let (plan, _) = decide(&st, &input(2.0, 3 * M, 3 * M, s), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         assert!(plan.restarts.is_empty());
     }
 
@@ -920,7 +979,7 @@ mod tests {
         for i in 1..10 {
             // Budget 8.5 vs applied 8: under 10 %, never applied.
             let (plan, n) = decide(&st, &input(i as f64, 12_500_000, 3 * M, s.clone()), &p);
-            assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+            assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M));
             st = n;
         }
     }
@@ -938,7 +997,7 @@ mod tests {
             &p,
         );
         assert_eq!(plan.user_limits.len(), 1);
-        assert_eq!(plan.user_limits[0].limit_bps, 2 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(2 * M));
         assert_eq!(plan.viewers.len(), 1, "one address, one class");
         assert_eq!(plan.viewers[0].rate_bps, 12 * M);
     }
@@ -1028,7 +1087,7 @@ mod tests {
         );
         assert_eq!(plan.user_limits.len(), 1);
         assert_eq!(plan.user_limits[0].user_name, "bob");
-        assert_eq!(plan.user_limits[0].limit_bps, 10 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(10 * M));
     }
 
     #[test]
@@ -1117,15 +1176,16 @@ mod tests {
     #[test]
     fn upgrade_restart_when_much_more_is_available() {
         let p = policy();
-        let mut s = stream("s1", "alice", "203.0.113.7", 4 * M);
+        // A transcode at what its share's limit allows.
+        let mut s = stream("s1", "alice", "203.0.113.7", lim(4 * M));
         s.source_bps = Some(15 * M);
-        // Congested: budget 4 → limit 4 recorded as negotiated.
+        // Congested: budget 4 → its limit recorded as negotiated.
         let (plan, mut st) = decide(
             &State::default(),
             &input(0.0, 18 * M, 4 * M, vec![s.clone()]),
             &p,
         );
-        assert_eq!(plan.user_limits[0].limit_bps, 4 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(4 * M));
         assert!(plan.restarts.is_empty());
         let mut restarted = 0;
         for t in 1..=5 {
