@@ -22,11 +22,15 @@ pub const SATURATED_PCT: u64 = 97;
 pub const RESTORE_AFTER_S: f64 = 300.0;
 /// A stream's Jellyfin limit is its share less this much. Shares, classes and the budget
 /// count bytes on the wire; Jellyfin's limit is a media bitrate. The difference carries
-/// TCP/IP and Ethernet headers (about 5 % of a full-size packet) and leaves about 10 % so a
-/// player refills its buffer (the prefill after a start or restart) while the stream plays
-/// on. A stream whose class is exactly its media bitrate receives about 95 % of what it plays
-/// and drains its buffer until it stalls.
-pub const LIMIT_HEADROOM_PCT: u64 = 15;
+/// TCP/IP and Ethernet headers (about 5 % of a full-size packet) and leaves about 15 % so a
+/// player refills its buffer (the prefill after a start, seek or restart) while the stream
+/// plays on, and has a few seconds in hand when its class is squeezed before a restart can
+/// follow. A stream whose class is exactly its media bitrate receives about 95 % of what it
+/// plays and drains its buffer until it stalls.
+pub const LIMIT_HEADROOM_PCT: u64 = 20;
+/// What a stream needs at the least on the wire, in percent of its media bitrate: the media
+/// plus headers, with no room to refill its buffer.
+pub const CRITICAL_PCT: u64 = 106;
 
 /// How the budget is divided: the configuration's own enum (`bandwidth.algorithm`).
 pub use crate::config::Algorithm;
@@ -108,7 +112,16 @@ pub struct StreamMemory {
     pub negotiated_limit_bps: Option<u64>,
     /// Monotonic second the session was last seen playing.
     pub last_seen: f64,
+    /// Consecutive ticks after a restart that the stream stayed above its new limit.
+    pub over_limit_ticks: u32,
+    /// The client plays above its limit even after a restart (a direct-play client that
+    /// ignores the server's cap): restarting it again only interrupts it.
+    pub ignores_limit: bool,
 }
+
+/// Ticks after a restart a stream may still report its old bitrate before it counts as a
+/// client that ignores limits (the session list can lag the new playback by a tick).
+pub const IGNORES_LIMIT_TICKS: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct State {
@@ -250,6 +263,66 @@ fn round_down(bps: u64) -> u64 {
     (bps / LIMIT_STEP_BPS) * LIMIT_STEP_BPS
 }
 
+/// Claims of streams that cannot renegotiate now (`needs[i]` > 0: no remote control, a
+/// client that ignores limits, or a restart too recent to repeat) become exactly what their
+/// stream needs: no more (it cannot use more; the rest goes to the others) and, as far as the
+/// budget goes after every other stream's minimum, no less (the router must not starve a
+/// player that cannot be told to slow down).
+///
+/// When the needs do not all fit: if an equal fraction of each extra need still covers every
+/// stream's bare need (media plus headers, `CRITICAL_PCT`), each gets that fraction; otherwise
+/// the smallest needs are met in full first, so as few players as possible run dry.
+pub fn with_floors(budget: u64, base: &[Claim], needs: &[u64]) -> Vec<Claim> {
+    let need = |c: &Claim, n: u64| n.clamp(c.min, c.max.max(c.min));
+    let extra: Vec<u64> = base
+        .iter()
+        .zip(needs)
+        .map(|(c, &n)| if n == 0 { 0 } else { need(c, n) - c.min })
+        .collect();
+    let wanted: u64 = extra.iter().sum();
+    let mins: u64 = base.iter().map(|c| c.min).sum();
+    let room = budget.saturating_sub(mins);
+    let granted: Vec<u64> = if wanted <= room {
+        extra.clone()
+    } else {
+        let fair: Vec<u64> = extra
+            .iter()
+            .map(|&e| (e as u128 * room as u128 / wanted as u128) as u64)
+            .collect();
+        let enough = base.iter().zip(needs).zip(&fair).all(|((c, &n), &f)| {
+            n == 0 || (c.min + f) * (100 + LIMIT_HEADROOM_PCT) >= need(c, n) * CRITICAL_PCT
+        });
+        if enough {
+            fair
+        } else {
+            let mut order: Vec<usize> = (0..extra.len()).filter(|&i| extra[i] > 0).collect();
+            order.sort_by_key(|&i| (extra[i], i));
+            let mut left = room;
+            let mut g = vec![0; extra.len()];
+            for i in order {
+                g[i] = extra[i].min(left);
+                left -= g[i];
+            }
+            g
+        }
+    };
+    base.iter()
+        .zip(needs)
+        .zip(&granted)
+        .map(|((c, &n), &g)| {
+            if n == 0 {
+                *c
+            } else {
+                Claim {
+                    weight: c.weight,
+                    min: c.min + g,
+                    max: need(c, n),
+                }
+            }
+        })
+        .collect()
+}
+
 /// The Jellyfin limit (media bitrate) that fits a share (wire rate) with headroom.
 pub fn limit_for_share(share_bps: u64) -> u64 {
     round_down(share_bps.saturating_mul(100) / (100 + LIMIT_HEADROOM_PCT)).max(LIMIT_STEP_BPS)
@@ -339,7 +412,7 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
     )
     .saturating_sub(exempt_bps);
 
-    let claims: Vec<Claim> = competing
+    let base: Vec<Claim> = competing
         .iter()
         .map(|s| {
             let rule = policy.rule(&s.user_name);
@@ -362,13 +435,43 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             Claim { weight, min, max }
         })
         .collect();
-    let targets = max_min_fair(limit_budget, &claims);
-    let fast = max_min_fair(plan.budget_bps, &claims);
+    // What a stream that cannot renegotiate now needs so it does not drain its player: a
+    // share whose limit is its current bitrate.
+    let needs: Vec<u64> = competing
+        .iter()
+        .map(|s| {
+            let mem = prev.streams.get(&s.session_id);
+            let stuck = !s.paused
+                && (!policy.restart_playback
+                    || !s.supports_remote_control
+                    || mem.is_some_and(|m| {
+                        m.ignores_limit
+                            || m.last_restart
+                                .is_some_and(|t| input.now - t < policy.restart_min_interval_s)
+                    }));
+            match (stuck, s.stream_bps) {
+                (true, Some(bps)) => bps.saturating_mul(100 + LIMIT_HEADROOM_PCT) / 100,
+                _ => 0,
+            }
+        })
+        .collect();
+    let claims = |budget: u64| with_floors(budget, &base, &needs);
+    let claims_limit = claims(limit_budget);
+    let claims_fast = claims(plan.budget_bps);
+    let targets = max_min_fair(limit_budget, &claims_limit);
+    let fast = max_min_fair(plan.budget_bps, &claims_fast);
+    let claims = claims_limit;
 
     let mut per_user: BTreeMap<&str, (String, u64)> = BTreeMap::new();
     let mut per_ip: BTreeMap<IpAddr, u64> = BTreeMap::new();
     let mut fast_share: HashMap<&str, u64> = HashMap::new();
-    for (((s, &target), claim), &fast) in competing.iter().zip(&targets).zip(&claims).zip(&fast) {
+    for ((((s, &target), claim), &fast), fast_claim) in competing
+        .iter()
+        .zip(&targets)
+        .zip(&claims)
+        .zip(&fast)
+        .zip(&claims_fast)
+    {
         let target = round_down(target).max(claim.min).max(LIMIT_STEP_BPS);
         let mut mem = prev.streams.get(&s.session_id).cloned().unwrap_or_default();
         let fresh = mem.applied_bps == 0;
@@ -404,7 +507,7 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         if let Some(ip) = s.remote_ip {
             // The class never grants more than the Jellyfin share, and drops at once with
             // this tick's budget.
-            let rate = share.min(round_down(fast).max(claim.min));
+            let rate = share.min(round_down(fast).max(fast_claim.min));
             fast_share.insert(s.session_id.as_str(), rate);
             let v = per_ip.entry(canonical(ip)).or_insert(0);
             *v = v.saturating_add(rate);
@@ -451,12 +554,26 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         if !policy.restart_playback || s.paused || !s.supports_remote_control {
             continue;
         }
+        let Some(rate) = s.stream_bps else { continue };
+        // A client still above the limit it renegotiated for ignores limits: the router holds
+        // it, restarts would only interrupt it.
+        let above = |lim: u64| rate * 100 > lim * (100 + EXCEED_TOLERANCE_PCT);
+        if mem.last_restart.is_some() && mem.negotiated_limit_bps.is_some_and(above) {
+            mem.over_limit_ticks += 1;
+            if mem.over_limit_ticks >= IGNORES_LIMIT_TICKS {
+                mem.ignores_limit = true;
+            }
+        } else {
+            mem.over_limit_ticks = 0;
+        }
+        if mem.ignores_limit {
+            continue;
+        }
         if let Some(last) = mem.last_restart {
             if input.now - last < policy.restart_min_interval_s {
                 continue;
             }
         }
-        let Some(rate) = s.stream_bps else { continue };
         let reason = if rate * 100 > limit * (100 + EXCEED_TOLERANCE_PCT) {
             Some(RestartReason::Exceeds)
         } else if s.transcoding
@@ -770,6 +887,132 @@ mod tests {
     }
 
     #[test]
+    fn floors_for_streams_that_cannot_slow_down_fit_the_budget() {
+        let c = Claim {
+            weight: 1.0,
+            min: M,
+            max: 10 * M,
+        };
+        let bounds =
+            |out: Vec<Claim>| -> Vec<(u64, u64)> { out.iter().map(|c| (c.min, c.max)).collect() };
+        // Room for every need: the claims are the needs (within [min, max]); the flexible
+        // stream keeps its own bounds.
+        let out = with_floors(16 * M, &[c, c, c], &[0, 5 * M, 30 * M]);
+        assert_eq!(
+            bounds(out),
+            vec![(M, 10 * M), (5 * M, 5 * M), (10 * M, 10 * M)]
+        );
+        // A little short (needs 8 + 8, room 15 after the flexible minimum): both get the same
+        // fraction, still above their bare need.
+        let out = with_floors(16 * M, &[c, c, c], &[0, 8 * M, 8 * M]);
+        assert_eq!(
+            bounds(out),
+            vec![(M, 10 * M), (7_500_000, 8 * M), (7_500_000, 8 * M)]
+        );
+        // Far short (needs 5 + 10, room 6): the smaller need is met in full, the larger gets
+        // the rest; the flexible stream keeps its minimum.
+        let out = with_floors(9 * M, &[c, c, c], &[0, 5 * M, 30 * M]);
+        assert_eq!(
+            bounds(out),
+            vec![(M, 10 * M), (5 * M, 5 * M), (3 * M, 10 * M)]
+        );
+        // A budget below the minimums adds nothing to the floors.
+        let out = with_floors(2 * M, &[c, c, c], &[0, 5 * M, 9 * M]);
+        assert_eq!(bounds(out), vec![(M, 10 * M), (M, 5 * M), (M, 9 * M)]);
+    }
+
+    #[test]
+    fn a_stream_that_cannot_be_restarted_keeps_a_class_it_fits_in() {
+        // bob's client has no remote control and plays 6 Mbit/s: an equal split of 12 would
+        // give him 6 on the wire, about 5.7 of media: he would drain. He keeps 7.2.
+        let mut bob = stream("s2", "bob", "198.51.100.9", 6 * M);
+        bob.supports_remote_control = false;
+        let streams = vec![stream("s1", "alice", "203.0.113.7", 4 * M), bob];
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 16 * M, 10 * M, streams),
+            &policy(),
+        );
+        // other 6 → budget 12.
+        assert_eq!(plan.budget_bps, 12 * M);
+        let rates: Vec<u64> = plan.viewers.iter().map(|v| v.rate_bps).collect();
+        // Viewers come sorted by address: bob (198.51…) first.
+        assert_eq!(rates, vec![7_200_000, 12 * M - 7_200_000]);
+        assert!(plan.restarts.is_empty());
+    }
+
+    #[test]
+    fn what_a_fixed_stream_cannot_use_goes_to_the_others() {
+        // bob's client (no remote control) plays 4 Mbit/s whatever happens: he needs 4.8 on
+        // the wire, not half the budget. alice gets the other 11.2 and her 8 Mbit/s transcode
+        // fits without a restart.
+        let mut bob = stream("s2", "bob", "198.51.100.9", 4 * M);
+        bob.supports_remote_control = false;
+        let alice = stream("s1", "alice", "203.0.113.7", 8 * M);
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 12 * M, 12 * M, vec![alice, bob]),
+            &policy(),
+        );
+        assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
+        let rates: Vec<u64> = plan.viewers.iter().map(|v| v.rate_bps).collect();
+        assert_eq!(rates, vec![4_800_000, 11_200_000]);
+    }
+
+    #[test]
+    fn a_restarted_stream_is_not_starved_while_it_may_not_restart_again() {
+        // restart_min_interval 600: alice and bob renegotiated at 6.9 when they met. dave
+        // joins 10 s later: an equal third (5.3) would leave their streams above their classes
+        // for ten minutes. They keep as much of their need (7.9) as the budget allows after
+        // dave's minimum; dave, who can still renegotiate, gets the minimum.
+        let p = policy();
+        let a = stream("s1", "alice", "203.0.113.7", 8 * M);
+        let b = stream("s2", "bob", "198.51.100.9", 8 * M);
+        let (plan, st) = decide(
+            &State::default(),
+            &input(0.0, 16 * M, 16 * M, vec![a.clone(), b.clone()]),
+            &p,
+        );
+        assert_eq!(plan.restarts.len(), 2);
+        let a = stream("s1", "alice", "203.0.113.7", lim(8 * M));
+        let b = stream("s2", "bob", "198.51.100.9", lim(8 * M));
+        let d = stream("s3", "dave", "198.51.100.10", 8 * M);
+        let (plan, _) = decide(&st, &input(10.0, 14 * M, 14 * M, vec![a, b, d]), &p);
+        assert!(plan.restarts.iter().all(|r| r.session_id == "s3"));
+        let rates: BTreeMap<IpAddr, u64> =
+            plan.viewers.iter().map(|v| (v.ip, v.rate_bps)).collect();
+        let rate = |ip: &str| rates[&ip.parse::<IpAddr>().unwrap()];
+        // 16 − 1 for dave = 15, shared by the two equal needs: 7.5 each.
+        assert_eq!(rate("203.0.113.7"), 7_500_000);
+        assert_eq!(rate("198.51.100.9"), 7_500_000);
+        assert_eq!(rate("198.51.100.10"), M);
+        assert!(rates.values().sum::<u64>() <= plan.budget_bps);
+    }
+
+    #[test]
+    fn a_client_that_ignores_limits_is_restarted_once_then_held_by_the_router() {
+        let mut p = policy();
+        p.restart_min_interval_s = 20.0;
+        // A direct-play client of a 12 Mbit/s file with remote control; household at 10.
+        let s = vec![stream("s1", "alice", "203.0.113.7", 12 * M)];
+        let mut st = State::default();
+        let mut restarts = 0;
+        for t in 0..60 {
+            let (plan, n) = decide(&st, &input(t as f64 * 2.0, 22 * M, 12 * M, s.clone()), &p);
+            restarts += plan.restarts.len();
+            st = n;
+        }
+        assert_eq!(restarts, 1, "one restart, then never again");
+        assert!(st.streams["s1"].ignores_limit);
+        // Not restarted, still held: the class is this tick's budget (a saturated uplink: 6),
+        // never above, whatever the stream needs.
+        let (plan, _) = decide(&st, &input(200.0, 22 * M, 12 * M, s), &p);
+        assert_eq!(plan.budget_bps, 6 * M);
+        assert_eq!(plan.viewers[0].rate_bps, 6 * M);
+        assert!(plan.restarts.is_empty());
+    }
+
+    #[test]
     fn rising_household_upload_lowers_limits_and_restarts_only_exceeding_streams() {
         let p = policy();
         let streams = vec![
@@ -917,17 +1160,17 @@ mod tests {
     #[test]
     fn a_restart_renegotiates_for_the_current_budget() {
         let p = policy();
-        let s = vec![stream("s1", "alice", "203.0.113.7", 14 * M)];
+        let s = vec![stream("s1", "alice", "203.0.113.7", 13 * M)];
         let (_, st) = decide(
             &State::default(),
-            &input(0.0, 14 * M, 14 * M, s.clone()),
+            &input(0.0, 13 * M, 13 * M, s.clone()),
             &p,
         );
         // A household upload ramping up: 6 then 12 Mbit/s of other traffic.
-        let (plan, st) = decide(&st, &input(1.0, 20 * M, 14 * M, s.clone()), &p);
+        let (plan, st) = decide(&st, &input(1.0, 19 * M, 13 * M, s.clone()), &p);
         assert!(plan.restarts.is_empty(), "not confirmed yet");
-        let (plan, _) = decide(&st, &input(2.0, 26 * M, 14 * M, s), &p);
-        // Confirmed other 6 → limit 12 < 14: restart. This tick's other is 12 on a saturated
+        let (plan, _) = decide(&st, &input(2.0, 25 * M, 13 * M, s), &p);
+        // Confirmed other 6 → share 12, limit 10 < 13: restart. This tick's other is 12 on a saturated
         // uplink (+2 headroom) → budget 4, which is what the stream renegotiates for.
         assert_eq!(plan.restarts.len(), 1);
         assert_eq!(plan.restarts[0].limit_bps, lim(4 * M));
