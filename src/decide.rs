@@ -509,8 +509,20 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             // this tick's budget.
             let rate = share.min(round_down(fast).max(fast_claim.min));
             fast_share.insert(s.session_id.as_str(), rate);
+            // Nor more than the stream can use (its bitrate with the limit's headroom): a
+            // transcoder sends segments at whatever its class allows, and a 12 Mbit/s stream
+            // bursting at a 16 Mbit/s share fills the modem's queue the moment the household
+            // sends too. What the class does not take stays free for the household.
+            let class = match s.stream_bps {
+                Some(bps) if !s.paused => rate.min(
+                    bps.saturating_mul(100 + LIMIT_HEADROOM_PCT)
+                        .div_ceil(100)
+                        .max(fast_claim.min),
+                ),
+                _ => rate,
+            };
             let v = per_ip.entry(canonical(ip)).or_insert(0);
-            *v = v.saturating_add(rate);
+            *v = v.saturating_add(class);
         }
         next.streams.insert(s.session_id.clone(), mem);
     }
@@ -806,7 +818,10 @@ mod tests {
         assert_eq!(plan.user_limits.len(), 1);
         assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         assert_eq!(plan.viewers[0].ip, "203.0.113.7".parse::<IpAddr>().unwrap());
-        assert_eq!(plan.viewers[0].ceil_bps, 16 * M * 115 / 100);
+        // The whole budget is hers to renegotiate for, but her class carries only what her
+        // 4 Mbit/s stream can use (with the limit's headroom): its bursts stay small.
+        assert_eq!(plan.viewers[0].rate_bps, 4_800_000);
+        assert_eq!(plan.viewers[0].ceil_bps, 4_800_000 * 115 / 100);
         assert!(
             plan.restarts.is_empty(),
             "a 4 Mbit stream under a 16 Mbit limit stays"
@@ -955,8 +970,10 @@ mod tests {
             &policy(),
         );
         assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
+        assert_eq!(plan.shares[0].bps, 11_200_000);
+        // Her class: what her 8 Mbit/s stream uses, with the headroom (9.6 of the 11.2).
         let rates: Vec<u64> = plan.viewers.iter().map(|v| v.rate_bps).collect();
-        assert_eq!(rates, vec![4_800_000, 11_200_000]);
+        assert_eq!(rates, vec![4_800_000, 9_600_000]);
     }
 
     #[test]
@@ -1030,7 +1047,8 @@ mod tests {
         let (plan, st) = decide(&st, &input(5.0, 18 * M, 8 * M, streams.clone()), &p);
         assert_eq!(plan.budget_bps, 8 * M);
         let rates: Vec<u64> = plan.viewers.iter().map(|v| v.rate_bps).collect();
-        assert_eq!(rates, vec![4 * M, 4 * M]);
+        // bob (198.51…) plays 2 Mbit/s: his class is what he uses, 2.4.
+        assert_eq!(rates, vec![2_400_000, 4 * M]);
         // ...but one tick is not trusted enough to change Jellyfin limits or restart anyone.
         assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M));
         assert!(plan.restarts.is_empty());

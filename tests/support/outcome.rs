@@ -170,6 +170,11 @@ pub fn outcome_main(args: &[String]) -> Result<(), String> {
             .join()
             .map_err(|_| "the run without the daemon panicked".to_string())??;
         eprint!("{}", render_summary(&with));
+        // Ctrl-C (or SIGTERM) ends the current runs early: stop there, not at the next one.
+        let interrupted = |s: &Summary| s.errors.iter().any(|e| e.starts_with("interrupted"));
+        if interrupted(&with) || interrupted(&without) {
+            return Err(format!("interrupted during {}", sc.name));
+        }
         if !with.errors.is_empty() || with.checks.iter().any(|c| !c.ok) {
             failed.push(sc.name.clone());
         }
