@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps test test-rust test-luci test-package demo bench outcome clean
+.PHONY: all build deps test test-rust test-luci test-package demo bench outcome fuzz clean
 
 all: build
 
@@ -78,6 +78,15 @@ bench: deps
 	  $$(for p in dist/jellydemon_*.ipk; do echo --package $$p; done) || status=1; \
 	$(MAKE) outcome || status=1; \
 	exit $$status
+
+# ---- fuzz: libFuzzer on every parser of outside input (README "Fuzzing") ----
+# 10 million executions per target by default; RUNS=… and MAX_TIME=… (seconds per target)
+# change that, e.g. `make fuzz RUNS=0 MAX_TIME=600`. Stable Rust and a C++ compiler suffice.
+# `make test` replays the seeds and mutations of them (tests/fuzz_replay.rs).
+RUNS ?= 10000000
+MAX_TIME ?= 0
+fuzz:
+	RUNS=$(RUNS) MAX_TIME=$(MAX_TIME) fuzz/run.sh $(FUZZ_TARGETS)
 
 # ---- packaging: cross builds without the SDK, .ipk, sizes (README "Packaging") ----
 # Short target names; `make cross-mipsel` builds one. OpenWrt arch names also work for ipk.

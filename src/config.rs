@@ -333,8 +333,22 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     load_file(&resolve_path(path))
 }
 
+/// Reads and parses the configuration at `path` (after the override lookup) without
+/// validating it: what `jellydemon config` prints, as `uci show` would, also when a value is
+/// invalid for jellydemon. Returns the file actually read.
+pub fn read_package(path: &Path) -> Result<(Package, PathBuf), ConfigError> {
+    let file = resolve_path(path);
+    let package = read_and_parse(&file)?;
+    Ok((package, file))
+}
+
 /// Reads, parses and validates exactly `file`, without the override lookup.
 pub fn load_file(file: &Path) -> Result<Loaded, ConfigError> {
+    let package = read_and_parse(file)?;
+    from_package(&package, file)
+}
+
+fn read_and_parse(file: &Path) -> Result<Package, ConfigError> {
     use std::io::Read;
     let io_err = |e: std::io::Error| ConfigError {
         file: file.to_path_buf(),
@@ -360,7 +374,7 @@ pub fn load_file(file: &Path) -> Result<Loaded, ConfigError> {
         message: e.to_string(),
         kind: ErrorKind::Parse(e),
     })?;
-    from_package(&package, file)
+    Ok(package)
 }
 
 /// The `uci show jellydemon` text of the loaded file.

@@ -763,7 +763,7 @@ fn parse_ct_attrs(b: &[u8]) -> Option<Entry> {
 }
 
 /// Splits a datagram of netlink messages; calls `f(type, flags, seq, payload)`.
-fn for_each_msg(mut b: &[u8], mut f: impl FnMut(u16, u16, u32, &[u8])) {
+pub(crate) fn for_each_msg(mut b: &[u8], mut f: impl FnMut(u16, u16, u32, &[u8])) {
     while b.len() >= nl::NLMSG_HDRLEN {
         let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if len < nl::NLMSG_HDRLEN || len > b.len() {
@@ -779,7 +779,7 @@ fn for_each_msg(mut b: &[u8], mut f: impl FnMut(u16, u16, u32, &[u8])) {
 }
 
 /// Parses a ctnetlink conntrack message payload (nfgenmsg + attributes).
-fn parse_ct_msg(payload: &[u8]) -> Option<Entry> {
+pub(crate) fn parse_ct_msg(payload: &[u8]) -> Option<Entry> {
     parse_ct_attrs(payload.get(4..)?)
 }
 
@@ -1314,11 +1314,17 @@ impl ConnectWatch {
 
     /// Appends every pending new connection to `out`, without blocking.
     pub fn drain(&mut self, out: &mut Vec<NewConn>) {
+        while self.drain_at_most(out, 64) {}
+    }
+
+    /// Like [`ConnectWatch::drain`], reading at most `reads` datagrams (bounded work under a
+    /// flood of new connections); true when more may be pending.
+    pub fn drain_at_most(&mut self, out: &mut Vec<NewConn>, reads: usize) -> bool {
         use nix::errno::Errno;
         use nix::sys::socket::{recv, MsgFlags};
-        loop {
+        for _ in 0..reads {
             match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return,
+                Ok(0) => return false,
                 Ok(n) => for_each_msg(&self.buf[..n], |ty, _, _, payload| {
                     if ty == (nl::NFNL_SUBSYS_CTNETLINK << 8) | nl::IPCTNL_MSG_CT_NEW {
                         if let Some(e) = parse_ct_msg(payload) {
@@ -1329,9 +1335,10 @@ impl ConnectWatch {
                 Err(Errno::EINTR) => continue,
                 // Lost events: the socket is usable again after the error was reported.
                 Err(Errno::ENOBUFS) => self.overruns = self.overruns.saturating_add(1),
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
+        true
     }
 }
 

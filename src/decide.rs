@@ -226,11 +226,11 @@ pub struct Claim {
 /// promise to viewers); otherwise the total never exceeds the budget. Deterministic.
 pub fn max_min_fair(budget: u64, claims: &[Claim]) -> Vec<u64> {
     let floors: Vec<u64> = claims.iter().map(|c| c.min.min(c.max)).collect();
-    let floor: u64 = floors.iter().sum();
+    let floor = sat_sum(floors.iter().copied());
     if floor >= budget {
         return floors;
     }
-    let cap: u64 = claims.iter().map(|c| c.max.max(c.min)).sum();
+    let cap = sat_sum(claims.iter().map(|c| c.max.max(c.min)));
     if cap <= budget {
         return claims.iter().map(|c| c.max.max(c.min)).collect();
     }
@@ -259,6 +259,16 @@ pub fn max_min_fair(budget: u64, claims: &[Claim]) -> Vec<u64> {
         .collect()
 }
 
+/// Σ that stops at u64::MAX: figures come from the server and the configuration.
+fn sat_sum(it: impl Iterator<Item = u64>) -> u64 {
+    it.fold(0u64, u64::saturating_add)
+}
+
+/// `a * pa >= b * pb` without overflow (products of u64 and a percentage fit in u128).
+fn pct_ge(a: u64, pa: u64, b: u64, pb: u64) -> bool {
+    a as u128 * pa as u128 >= b as u128 * pb as u128
+}
+
 fn round_down(bps: u64) -> u64 {
     (bps / LIMIT_STEP_BPS) * LIMIT_STEP_BPS
 }
@@ -279,18 +289,24 @@ pub fn with_floors(budget: u64, base: &[Claim], needs: &[u64]) -> Vec<Claim> {
         .zip(needs)
         .map(|(c, &n)| if n == 0 { 0 } else { need(c, n) - c.min })
         .collect();
-    let wanted: u64 = extra.iter().sum();
-    let mins: u64 = base.iter().map(|c| c.min).sum();
+    let wanted: u64 = extra.iter().fold(0, |a, e| a.saturating_add(*e));
+    let mins: u64 = base.iter().fold(0, |a, c| a.saturating_add(c.min));
     let room = budget.saturating_sub(mins);
     let granted: Vec<u64> = if wanted <= room {
         extra.clone()
     } else {
         let fair: Vec<u64> = extra
             .iter()
-            .map(|&e| (e as u128 * room as u128 / wanted as u128) as u64)
+            .map(|&e| (e as u128 * room as u128 / wanted.max(1) as u128) as u64)
             .collect();
         let enough = base.iter().zip(needs).zip(&fair).all(|((c, &n), &f)| {
-            n == 0 || (c.min + f) * (100 + LIMIT_HEADROOM_PCT) >= need(c, n) * CRITICAL_PCT
+            n == 0
+                || pct_ge(
+                    c.min.saturating_add(f),
+                    100 + LIMIT_HEADROOM_PCT,
+                    need(c, n),
+                    CRITICAL_PCT,
+                )
         });
         if enough {
             fair
@@ -315,7 +331,7 @@ pub fn with_floors(budget: u64, base: &[Claim], needs: &[u64]) -> Vec<Claim> {
             } else {
                 Claim {
                     weight: c.weight,
-                    min: c.min + g,
+                    min: c.min.saturating_add(g),
                     max: need(c, n),
                 }
             }
@@ -354,12 +370,13 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
     // Sort so the division never depends on the order Jellyfin lists sessions in.
     competing.sort_by(|a, b| a.session_id.cmp(&b.session_id));
 
-    let estimated_jf: u64 = competing
-        .iter()
-        .filter(|s| !s.paused)
-        .map(|s| s.stream_bps.unwrap_or(0))
-        .sum::<u64>()
-        .saturating_add(exempt_bps);
+    let estimated_jf = sat_sum(
+        competing
+            .iter()
+            .filter(|s| !s.paused)
+            .map(|s| s.stream_bps.unwrap_or(0)),
+    )
+    .saturating_add(exempt_bps);
     let jf = input.jellyfin_bps.unwrap_or(estimated_jf);
     let other_now = input.wan_tx_bps.unwrap_or(0).saturating_sub(jf);
     // Two speeds: the router's classes follow the other traffic of this tick (cheap to
@@ -480,13 +497,13 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         } else if fresh || target <= mem.applied_bps {
             mem.applied_bps = target;
             mem.raise_ticks = 0;
-        } else if target * 100 >= mem.applied_bps * (100 + RAISE_MIN_PCT) {
+        } else if pct_ge(target, 100, mem.applied_bps, 100 + RAISE_MIN_PCT) {
             mem.raise_floor_bps = if mem.raise_ticks == 0 {
                 target
             } else {
                 mem.raise_floor_bps.min(target)
             };
-            mem.raise_ticks += 1;
+            mem.raise_ticks = mem.raise_ticks.saturating_add(1);
             if mem.raise_ticks >= RAISE_HOLD_TICKS {
                 mem.applied_bps = mem.raise_floor_bps;
                 mem.raise_ticks = 0;
@@ -569,7 +586,7 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         let Some(rate) = s.stream_bps else { continue };
         // A client still above the limit it renegotiated for ignores limits: the router holds
         // it, restarts would only interrupt it.
-        let above = |lim: u64| rate * 100 > lim * (100 + EXCEED_TOLERANCE_PCT);
+        let above = |lim: u64| !pct_ge(lim, 100 + EXCEED_TOLERANCE_PCT, rate, 100);
         if mem.last_restart.is_some() && mem.negotiated_limit_bps.is_some_and(above) {
             mem.over_limit_ticks += 1;
             if mem.over_limit_ticks >= IGNORES_LIMIT_TICKS {
@@ -586,12 +603,12 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
                 continue;
             }
         }
-        let reason = if rate * 100 > limit * (100 + EXCEED_TOLERANCE_PCT) {
+        let reason = if !pct_ge(limit, 100 + EXCEED_TOLERANCE_PCT, rate, 100) {
             Some(RestartReason::Exceeds)
         } else if s.transcoding
-            && limit * 100 >= rate * UPGRADE_FACTOR_PCT
+            && pct_ge(limit, 100, rate, UPGRADE_FACTOR_PCT)
             && s.source_bps
-                .is_some_and(|src| src * 100 >= rate * UPGRADE_FACTOR_PCT)
+                .is_some_and(|src| pct_ge(src, 100, rate, UPGRADE_FACTOR_PCT))
             && mem.negotiated_limit_bps.is_some_and(|n| n < limit)
         {
             Some(RestartReason::Upgrade)
@@ -614,7 +631,7 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
                 mem.applied_bps = mem.applied_bps.min(f);
             }
             mem.last_restart = Some(input.now);
-            mem.restarts += 1;
+            mem.restarts = mem.restarts.saturating_add(1);
             mem.negotiated_limit_bps = Some(limit);
             if let Some(u) = plan.user_limits.iter_mut().find(|u| u.user_id == s.user_id) {
                 u.limit_bps = u.limit_bps.min(limit);
@@ -658,6 +675,19 @@ mod tests {
     /// The Jellyfin limit of a share: the share less the headroom, rounded down.
     fn lim(share: u64) -> u64 {
         limit_for_share(share)
+    }
+
+    /// Ordinary figures, the edges of Jellyfin's int32 and of u64.
+    fn extreme() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0u64..50_000_000,
+            Just(i32::MAX as u64),
+            Just(2 * i32::MAX as u64),
+            Just(i64::MAX as u64),
+            Just(u64::MAX),
+            Just(u64::MAX / 100 + 1),
+            any::<u64>(),
+        ]
     }
 
     fn policy() -> Policy {
@@ -1516,6 +1546,42 @@ mod tests {
             }
             for s in &plan.shares {
                 prop_assert!(s.bps >= p.min_bps && s.bps <= p.max_bps);
+            }
+        }
+    }
+
+    proptest! {
+        /// Server-supplied figures can be anything up to u64::MAX (and the configuration's up
+        /// to its own bounds): every sum, product and percentage saturates. Runs in debug
+        /// builds, where an overflow panics.
+        #[test]
+        fn decide_survives_extreme_figures(
+            wan in extreme(), jf in proptest::option::of(extreme()), capacity in proptest::option::of(extreme()),
+            reserve in extreme(), min in extreme(), max in extreme(), burst in any::<u32>(),
+            rates in prop::collection::vec((proptest::option::of(extreme()), proptest::option::of(extreme()), any::<bool>(), any::<bool>()), 0..6),
+            user_min in proptest::option::of(extreme()), ticks in 1usize..6,
+            algorithm in prop_oneof![Just(Algorithm::Equal), Just(Algorithm::Demand), Just(Algorithm::Priority)]) {
+            let mut p = policy();
+            p.capacity_bps = capacity;
+            p.reserve_bps = reserve;
+            p.min_bps = min;
+            p.max_bps = max;
+            p.burst_pct = burst;
+            p.algorithm = algorithm;
+            p.users = vec![UserRule { name: "u0".into(), weight: 1e300, min_bps: user_min, max_bps: Some(u64::MAX), exempt: false },
+                           UserRule { name: "u1".into(), weight: 0.0, min_bps: None, max_bps: None, exempt: true }];
+            let streams: Vec<StreamIn> = rates.iter().enumerate().map(|(i, (rate, src, paused, tr))| StreamIn {
+                stream_bps: *rate, source_bps: *src, paused: *paused, transcoding: *tr,
+                ..stream(&format!("s{i}"), &format!("u{}", i % 3), &format!("203.0.113.{}", i % 2 + 1), 0)
+            }).collect();
+            let mut state = State::default();
+            for t in 0..ticks {
+                let inp = Input { now: t as f64 * 1e6, wan_tx_bps: Some(wan), jellyfin_bps: jf, streams: streams.clone() };
+                let (plan, next) = decide(&state, &inp, &p);
+                for v in &plan.viewers {
+                    prop_assert!(v.ceil_bps >= v.rate_bps);
+                }
+                state = next;
             }
         }
     }

@@ -15,6 +15,9 @@ use serde_json::{Map, Value};
 
 use crate::config::Secret;
 use crate::http;
+use crate::text;
+
+mod lenient;
 
 /// Largest `/Sessions` answer accepted (10.8 also embeds whole server items per session).
 pub const SESSIONS_BODY_LIMIT: u64 = 8 * 1024 * 1024;
@@ -100,50 +103,95 @@ pub struct ServerInfo {
 
 impl ServerInfo {
     /// Reads the fields case-insensitively: during startup 10.11 answers camelCase.
-    pub fn from_json(v: &Value) -> Result<ServerInfo, Error> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| Error::Malformed("system info is not a JSON object".into()))?;
-        let get = |name: &str| {
-            obj.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .and_then(|(_, v)| lenient::value_to_string(v))
-        };
-        Ok(ServerInfo {
-            version: get("Version"),
-            server_name: get("ServerName"),
-            id: get("Id"),
+    pub fn from_slice(body: &[u8]) -> Result<ServerInfo, Error> {
+        parse_with(body, |d| {
+            serde::Deserializer::deserialize_map(d, ServerInfoVisitor)
         })
     }
 }
 
-/// One stream of the playing item's source file (`NowPlayingItem.MediaStreams[]`).
+struct ServerInfoVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ServerInfoVisitor {
+    type Value = ServerInfo;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("system info as a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ServerInfo, A::Error> {
+        let mut info = ServerInfo::default();
+        while let Some(key) = map.next_key::<lenient::Scalar>()? {
+            let key = key.into_string().unwrap_or_default();
+            let slot = if key.eq_ignore_ascii_case("Version") {
+                &mut info.version
+            } else if key.eq_ignore_ascii_case("ServerName") {
+                &mut info.server_name
+            } else if key.eq_ignore_ascii_case("Id") {
+                &mut info.id
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            *slot = map
+                .next_value::<lenient::Scalar>()?
+                .into_string()
+                .map(|v| text::clean(&v, text::MAX_NAME));
+        }
+        Ok(info)
+    }
+}
+
+/// The kind of a media stream, as far as the bitrate estimate cares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StreamKind {
+    Video,
+    Audio,
+    /// Subtitles, attachments, data, unknown: not kept.
+    #[default]
+    Other,
+}
+
+/// A video or audio stream of the playing item's source file (`NowPlayingItem.MediaStreams[]`).
+/// Other streams are not kept: only these two count for the bitrate.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct MediaStream {
-    /// `Video`, `Audio`, `Subtitle`, …
-    #[serde(rename = "Type", deserialize_with = "lenient::opt_string")]
-    pub stream_type: Option<String>,
+    /// `Type`: `Video`, `Audio`, …
+    #[serde(rename = "Type", deserialize_with = "stream_kind")]
+    pub kind: StreamKind,
     #[serde(deserialize_with = "lenient::opt_i64")]
     pub index: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_u64")]
+    #[serde(deserialize_with = "lenient::opt_bitrate")]
     pub bit_rate: Option<u64>,
     #[serde(deserialize_with = "lenient::boolean")]
     pub is_default: bool,
+}
+
+impl lenient::Keep for MediaStream {
+    fn keep(&self) -> bool {
+        self.kind != StreamKind::Other
+    }
+}
+
+fn stream_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamKind, D::Error> {
+    Ok(match lenient::Scalar::deserialize(d)? {
+        lenient::Scalar::Str(t) if t.eq_ignore_ascii_case("Video") => StreamKind::Video,
+        lenient::Scalar::Str(t) if t.eq_ignore_ascii_case("Audio") => StreamKind::Audio,
+        _ => StreamKind::Other,
+    })
 }
 
 /// The item a session plays (`NowPlayingItem`, a trimmed `BaseItemDto`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct NowPlaying {
-    #[serde(deserialize_with = "lenient::string")]
+    #[serde(deserialize_with = "lenient::id")]
     pub id: String,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_name")]
     pub name: Option<String>,
     /// `Movie`, `Episode`, `Audio`, …
-    #[serde(rename = "Type", deserialize_with = "lenient::opt_string")]
+    #[serde(rename = "Type", deserialize_with = "lenient::opt_name")]
     pub item_type: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_name")]
     pub series_name: Option<String>,
     #[serde(deserialize_with = "lenient::opt_i64")]
     pub parent_index_number: Option<i64>,
@@ -168,10 +216,10 @@ pub struct PlayState {
     /// `-1` means subtitles off.
     #[serde(deserialize_with = "lenient::opt_i64")]
     pub subtitle_stream_index: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_id")]
     pub media_source_id: Option<String>,
     /// `Transcode`, `DirectStream` or `DirectPlay`, as the client reports it.
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_name")]
     pub play_method: Option<String>,
 }
 
@@ -180,15 +228,15 @@ pub struct PlayState {
 #[serde(rename_all = "PascalCase", default)]
 pub struct Transcoding {
     /// ffmpeg's output bitrate, or the target bitrate when ffmpeg reports none.
-    #[serde(deserialize_with = "lenient::opt_u64")]
+    #[serde(deserialize_with = "lenient::opt_bitrate")]
     pub bitrate: Option<u64>,
     #[serde(deserialize_with = "lenient::boolean")]
     pub is_video_direct: bool,
     #[serde(deserialize_with = "lenient::boolean")]
     pub is_audio_direct: bool,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_name")]
     pub video_codec: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_name")]
     pub audio_codec: Option<String>,
     #[serde(deserialize_with = "lenient::opt_i64")]
     pub width: Option<i64>,
@@ -199,8 +247,8 @@ pub struct Transcoding {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct Capabilities {
-    #[serde(deserialize_with = "lenient::strings")]
-    supported_commands: Vec<String>,
+    #[serde(deserialize_with = "lenient::display_message")]
+    supported_commands: Option<bool>,
 }
 
 /// One entry of `GET /Sessions`.
@@ -220,43 +268,47 @@ pub struct Session {
     pub play_state: PlayState,
     pub transcoding: Option<Transcoding>,
     pub supports_remote_control: bool,
-    pub supported_commands: Vec<String>,
+    /// `DisplayMessage` is among the client's `SupportedCommands` (the only one used).
+    pub supports_display_message: bool,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct RawSession {
-    #[serde(deserialize_with = "lenient::string")]
+    #[serde(deserialize_with = "lenient::id")]
     id: String,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_id")]
     user_id: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_name")]
     user_name: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_name")]
     client: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_name")]
     device_name: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_id")]
     device_id: Option<String>,
     #[serde(deserialize_with = "lenient::opt_string")]
     remote_end_point: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_object")]
     now_playing_item: Option<NowPlaying>,
+    #[serde(deserialize_with = "lenient::opt_object")]
     play_state: Option<PlayState>,
-    #[serde(rename = "TranscodingInfo")]
+    #[serde(rename = "TranscodingInfo", deserialize_with = "lenient::opt_object")]
     transcoding_info: Option<Transcoding>,
     #[serde(deserialize_with = "lenient::boolean")]
     supports_remote_control: bool,
-    #[serde(deserialize_with = "lenient::opt_strings")]
-    supported_commands: Option<Vec<String>>,
+    #[serde(deserialize_with = "lenient::display_message")]
+    supported_commands: Option<bool>,
+    #[serde(deserialize_with = "lenient::opt_object")]
     capabilities: Option<Capabilities>,
 }
 
 impl From<RawSession> for Session {
     fn from(r: RawSession) -> Session {
         let user_id = r.user_id.filter(|u| !is_empty_guid(u));
-        let supported_commands = r
+        let supports_display_message = r
             .supported_commands
-            .or_else(|| r.capabilities.map(|c| c.supported_commands))
+            .or_else(|| r.capabilities.and_then(|c| c.supported_commands))
             .unwrap_or_default();
         Session {
             id: r.id,
@@ -270,7 +322,7 @@ impl From<RawSession> for Session {
             play_state: r.play_state.unwrap_or_default(),
             transcoding: r.transcoding_info,
             supports_remote_control: r.supports_remote_control,
-            supported_commands,
+            supports_display_message,
         }
     }
 }
@@ -344,20 +396,15 @@ impl Session {
     /// reports one. `AudioStreamIndex` picks the audio stream, else the default, else the first.
     pub fn source_bitrate(&self) -> Option<u64> {
         let np = self.now_playing.as_ref()?;
-        let is = |s: &MediaStream, t: &str| {
-            s.stream_type
-                .as_deref()
-                .is_some_and(|x| x.eq_ignore_ascii_case(t))
-        };
-        let pick = |t: &str, index: Option<i64>| {
-            let mut of_type = np.media_streams.iter().filter(|s| is(s, t));
+        let pick = |t: StreamKind, index: Option<i64>| {
+            let mut of_type = np.media_streams.iter().filter(|s| s.kind == t);
             index
                 .and_then(|i| of_type.clone().find(|s| s.index == Some(i)))
                 .or_else(|| of_type.clone().find(|s| s.is_default))
                 .or_else(|| of_type.next())
         };
-        let video = pick("Video", None);
-        let audio = pick("Audio", self.play_state.audio_stream_index);
+        let video = pick(StreamKind::Video, None);
+        let audio = pick(StreamKind::Audio, self.play_state.audio_stream_index);
         if video.is_none() && audio.is_none() {
             return None;
         }
@@ -380,11 +427,7 @@ impl Session {
 
     /// True when the client will show a `DisplayMessage` (the API answers 204 either way).
     pub fn can_message(&self) -> bool {
-        self.supports_remote_control
-            && self
-                .supported_commands
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case("DisplayMessage"))
+        self.supports_remote_control && self.supports_display_message
     }
 
     /// The PlayNow request that resumes this stream where it is, with the same media source,
@@ -419,9 +462,9 @@ pub struct User {
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct RawUser {
-    #[serde(deserialize_with = "lenient::string")]
+    #[serde(deserialize_with = "lenient::id")]
     id: String,
-    #[serde(deserialize_with = "lenient::string")]
+    #[serde(deserialize_with = "lenient::name")]
     name: String,
     #[serde(deserialize_with = "lenient::object")]
     policy: Map<String, Value>,
@@ -429,11 +472,13 @@ struct RawUser {
 
 impl From<RawUser> for User {
     fn from(r: RawUser) -> User {
+        // Jellyfin stores the limit as int32: anything beyond is not a limit it could hold.
         let remote_limit = r
             .policy
             .get("RemoteClientBitrateLimit")
-            .and_then(lenient::value_to_i64)
-            .unwrap_or(0);
+            .and_then(value_to_i64)
+            .unwrap_or(0)
+            .clamp(i32::MIN as i64, MAX_LIMIT_BPS);
         User {
             id: r.id,
             name: r.name,
@@ -565,7 +610,7 @@ impl Client {
     /// `GET /System/Info/Public`: anonymous, answers even while 10.11 starts (camelCase then).
     pub fn public_info(&mut self) -> Result<ServerInfo, Error> {
         let body = self.get("/System/Info/Public", BODY_LIMIT)?;
-        ServerInfo::from_json(&parse::<Value>(&body)?)
+        ServerInfo::from_slice(&body)
     }
 
     fn redact(&self, e: Error) -> Error {
@@ -616,26 +661,22 @@ impl Client {
 impl MediaServer for Client {
     fn system_info(&mut self) -> Result<ServerInfo, Error> {
         let body = self.get("/System/Info", BODY_LIMIT)?;
-        ServerInfo::from_json(&parse::<Value>(&body)?)
+        ServerInfo::from_slice(&body)
     }
 
     fn sessions(&mut self) -> Result<Vec<Session>, Error> {
         let body = self.get("/Sessions", SESSIONS_BODY_LIMIT)?;
-        parse(&body)
+        decode_sessions(&body)
     }
 
     fn user(&mut self, user_id: &str) -> Result<User, Error> {
         let body = self.get(&format!("/Users/{}", encode_component(user_id)), BODY_LIMIT)?;
-        let v: Value = parse(&body)?;
-        if !v.is_object() {
-            return Err(Error::Malformed("user is not a JSON object".into()));
-        }
-        serde_json::from_value(v).map_err(|e| Error::Malformed(e.to_string()))
+        decode_user(&body)
     }
 
     fn users(&mut self) -> Result<Vec<User>, Error> {
         let body = self.get("/Users", BODY_LIMIT)?;
-        parse(&body)
+        decode_users(&body)
     }
 
     fn set_policy(&mut self, user_id: &str, policy: &Map<String, Value>) -> Result<(), Error> {
@@ -706,8 +747,7 @@ impl MediaServer for Client {
             encode_component(item_id)
         );
         let body = self.get(&path, BODY_LIMIT)?;
-        let item: ItemSources = parse(&body)?;
-        Ok(item.bitrate_of(media_source_id))
+        decode_item_bitrate(&body, media_source_id)
     }
 }
 
@@ -721,11 +761,13 @@ struct ItemSources {
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct MediaSourceInfo {
-    #[serde(deserialize_with = "lenient::opt_string")]
+    #[serde(deserialize_with = "lenient::opt_id")]
     id: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_u64")]
+    #[serde(deserialize_with = "lenient::opt_bitrate")]
     bitrate: Option<u64>,
 }
+
+impl lenient::Keep for MediaSourceInfo {}
 
 impl ItemSources {
     fn bitrate_of(&self, media_source_id: Option<&str>) -> Option<u64> {
@@ -823,112 +865,77 @@ fn map_http(e: http::Error) -> Error {
     match e {
         http::Error::Timeout => Error::Timeout,
         http::Error::Refused => Error::Unreachable("connection refused".into()),
-        http::Error::Unreachable(why) => Error::Unreachable(why),
+        http::Error::Unreachable(why) => Error::Unreachable(text::clean(&why, text::MAX_TEXT)),
         http::Error::TooLarge => Error::TooLarge,
-        http::Error::Protocol(p) => Error::Malformed(format!("HTTP protocol error: {p}")),
-        http::Error::BadUrl(why) => Error::BadUrl(why),
+        // The server's own bytes (a status line, a header) can be in a protocol error.
+        http::Error::Protocol(p) => Error::Malformed(text::clean(
+            &format!("HTTP protocol error: {p}"),
+            text::MAX_TEXT,
+        )),
+        http::Error::BadUrl(why) => Error::BadUrl(text::clean(&why, text::MAX_TEXT)),
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_eof() {
-            Error::Malformed(format!("truncated JSON ({e})"))
-        } else {
-            Error::Malformed(format!("invalid JSON ({e})"))
-        }
-    })
+/// Most sessions or users one answer may list; more is refused as malformed rather than cut,
+/// since a dropped session would look like a viewer who left.
+pub const MAX_ENTRIES: usize = 2048;
+/// Most values the policies kept verbatim may hold together in one answer: a real policy has
+/// about 60, so this is room for hundreds of users, and ~2 MB at most.
+pub const MAX_TREE_NODES: usize = 16 * 1024;
+
+/// Decodes a `/Sessions` answer in memory proportional to the body (DESIGN.md §10).
+pub fn decode_sessions(body: &[u8]) -> Result<Vec<Session>, Error> {
+    lenient::top_list(body, MAX_ENTRIES).map_err(json_error)
 }
 
-/// Deserializers that turn a field of the wrong type into "absent" instead of failing the
-/// whole answer, and accept numbers written as strings (the server itself reads those).
-mod lenient {
-    use serde::{Deserialize, Deserializer};
-    use serde_json::{Map, Value};
+/// Decodes a `/Users` answer; every policy is kept verbatim, within [`MAX_TREE_NODES`].
+pub fn decode_users(body: &[u8]) -> Result<Vec<User>, Error> {
+    lenient::with_tree_budget(MAX_TREE_NODES, || lenient::top_list(body, MAX_ENTRIES))
+        .map_err(json_error)
+}
 
-    pub fn value_to_i64(v: &Value) -> Option<i64> {
-        match v {
-            Value::Number(n) => n
-                .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-    }
+/// Decodes a `/Users/{id}` answer.
+pub fn decode_user(body: &[u8]) -> Result<User, Error> {
+    let user = lenient::with_tree_budget(MAX_TREE_NODES, || {
+        parse_with(body, |d| lenient::Maybe::<User>::deserialize(d))
+    })?;
+    user.0
+        .ok_or_else(|| Error::Malformed("user is not a JSON object".into()))
+}
 
-    pub fn value_to_string(v: &Value) -> Option<String> {
-        match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
-            _ => None,
-        }
-    }
+/// Decodes a `/Users/{uid}/Items/{id}` answer to the bitrate of the chosen media source.
+pub fn decode_item_bitrate(
+    body: &[u8],
+    media_source_id: Option<&str>,
+) -> Result<Option<u64>, Error> {
+    let item = parse_with(body, |d| lenient::Maybe::<ItemSources>::deserialize(d))?;
+    Ok(item.0.and_then(|i| i.bitrate_of(media_source_id)))
+}
 
-    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        Ok(value_to_i64(&Value::deserialize(d)?))
-    }
+fn parse_with<T>(
+    body: &[u8],
+    f: impl FnOnce(
+        &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
+    ) -> serde_json::Result<T>,
+) -> Result<T, Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let out = f(&mut de).map_err(json_error)?;
+    de.end().map_err(json_error)?;
+    Ok(out)
+}
 
-    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        Ok(value_to_i64(&Value::deserialize(d)?).and_then(|v| u64::try_from(v).ok()))
-    }
+fn json_error(e: serde_json::Error) -> Error {
+    let what = if e.is_eof() { "truncated" } else { "invalid" };
+    Error::Malformed(text::clean(&format!("{what} JSON ({e})"), text::MAX_TEXT))
+}
 
-    pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-        Ok(value_to_string(&Value::deserialize(d)?))
-    }
-
-    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-        Ok(opt_string(d)?.unwrap_or_default())
-    }
-
-    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        Ok(match Value::deserialize(d)? {
-            Value::Bool(b) => b,
-            Value::String(s) => s.trim().eq_ignore_ascii_case("true"),
-            Value::Number(n) => n.as_i64().is_some_and(|v| v != 0),
-            _ => false,
-        })
-    }
-
-    pub fn opt_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-        Ok(match Value::deserialize(d)? {
-            Value::Array(items) => Some(
-                items
-                    .into_iter()
-                    .filter_map(|v| match v {
-                        Value::String(s) => Some(s),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        })
-    }
-
-    pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-        Ok(opt_strings(d)?.unwrap_or_default())
-    }
-
-    pub fn object<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
-        Ok(match Value::deserialize(d)? {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        })
-    }
-
-    /// A list whose unreadable elements are dropped rather than failing the list.
-    pub fn seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: serde::de::DeserializeOwned,
-    {
-        Ok(match Value::deserialize(d)? {
-            Value::Array(items) => items
-                .into_iter()
-                .filter_map(|v| serde_json::from_value(v).ok())
-                .collect(),
-            _ => Vec::new(),
-        })
+fn value_to_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
     }
 }
 
@@ -1041,11 +1048,89 @@ mod tests {
         let s = session(r#"{"UserId":"00000000-0000-0000-0000-000000000000"}"#);
         assert_eq!(s.user_id, None);
         let s = session(r#"{"Capabilities":{"SupportedCommands":["DisplayMessage"]}}"#);
-        assert_eq!(s.supported_commands, vec!["DisplayMessage".to_string()]);
+        assert!(s.supports_display_message);
         assert!(
             !s.can_message(),
             "no remote control: nothing would be shown"
         );
+    }
+
+    #[test]
+    fn server_text_is_bounded_and_escaped() {
+        let long = "x".repeat(100_000);
+        let body = format!(
+            r#"[{{"UserName":"eve\u001b[2J\nroot","Client":"{long}","DeviceName":"a\u202eb",
+            "NowPlayingItem":{{"Name":"{long}","Type":"Movie"}}}}]"#
+        );
+        let s = &decode_sessions(body.as_bytes()).unwrap()[0];
+        assert_eq!(s.user_name.as_deref(), Some("eve\\u{1b}[2J\\nroot"));
+        assert_eq!(s.device_name.as_deref(), Some("a\\u{202e}b"));
+        assert_eq!(
+            s.client.as_ref().unwrap().chars().count(),
+            text::MAX_NAME + 1
+        );
+        assert!(
+            s.title().chars().count() < 2 * text::MAX_NAME,
+            "{}",
+            s.title()
+        );
+        let u = decode_user(br#"{"Id":"u\u0000","Name":"a\r\nb"}"#).unwrap();
+        assert_eq!(u.name, "a\\r\\nb");
+        assert_eq!(u.id, "u\\u{0}");
+        let info = ServerInfo::from_slice(br#"{"version":"10.11\u0007","ServerName":1}"#).unwrap();
+        assert_eq!(info.version.as_deref(), Some("10.11\\u{7}"));
+        assert_eq!(info.server_name.as_deref(), Some("1"));
+        let e = decode_sessions(format!("[\"\u{1b}{long}").as_bytes()).unwrap_err();
+        let Error::Malformed(m) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            m.chars().count() <= text::MAX_TEXT + 1 && !m.contains('\u{1b}'),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn bitrates_are_clamped_to_int32() {
+        let s = &decode_sessions(
+            br#"[{"NowPlayingItem":{"MediaStreams":[
+            {"Type":"Video","BitRate":9223372036854775807},
+            {"Type":"Audio","BitRate":1e300}]},
+            "TranscodingInfo":{"Bitrate":"99999999999999"}}]"#,
+        )
+        .unwrap()[0];
+        assert_eq!(s.source_bitrate(), Some(2 * i32::MAX as u64));
+        assert_eq!(s.estimated_bitrate(), Some(i32::MAX as u64));
+        let s = &decode_sessions(
+            br#"[{"NowPlayingItem":{"MediaStreams":[{"Type":"Video","BitRate":-5}]}}]"#,
+        )
+        .unwrap()[0];
+        assert_eq!(s.source_bitrate(), None, "a negative bitrate is none");
+        let u = decode_user(br#"{"Policy":{"RemoteClientBitrateLimit":1e19}}"#).unwrap();
+        assert_eq!(u.remote_limit, MAX_LIMIT_BPS);
+        let u = decode_user(br#"{"Policy":{"RemoteClientBitrateLimit":-9223372036854775808}}"#)
+            .unwrap();
+        assert_eq!(u.remote_limit, i32::MIN as i64);
+        assert_eq!(
+            decode_item_bitrate(
+                br#"{"MediaSources":[{"Bitrate":18446744073709551615}]}"#,
+                None
+            ),
+            Ok(Some(i32::MAX as u64))
+        );
+    }
+
+    #[test]
+    fn answers_of_the_wrong_shape() {
+        assert!(matches!(decode_sessions(b"{}"), Err(Error::Malformed(_))));
+        assert!(matches!(decode_sessions(b"[] x"), Err(Error::Malformed(_))));
+        assert_eq!(decode_sessions(b"[1,null,\"x\",[]]"), Ok(vec![]));
+        assert!(matches!(decode_user(b"[]"), Err(Error::Malformed(_))));
+        let s = &decode_sessions(
+            br#"[{"NowPlayingItem":7,"PlayState":[1],"TranscodingInfo":"x","Capabilities":0}]"#,
+        )
+        .unwrap()[0];
+        assert!(!s.is_playing() && s.transcoding.is_none());
     }
 
     #[test]
@@ -1071,8 +1156,8 @@ mod tests {
 
     #[test]
     fn policy_with_limit_changes_only_the_limit() {
-        let u: User = serde_json::from_str(
-            r#"{"Id":"u1","Name":"alice","Policy":{"IsAdministrator":false,
+        let u = decode_user(
+            br#"{"Id":"u1","Name":"alice","Policy":{"IsAdministrator":false,
             "RemoteClientBitrateLimit":"8000000","AuthenticationProviderId":"X",
             "PasswordResetProviderId":"Y","BlockedTags":["a"]}}"#,
         )
@@ -1091,7 +1176,7 @@ mod tests {
             u.policy_with_limit(i64::MAX)["RemoteClientBitrateLimit"],
             MAX_LIMIT_BPS
         );
-        let bare: User = serde_json::from_str(r#"{"Id":"u","Policy":null}"#).unwrap();
+        let bare = decode_user(br#"{"Id":"u","Policy":null}"#).unwrap();
         assert!(bare.policy.is_empty());
         assert_eq!(bare.remote_limit, 0);
     }

@@ -17,14 +17,149 @@ pub mod observe;
 pub mod publish;
 pub mod shaper;
 pub mod status;
+pub mod text;
 pub mod uci;
+pub mod wake;
 pub mod wol;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
+/// One entry point per parser of outside input, for the fuzz targets in `fuzz/` and the
+/// replay in `tests/fuzz_replay.rs`. Not an API: each runs the parser on arbitrary bytes and
+/// everything it leads to, and must never panic.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `/etc/config/jellydemon` (and sqm's file): the UCI grammar, `uci show`, validation.
+    pub fn uci(data: &[u8]) {
+        if let Ok(pkg) = crate::uci::parse(data) {
+            let _ = pkg.show_bytes("jellydemon");
+            if let Ok(l) = crate::config::from_package(&pkg, std::path::Path::new("/fuzz")) {
+                let _ = crate::config::effective(&l);
+            }
+        }
+        let _ = crate::observe::sqm_upload_bps(data, "eth0");
+    }
+
+    /// Every Jellyfin answer the daemon decodes, and what it derives from them.
+    pub fn jellyfin(data: &[u8]) {
+        use crate::jellyfin as jf;
+        if let Ok(sessions) = jf::decode_sessions(data) {
+            for s in &sessions {
+                let _ = (s.title(), s.estimated_bitrate(), s.can_message());
+                if let Some(r) = s.resume_request() {
+                    let _ = r.query();
+                }
+            }
+        }
+        if let Ok(users) = jf::decode_users(data) {
+            for u in &users {
+                let _ = u.policy_with_limit(u.remote_limit);
+            }
+        }
+        let _ = jf::decode_user(data);
+        let _ = jf::decode_item_bitrate(data, Some("a"));
+        let _ = jf::ServerInfo::from_slice(data);
+        let _ = crate::observe::parse_ubus_status(data);
+    }
+
+    /// What `tc` prints back (`qdisc show`, `-s class show`, `filter show`).
+    pub fn tc(data: &[u8]) {
+        use crate::shaper::parse;
+        let text = String::from_utf8_lossy(data);
+        let _ = parse::qdiscs(&text);
+        let _ = parse::classes(&text);
+        let _ = parse::filters(&text);
+        for word in text.split_ascii_whitespace().take(64) {
+            let _ = parse::parse_rate(word);
+            let _ = parse::parse_classid(word);
+        }
+    }
+
+    /// Kernel netlink replies: rtnetlink acknowledgements and ctnetlink conntrack messages.
+    pub fn netlink(data: &[u8]) {
+        let _ = crate::shaper::netlink::find_ack(data, 1);
+        crate::conntrack::for_each_msg(data, |_, _, _, payload| {
+            let _ = crate::conntrack::parse_ct_msg(payload);
+        });
+        let _ = crate::conntrack::parse_ct_msg(data);
+    }
+
+    /// `/proc/net/nf_conntrack` text, line by line and as a stream.
+    pub fn conntrack(data: &[u8]) {
+        for line in String::from_utf8_lossy(data).lines() {
+            let _ = crate::conntrack::parse_line(line);
+        }
+        let mut buf = Vec::new();
+        let _ = crate::conntrack::parse_stream(data, &mut buf, |_| {});
+    }
+}
+
 static LEVEL: AtomicU8 = AtomicU8::new(3);
+
+/// Writes a printing verb's output. Rust ignores SIGPIPE, so a reader that went away
+/// (`jellydemon status --json | head -c1`) shows up as EPIPE: that ends the verb cleanly with
+/// exit 0, as SIGPIPE would for a C tool, instead of a panic (an abort in the shipped builds).
+pub fn print_out(text: impl AsRef<[u8]>) {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_ref()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("jellydemon: cannot write to standard output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Starts a named thread. `std::thread::spawn` panics when the system cannot start one (EAGAIN
+/// under a low process limit or memory pressure) — an abort in the shipped builds, which would
+/// leave every changed limit in place. This returns the error, for the caller to log and
+/// survive.
+pub fn spawn_thread<F, T>(name: &str, f: F) -> std::io::Result<std::thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    #[cfg(test)]
+    if test_faults::take_spawn_failure() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "cannot start a thread (injected)",
+        ));
+    }
+    std::thread::Builder::new().name(name.into()).spawn(f)
+}
+
+/// Faults the unit tests inject at the seams the OS owns.
+#[cfg(test)]
+pub(crate) mod test_faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        static SPAWN_FAILURES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// The next `n` [`super::spawn_thread`] calls on this thread fail.
+    pub fn fail_spawns(n: u32) {
+        SPAWN_FAILURES.with(|c| c.set(n));
+    }
+
+    pub fn take_spawn_failure() -> bool {
+        SPAWN_FAILURES.with(|c| {
+            let n = c.get();
+            c.set(n.saturating_sub(1));
+            n > 0
+        })
+    }
+}
+
+/// Progress lines of a verb that must finish its work whatever happens to its reader
+/// (`restore`): a closed or full output is ignored.
+pub fn say(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
 
 /// RFC 3164 over the local syslog socket, as OpenWrt's logd and every syslogd read it:
 /// `<PRI>ident[pid]: message`, facility daemon. A few lines instead of a crate that brings a

@@ -3,7 +3,7 @@
 use argh::FromArgs;
 use jellydemon::config::{self, Config};
 use jellydemon::daemon::{self, Options, Signals};
-use jellydemon::{check, publish, status, wol};
+use jellydemon::{check, print_out, publish, status, wol};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -92,11 +92,9 @@ fn load(path: &Path) -> Result<config::Loaded, String> {
 }
 
 fn main() -> ExitCode {
-    // Handlers first: SIGHUP's default action would kill us before the loop is ready.
-    let signals = Signals::install();
-    let cli: Cli = argh::from_env();
+    let cli = parse_args();
     if cli.version {
-        println!("jellydemon {}", env!("CARGO_PKG_VERSION"));
+        print_out(format!("jellydemon {}\n", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
     let Some(verb) = cli.verb else {
@@ -106,7 +104,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let code = match verb {
-        Verb::Run(r) => run(&cli.config, r, signals),
+        Verb::Run(r) => run(&cli.config, r),
         Verb::Check(_) => {
             jellydemon::init_logging(true, config::LogLevel::Warn);
             check::run(&cli.config)
@@ -119,7 +117,44 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn run(path: &Path, r: Run, signals: std::io::Result<Signals>) -> u8 {
+/// `argh::from_env`, but `--help` goes through [`print_out`]: argh's own `println!` panics
+/// when the reader has gone (`jellydemon --help | head -1`).
+fn parse_args() -> Cli {
+    use argh::FromArgs;
+    let args: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
+        Ok(a) => a,
+        Err(bad) => {
+            eprintln!("jellydemon: an argument is not valid UTF-8: {bad:?}");
+            std::process::exit(1);
+        }
+    };
+    let cmd = args
+        .first()
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(a)
+        })
+        .unwrap_or("jellydemon");
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    Cli::from_args(&[cmd], &rest).unwrap_or_else(|early| match early.status {
+        Ok(()) => {
+            print_out(format!("{}\n", early.output));
+            std::process::exit(0)
+        }
+        Err(()) => {
+            eprintln!("{}\nRun {cmd} --help for more information.", early.output);
+            // argh's own code for a usage error.
+            std::process::exit(1)
+        }
+    })
+}
+
+fn run(path: &Path, r: Run) -> u8 {
+    // Handlers first: SIGHUP's default action would kill us before the loop is ready. Only
+    // here: every other verb keeps the default actions, so Ctrl-C stops `status --watch`.
+    let signals = Signals::install();
     let to_stderr = r.stderr || nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
     let loaded = match load(path) {
         Ok(l) => l,
@@ -174,7 +209,7 @@ fn status_cmd(path: &Path, s: StatusCmd) -> u8 {
         match s.watch {
             Some(n) if n > 0 => {
                 std::thread::sleep(Duration::from_secs(n));
-                print!("\x1b[2J\x1b[H");
+                print_out("\x1b[2J\x1b[H");
             }
             _ => return code,
         }
@@ -206,9 +241,9 @@ fn print_status(cfg: &Config, json: bool) -> u8 {
         .unwrap_or(0)
         .saturating_sub(st.updated);
     if json {
-        println!("{}", String::from_utf8_lossy(&bytes));
+        print_out([&bytes[..], b"\n"].concat());
     } else {
-        print!("{}", publish::render_table(&st));
+        print_out(publish::render_table(&st));
     }
     if age > 3 * st.interval.max(1) as u64 + 5 {
         eprintln!("jellydemon is not running: the status is {age} s old");
@@ -250,7 +285,7 @@ fn wake(path: &Path) -> u8 {
     let sender = wol::Sender::from_config(&cfg.wol);
     match sender.send(mac, cfg.wol.password.as_deref()) {
         Ok(_) => {
-            println!("magic packet sent on {}", cfg.wol.interface);
+            print_out(format!("magic packet sent on {}\n", cfg.wol.interface));
             0
         }
         Err(e) => {
@@ -261,18 +296,35 @@ fn wake(path: &Path) -> u8 {
 }
 
 fn config_cmd(path: &Path, c: ConfigCmd) -> u8 {
-    match load(path) {
-        Ok(l) => {
-            if c.effective {
-                print!("{}", config::effective(&l));
-            } else {
-                print!("{}", config::render_show(&l));
+    if c.effective {
+        return match load(path) {
+            Ok(l) => {
+                print_out(config::effective(&l));
+                0
             }
-            0
-        }
+            Err(e) => {
+                eprintln!("jellydemon: {e}");
+                1
+            }
+        };
+    }
+    // What `uci show jellydemon` prints for every file uci reads (DESIGN.md §5): only a file
+    // uci itself refuses is an error here; jellydemon's own objections go to stderr.
+    let (package, file) = match config::read_package(path) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("jellydemon: {e}");
-            1
+            return 1;
         }
+    };
+    print_out(package.show_bytes("jellydemon"));
+    match config::from_package(&package, &file) {
+        Ok(l) => {
+            for w in &l.warnings {
+                eprintln!("jellydemon: warning: {w}");
+            }
+        }
+        Err(e) => eprintln!("jellydemon: {e}"),
     }
+    0
 }

@@ -282,11 +282,37 @@ pub fn render_table(st: &Status) -> String {
             None => "no wake yet".into(),
         };
         let awake = match wol.server_awake {
-            Some(true) => ", server awake",
-            Some(false) => ", server asleep",
-            None => "",
+            Some(true) => ", server awake".to_string(),
+            Some(false) => match wol.asleep_since {
+                Some(t) => format!(", server asleep since {}", format_utc(t)),
+                None => ", server asleep".to_string(),
+            },
+            None => String::new(),
         };
         format!("{last}, {} wakes{awake}", wol.wakes)
+    };
+    let wake = match (
+        wol.server_state.as_deref(),
+        wol.last_wake,
+        wol.awake_after_s,
+    ) {
+        // The story of a wake from sleep, in the order it happens.
+        (Some("asleep"), _, _) => format!("{wake}; asleep, not woken yet"),
+        (Some("waking"), Some(t), _) => format!(
+            "{wake}; asleep, woken at {}{}; waiting for Jellyfin",
+            format_utc(t),
+            wol.last_reason
+                .as_deref()
+                .map(|r| format!(" ({})", clean(r)))
+                .unwrap_or_default()
+        ),
+        (Some("booting"), _, _) => {
+            format!("{wake}; the host answers, Jellyfin not yet")
+        }
+        (Some("awake"), _, Some(a)) => {
+            format!("{wake}; last wake from sleep: awake after {a:.1} s")
+        }
+        _ => wake,
     };
     let _ = writeln!(out, "Wake-on-LAN   {wake}");
 
@@ -540,6 +566,21 @@ pub fn render_prometheus(st: &Status) -> String {
             "1 when the media server answers.",
             u64::from(awake),
         );
+    }
+    if let Some(t) = st.wol.asleep_since {
+        p.gauge(
+            "jellydemon_wol_asleep_since_timestamp_seconds",
+            "Unix time since when the media server host has not answered at all.",
+            t,
+        );
+    }
+    if let Some(a) = st.wol.awake_after_s.filter(|a| a.is_finite() && *a >= 0.0) {
+        p.family(
+            "jellydemon_wol_awake_after_seconds",
+            "gauge",
+            "Seconds from the last magic packet to Jellyfin's first answer after a sleep.",
+        );
+        let _ = writeln!(p.out, "jellydemon_wol_awake_after_seconds {a:.1}");
     }
     p.out
 }
@@ -915,6 +956,50 @@ fn send_loop(url: &crate::http::Url, timeout: Duration, rx: &Receiver<Vec<u8>>, 
 
 #[cfg(test)]
 mod tests {
+
+    proptest::proptest! {
+        /// Figures in a status file can be anything a u64 holds (and the file is read back by
+        /// `status`): rendering saturates, in debug builds too, where an overflow panics.
+        #[test]
+        fn rendering_survives_extreme_figures(
+            v in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(0u64), proptest::strategy::Just(u64::MAX),
+                proptest::strategy::Just(i64::MAX as u64), proptest::strategy::Just(i32::MAX as u64),
+                proptest::prelude::any::<u64>()], 12),
+            restarts in proptest::prelude::any::<u32>(), interval in proptest::prelude::any::<u32>()) {
+            let stream = crate::status::StreamStatus {
+                external: true,
+                source_bps: Some(v[0]),
+                limit_bps: v[1],
+                shaped_bps: v[2],
+                measured_bps: crate::status::Averages { m1: v[3], m5: v[4], m10: v[5] },
+                restarts,
+                ..Default::default()
+            };
+            let st = crate::status::Status {
+                updated: v[6],
+                interval,
+                budget_bps: v[7],
+                wan: crate::status::WanStatus {
+                    capacity_bps: Some(v[8]), tx_bps: v[9], jellyfin_bps: v[10], other_bps: v[11],
+                    device: Some("wan".into()),
+                },
+                wol: crate::status::WolStatus { last_wake: Some(v[6]), wakes: v[7], ..Default::default() },
+                streams: vec![stream.clone(), stream],
+                ..Default::default()
+            };
+            let _ = render_table(&st);
+            let _ = render_prometheus(&st);
+            let _ = format_utc(v[6]);
+            for e in [
+                Event::LimitChanged { user: "u".into(), old_bps: v[0], new_bps: v[1] },
+                Event::PlaybackRestarted { user: "u".into(), session_id: "s".into(), limit_bps: v[2] },
+            ] {
+                let _ = e.content();
+                let _ = e.payload(v[6]);
+            }
+        }
+    }
     use super::*;
     use crate::status::Averages;
 

@@ -8,7 +8,7 @@
 //! thin adapter that reads the kernel state with `tc ... show`, applies the plan with
 //! `tc -batch -` and manages the ifb device over rtnetlink.
 
-mod netlink;
+pub(crate) mod netlink;
 pub mod parse;
 pub mod plan;
 
@@ -179,6 +179,25 @@ const TC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a program with an argument vector (never a shell), feeding `input`, with a time limit.
 fn run(path: &str, args: &[&str], input: Option<&str>) -> std::io::Result<(bool, String, String)> {
+    run_within(path, args, input, TC_TIMEOUT)
+}
+
+/// Most bytes kept of a tc's stdout or stderr (`tc -s class show` of every class is a few KiB).
+const TC_OUTPUT_LIMIT: usize = 4 * 1024 * 1024;
+
+/// [`run`] with a deadline that covers everything: writing the script, reading the output and
+/// the exit. One poll loop on non-blocking pipes, so a tc that stops reading its script or
+/// keeps its output open cannot block the daemon, and no thread has to be started.
+fn run_within(
+    path: &str,
+    args: &[&str],
+    input: Option<&str>,
+    limit: Duration,
+) -> std::io::Result<(bool, String, String)> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+
+    let deadline = Instant::now() + limit;
     let mut child = Command::new(path)
         .args(args)
         .stdin(if input.is_some() {
@@ -189,48 +208,133 @@ fn run(path: &str, args: &[&str], input: Option<&str>) -> std::io::Result<(bool,
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let mut b = Vec::new();
-            let _ = p.read_to_end(&mut b);
-            s = String::from_utf8_lossy(&b).into_owned();
+    let mut stdin = child.stdin.take();
+    let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
+    let mut stdout = child.stdout.take().map(|p| file(p.into()));
+    let mut stderr = child.stderr.take().map(|p| file(p.into()));
+    let input = input.unwrap_or("").as_bytes();
+    let mut written = 0;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let timed_out = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{path} did not finish within {} s", limit.as_secs_f32()),
+        )
+    };
+    let set_nonblocking = |fd: std::os::fd::BorrowedFd<'_>| -> std::io::Result<()> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        Ok(())
+    };
+    let setup = (|| {
+        if let Some(p) = &stdin {
+            set_nonblocking(p.as_fd())?;
         }
-        s
+        if let Some(p) = &stdout {
+            set_nonblocking(p.as_fd())?;
+        }
+        if let Some(p) = &stderr {
+            set_nonblocking(p.as_fd())?;
+        }
+        Ok::<(), std::io::Error>(())
+    })();
+    let pumped: std::io::Result<()> = setup.and_then(|()| loop {
+        if written == input.len() {
+            // Closing stdin is tc's end of script.
+            stdin = None;
+        }
+        if stdin.is_none() && stdout.is_none() && stderr.is_none() {
+            break Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(timed_out());
+        }
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+        let (w, o, e) = {
+            let mut fds = Vec::with_capacity(3);
+            let mut slot = [None; 3];
+            if let Some(p) = &stdin {
+                slot[0] = Some(fds.len());
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLOUT));
+            }
+            if let Some(p) = &stdout {
+                slot[1] = Some(fds.len());
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(p) = &stderr {
+                slot[2] = Some(fds.len());
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => break Err(e.into()),
+            }
+            let ready = |i: Option<usize>| {
+                i.and_then(|i| fds[i].revents())
+                    .is_some_and(|r| !r.is_empty())
+            };
+            (ready(slot[0]), ready(slot[1]), ready(slot[2]))
+        };
+        if w {
+            if let Some(p) = stdin.as_mut() {
+                match p.write(&input[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // tc may stop reading at the first failing line; a broken pipe is not our
+                    // error, and the rest of the script is moot.
+                    Err(_) => written = input.len(),
+                }
+            }
+        }
+        for (ready, pipe, buf) in [(o, &mut stdout, &mut out), (e, &mut stderr, &mut err)] {
+            if !ready {
+                continue;
+            }
+            if let Some(p) = pipe.as_mut() {
+                let mut chunk = [0u8; 8192];
+                match p.read(&mut chunk) {
+                    Ok(0) => *pipe = None,
+                    Ok(n) => {
+                        let room = TC_OUTPUT_LIMIT.saturating_sub(buf.len());
+                        buf.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => *pipe = None,
+                }
+            }
+        }
     });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let mut b = Vec::new();
-            let _ = p.read_to_end(&mut b);
-            s = String::from_utf8_lossy(&b).into_owned();
-        }
-        s
-    });
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        // tc may stop reading at the first failing line; a broken pipe is not our error.
-        let _ = stdin.write_all(text.as_bytes());
-    }
-    let deadline = Instant::now() + TC_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() >= deadline {
+    let status = match pumped {
+        Ok(()) => loop {
+            if let Some(s) = child.try_wait()? {
+                break Ok(s);
+            }
+            if Instant::now() >= deadline {
+                break Err(timed_out());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        },
+        Err(e) => Err(e),
+    };
+    match status {
+        Ok(s) => Ok((
+            s.success(),
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )),
+        Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{path} did not finish within {} s", TC_TIMEOUT.as_secs()),
-            ));
+            Err(e)
         }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let out = out_t.join().unwrap_or_default();
-    let err = err_t.join().unwrap_or_default();
-    Ok((status.success(), out, err))
+    }
 }
 
 fn short(s: &str) -> String {

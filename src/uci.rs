@@ -66,6 +66,9 @@ pub struct Opt {
     pub line: u32,
     /// File line of each item of the value, parallel to [`Value::items`].
     pub item_lines: Vec<u32>,
+    /// The bytes of each item as the file holds them, parallel to [`Value::items`] (the text
+    /// above is their lossy UTF-8 reading).
+    pub raw: Vec<Vec<u8>>,
 }
 
 /// One `config` section; named sections opened again are merged into their first occurrence.
@@ -118,25 +121,44 @@ impl Package {
             .collect()
     }
 
-    /// Exactly what `uci show <pkg>` prints for this package.
+    /// What `uci show <pkg>` prints for this package, read as UTF-8 (lossily: see
+    /// [`Package::show_bytes`] for the exact bytes).
     pub fn show(&self, pkg: &str) -> String {
-        let mut out = String::new();
+        String::from_utf8_lossy(&self.show_bytes(pkg)).into_owned()
+    }
+
+    /// Exactly the bytes `uci show <pkg>` prints for this package. uci's cli.c
+    /// (`uci_print_value`) writes each value byte by byte, turning only `'` into `'\''`: bytes
+    /// that are not UTF-8 come out as they are in the file.
+    pub fn show_bytes(&self, pkg: &str) -> Vec<u8> {
+        let mut out = Vec::new();
         for (s, r) in self.sections.iter().zip(self.section_refs()) {
-            out.push_str(&format!("{pkg}.{r}={}\n", s.stype));
+            out.extend_from_slice(format!("{pkg}.{r}={}\n", s.stype).as_bytes());
             for o in &s.options {
-                out.push_str(&format!("{pkg}.{r}.{}=", o.name));
-                match &o.value {
-                    Value::Single(v) => out.push_str(&show_quote(v)),
-                    Value::List(items) => {
-                        let q: Vec<String> = items.iter().map(|i| show_quote(i)).collect();
-                        out.push_str(&q.join(" "));
+                out.extend_from_slice(format!("{pkg}.{r}.{}=", o.name).as_bytes());
+                for (i, item) in o.raw.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b' ');
                     }
+                    show_quote_bytes(item, &mut out);
                 }
-                out.push('\n');
+                out.push(b'\n');
             }
         }
         out
     }
+}
+
+fn show_quote_bytes(v: &[u8], out: &mut Vec<u8>) {
+    out.push(b'\'');
+    for &b in v {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
 }
 
 /// uci's show quoting: always single quotes, `'` written as `'\''`.
@@ -670,14 +692,20 @@ impl<'a> Parser<'a> {
                     options: s
                         .options
                         .into_iter()
-                        .map(|o| Opt {
-                            name: text(&o.name),
-                            value: match o.value {
-                                WValue::Single(v) => Value::Single(text(&v)),
-                                WValue::List(l) => Value::List(l.iter().map(|i| text(i)).collect()),
-                            },
-                            line: o.line,
-                            item_lines: o.item_lines,
+                        .map(|o| {
+                            let (value, raw) = match o.value {
+                                WValue::Single(v) => (Value::Single(text(&v)), vec![v]),
+                                WValue::List(l) => {
+                                    (Value::List(l.iter().map(|i| text(i)).collect()), l)
+                                }
+                            };
+                            Opt {
+                                name: text(&o.name),
+                                value,
+                                line: o.line,
+                                item_lines: o.item_lines,
+                                raw,
+                            }
                         })
                         .collect(),
                 })
@@ -692,6 +720,21 @@ mod tests {
 
     fn show(src: &str) -> String {
         parse(src.as_bytes()).expect("parses").show("p")
+    }
+
+    #[test]
+    fn show_keeps_bytes_that_are_not_utf8() {
+        let p =
+            parse(b"config t 's'\n\toption a '\xff\xfe'\n\tlist l 'x\xe9'\n\tlist l \"it's\"\n")
+                .unwrap();
+        assert_eq!(
+            p.show_bytes("p"),
+            b"p.s=t\np.s.a='\xff\xfe'\np.s.l='x\xe9' 'it'\\''s'\n".to_vec()
+        );
+        assert_eq!(
+            p.show("p"),
+            "p.s=t\np.s.a='\u{fffd}\u{fffd}'\np.s.l='x\u{fffd}' 'it'\\''s'\n"
+        );
     }
 
     fn perr(src: &[u8]) -> String {

@@ -556,6 +556,12 @@ impl Scheduler {
     }
 }
 
+/// A pipe whose ends are close-on-exec from the start (pipe2): the daemon starts `tc` from
+/// other threads while the idle command runs, and those must not inherit either end.
+fn output_pipe() -> nix::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+}
+
 /// Runs the idle hook: `argv[0]` with the rest as arguments, no shell, stdin from /dev/null,
 /// stdout and stderr captured together (the first [`OUTPUT_LIMIT`] bytes). After `timeout` the
 /// command and everything it started in its process group are killed. Returns the exit code
@@ -574,7 +580,7 @@ pub fn run_idle_command(argv: &[String], timeout: Duration) -> Result<(i32, Stri
         program: program.clone(),
         source,
     };
-    let (rd, wr) = nix::unistd::pipe().map_err(|e| spawn_err(io::Error::from(e)))?;
+    let (rd, wr) = output_pipe().map_err(|e| spawn_err(io::Error::from(e)))?;
     let wr2 = wr.try_clone().map_err(spawn_err)?;
     let mut child = Command::new(&program)
         .args(&argv[1..])
@@ -587,11 +593,21 @@ pub fn run_idle_command(argv: &[String], timeout: Duration) -> Result<(i32, Stri
     // The parent's copies of the write end went into `Command` and are closed now, so the
     // reader sees EOF once the command (and whatever inherited the pipe) is gone.
 
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    // A watcher that cannot be started: kill what was started, reap it, report.
+    let abandon = |child: &mut std::process::Child, e: io::Error| {
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = child.wait();
+        Error::Spawn {
+            program: program.clone(),
+            source: io::Error::new(e.kind(), format!("cannot start a thread to watch it: {e}")),
+        }
+    };
     let output = Arc::new(Mutex::new(Vec::new()));
     let (out_tx, out_rx) = mpsc::channel::<()>();
     {
         let output = Arc::clone(&output);
-        std::thread::spawn(move || {
+        let started = crate::spawn_thread("idle-output", move || {
             let mut f = std::fs::File::from(rd);
             let mut buf = [0u8; 1024];
             loop {
@@ -609,17 +625,22 @@ pub fn run_idle_command(argv: &[String], timeout: Duration) -> Result<(i32, Stri
             }
             let _ = out_tx.send(());
         });
+        if let Err(e) = started {
+            return Err(abandon(&mut child, e));
+        }
     }
 
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let (exit_tx, exit_rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
+    let started = crate::spawn_thread("idle-wait", move || {
         // WNOWAIT leaves the child unreaped, so its pid cannot be recycled before the kill.
         while let Err(nix::errno::Errno::EINTR) =
             waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
         {}
         let _ = exit_tx.send(());
     });
+    if let Err(e) = started {
+        return Err(abandon(&mut child, e));
+    }
 
     let timed_out = exit_rx.recv_timeout(timeout).is_err();
     if timed_out {
@@ -1007,5 +1028,35 @@ mod tests {
             .collect();
         let (code, _) = run_idle_command(&argv, Duration::from_secs(10)).unwrap();
         assert_eq!(code, 128 + 15);
+    }
+
+    /// The output pipe is created close-on-exec: a `tc` the daemon starts meanwhile from
+    /// another thread must not inherit its ends (a write end held by tc delays the reader's
+    /// EOF until tc exits; any end is a leaked descriptor). The child gets its copies through
+    /// dup2, which clears the flag on the copies only.
+    #[test]
+    fn output_pipe_is_close_on_exec() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        let (rd, wr) = output_pipe().unwrap();
+        for fd in [&rd, &wr] {
+            let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+            assert!(flags.contains(FdFlag::FD_CLOEXEC), "{flags:?}");
+        }
+    }
+
+    /// A thread that cannot be started is an error, not an abort; the command it would have
+    /// watched is killed and reaped, not left running.
+    #[test]
+    fn idle_command_survives_a_thread_that_cannot_start() {
+        let argv: Vec<String> = ["sleep", "30"].iter().map(|s| s.to_string()).collect();
+        for failures in [1, 2] {
+            crate::test_faults::fail_spawns(failures);
+            let t0 = std::time::Instant::now();
+            let e = run_idle_command(&argv, Duration::from_secs(20)).unwrap_err();
+            crate::test_faults::fail_spawns(0);
+            assert!(matches!(e, Error::Spawn { .. }), "{e}");
+            assert!(e.to_string().contains("thread"), "{e}");
+            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        }
     }
 }

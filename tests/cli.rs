@@ -300,12 +300,13 @@ fn config_verb_and_malformed_files() {
         out.contains("bandwidth.target_pct = 90  (default)"),
         "{out}"
     );
+    // A file uci reads but jellydemon refuses: `config` still prints what `uci show` prints,
+    // names the problem on stderr and exits 0; the daemon and `check` refuse it.
     for (text, needle) in [
         (
             "config jellydemon 'main'\n\toption interval '0'\n",
             "jellydemon.main.interval: '0' is not allowed",
         ),
-        ("option x y\n", "Parse error"),
         (
             "config jellydemon 'main'\n\toption enabled 'maybe'\n",
             "jellydemon.main.enabled",
@@ -318,13 +319,23 @@ fn config_verb_and_malformed_files() {
             "config wol 'wol'\n\toption mac 'zz:zz'\n",
             "jellydemon.wol.mac",
         ),
-        (
-            "config jellydemon 'main'\n\toption x 'unterminated\n",
-            "Parse error",
-        ),
     ] {
         fs::write(&cfg, text).unwrap();
-        for verb in [&["config"][..], &["run", "--once"][..], &["check"][..]] {
+        let (code, out, err) = jd(&cfg, &["config"]);
+        let show = jellydemon::uci::parse(text.as_bytes())
+            .unwrap()
+            .show("jellydemon");
+        assert_eq!(
+            (code, out.as_str()),
+            (0, show.as_str()),
+            "config on {text:?}: {err}"
+        );
+        assert!(err.contains(needle), "config on {text:?}: {err}");
+        for verb in [
+            &["run", "--once"][..],
+            &["check"][..],
+            &["config", "--effective"][..],
+        ] {
             let (code, out, err) = jd(&cfg, verb);
             assert_eq!(code, 1, "{verb:?} on {text:?}");
             assert!(
@@ -334,6 +345,54 @@ fn config_verb_and_malformed_files() {
             assert!(!err.contains("panicked"), "{err}");
         }
     }
+    // A file uci itself refuses: every verb exits 1 naming the error.
+    for text in [
+        "option x y\n",
+        "config jellydemon 'main'\n\toption x 'unterminated\n",
+    ] {
+        fs::write(&cfg, text).unwrap();
+        for verb in [&["config"][..], &["run", "--once"][..], &["check"][..]] {
+            let (code, out, err) = jd(&cfg, verb);
+            assert_eq!(code, 1, "{verb:?} on {text:?}");
+            assert!(
+                out.contains("Parse error") || err.contains("Parse error"),
+                "{verb:?} on {text:?}: {out}{err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+/// Bytes that are not UTF-8 are printed as they are. uci's cli.c (openwrt/uci 66127cd,
+/// `uci_print_value`) writes a value byte by byte with `fputc`, changing only `'` into
+/// `'\''`: no escaping and no re-encoding, so the bytes come out as they are in the file.
+#[test]
+fn config_prints_bytes_that_are_not_utf8_as_uci_does() {
+    let d = tempdir();
+    let cfg = d.0.join("c");
+    fs::write(
+        &cfg,
+        b"config jellydemon 'main'\n\toption enabled '1'\nconfig user\n\toption name 'caf\xe9 \xff'\n\tlist note 'it'\\''s \xc3'\n",
+    )
+    .unwrap();
+    let out = Command::new(exe())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("config")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.stdout,
+        b"jellydemon.main=jellydemon\njellydemon.main.enabled='1'\njellydemon.@user[0]=user\n\
+          jellydemon.@user[0].name='caf\xe9 \xff'\njellydemon.@user[0].note='it'\\''s \xc3'\n"
+            .to_vec()
+    );
 }
 
 #[test]
@@ -357,4 +416,85 @@ fn wake_without_mac_is_a_clear_error() {
     let (code, _, err) = jd(&cfg, &["wake"]);
     assert_eq!(code, 1);
     assert!(err.contains("wol.mac is not set"), "{err}");
+}
+
+/// Ctrl-C in a terminal sends SIGINT to the foreground process group: `status --watch` must
+/// die of it like any other viewer (only `run` turns SIGINT into a clean-up).
+#[test]
+fn status_watch_stops_on_sigint() {
+    use std::io::BufRead;
+    let d = tempdir();
+    let emu = emulator();
+    let cfg = config(&d.0, &emu.url(), "");
+    let mut child = Command::new(exe())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["status", "--watch", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first "not running" line proves the loop runs (and main() is past any set-up).
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("not running"), "{line}");
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("status --watch ignored SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc_sigint()), "{status:?}");
+}
+
+fn libc_sigint() -> i32 {
+    nix::sys::signal::Signal::SIGINT as i32
+}
+
+/// `status --json | head -c0`, `config | head`: a reader that goes away is a normal end of
+/// output, not a crash (Rust ignores SIGPIPE, so every write then fails with EPIPE).
+#[test]
+fn printing_verbs_exit_cleanly_when_stdout_is_closed() {
+    let d = tempdir();
+    let emu = emulator();
+    let cfg = config(&d.0, &emu.url(), "");
+    let out = Command::new(exe())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--once", "--dry-run", "--stderr"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for verb in [
+        &["status", "--json"][..],
+        &["status"][..],
+        &["config"][..],
+        &["config", "--effective"][..],
+        &["--help"][..],
+        &["status", "--help"][..],
+        &["--version"][..],
+    ] {
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        drop(rd);
+        let out = Command::new(exe())
+            .arg("--config")
+            .arg(&cfg)
+            .args(verb)
+            .stdout(Stdio::from(wr))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{verb:?}: {err}");
+        assert!(!err.contains("panicked"), "{verb:?}: {err}");
+    }
 }

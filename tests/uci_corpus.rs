@@ -31,14 +31,17 @@ fn well_formed_files_show_like_uci() {
     let mut failures = Vec::new();
     for (input, expected) in cases {
         let src = fs::read(&input).expect("fixture readable");
-        let want = fs::read_to_string(&expected).expect("expected output present");
+        // Bytes, not text: uci prints values byte for byte (cli.c `uci_print_value`).
+        let want = fs::read(&expected).expect("expected output present");
         match uci::parse(&src) {
             Ok(pkg) => {
-                let got = pkg.show("jellydemon");
+                let got = pkg.show_bytes("jellydemon");
                 if got != want {
                     failures.push(format!(
-                        "{}:\n--- want\n{want}--- got\n{got}",
-                        input.display()
+                        "{}:\n--- want\n{}--- got\n{}",
+                        input.display(),
+                        String::from_utf8_lossy(&want),
+                        String::from_utf8_lossy(&got)
                     ));
                 }
             }
@@ -178,7 +181,11 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
-        let _ = uci::parse(&data).map(|p| p.show("x"));
+        if let Ok(p) = uci::parse(&data) {
+            // The exact bytes and the text reading agree wherever the file is UTF-8.
+            let bytes = p.show_bytes("x");
+            prop_assert_eq!(p.show("x"), String::from_utf8_lossy(&bytes).into_owned());
+        }
     }
 
     #[test]

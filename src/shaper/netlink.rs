@@ -133,7 +133,7 @@ fn request(
 }
 
 /// Looks for the NLMSG_ERROR answer to `seq` in one datagram.
-fn find_ack(mut data: &[u8], seq: u32) -> Option<io::Result<()>> {
+pub(crate) fn find_ack(mut data: &[u8], seq: u32) -> Option<io::Result<()>> {
     while data.len() >= 16 {
         let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
         let kind = u16::from_ne_bytes([data[4], data[5]]);
