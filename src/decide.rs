@@ -12,8 +12,11 @@ pub const LIMIT_STEP_BPS: u64 = 100_000;
 pub const RAISE_MIN_PCT: u64 = 10;
 /// A raise must hold for this many consecutive ticks before it is applied.
 pub const RAISE_HOLD_TICKS: u32 = 3;
-/// A stream whose bitrate exceeds its new limit by more than this renegotiates.
-pub const EXCEED_TOLERANCE_PCT: u64 = 5;
+/// A stream whose bitrate exceeds its new limit by more than this renegotiates. Up to it the
+/// stream still fits its share with headers (a limit is the share less `LIMIT_HEADROOM_PCT`:
+/// 1.12 × 1.06 < 1.20), only with less room to refill: a small cut costs no restart, and the
+/// restart that `restart_min_interval` allows is kept for a change that needs it.
+pub const EXCEED_TOLERANCE_PCT: u64 = 12;
 /// A transcode renegotiates upward only when the limit is this much above its bitrate.
 pub const UPGRADE_FACTOR_PCT: u64 = 150;
 /// An uplink running at this share of its capacity is saturated.
