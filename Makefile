@@ -107,8 +107,8 @@ ipk:
 
 apk:
 	@echo "make apk does not exist: no apk v3 reader (apk-tools) could be run here to verify one." >&2
-	@echo "Build the .apk with an OpenWrt 25.12 SDK from the feed Makefile (openwrt/Makefile):" >&2
-	@echo "see the README, 'Build from the feed'." >&2
+	@echo "Build the .apk with an OpenWrt 25.12 SDK from the feed Makefile (net/jellydemon/Makefile):" >&2
+	@echo "see the README, 'Build from the feeds'." >&2
 	@exit 2
 
 bench-size:

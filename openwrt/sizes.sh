@@ -25,7 +25,7 @@ arch_of() {
 }
 kb() { awk -v b="$1" 'BEGIN { printf "%.1f KB", b / 1000 }'; }
 
-config=${JELLYDEMON_DEFAULT_CONFIG:-$ROOT/files/jellydemon.config}
+config=${JELLYDEMON_DEFAULT_CONFIG:-$ROOT/net/jellydemon/files/jellydemon.config}
 over=0
 printf '%-26s %-34s %12s %-12s %12s %-12s\n' "OpenWrt arch" "Rust target" "binary" "(<=900 KB)" \
 	"ipk" "(<=450 KB)"
@@ -50,7 +50,7 @@ done
 luci=$(find "$DIST" -name 'luci-app-jellydemon_*_all.ipk' 2>/dev/null | head -n 1)
 [ -n "$luci" ] && printf '%-26s %-34s %12s %-12s %12s\n' all luci-app-jellydemon "" "" \
 	"$(kb "$(stat -c %s "$luci")")"
-[ -f "$config" ] || echo "(no files/jellydemon.config: packages not built)"
+[ -f "$config" ] || echo "(no net/jellydemon/files/jellydemon.config: packages not built)"
 if [ "$over" = 1 ]; then
 	echo "size budget exceeded" >&2
 	exit 1

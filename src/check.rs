@@ -142,23 +142,7 @@ fn gather(path: &Path) -> Vec<Line> {
             "set jellyfin.server_ip to the server's LAN address",
         )),
     }
-    if !Path::new(&format!(
-        "{}/class/net/{}",
-        daemon::SYS_ROOT,
-        cfg.network.lan_device
-    ))
-    .exists()
-    {
-        lines.push(Line::fail(
-            format!("LAN device {} not found", cfg.network.lan_device),
-            "set network.lan_device (usually br-lan)",
-        ));
-    } else {
-        lines.push(Line::ok(format!(
-            "LAN device {} found",
-            cfg.network.lan_device
-        )));
-    }
+    lines.extend(check_lan(cfg));
     lines.extend(check_shaping(cfg));
     lines.push(check_conntrack());
     lines.extend(check_bridge_netfilter());
@@ -253,6 +237,76 @@ fn check_conntrack() -> Line {
             "opkg install kmod-nf-conntrack-netlink (needed for Wake-on-LAN on connect and counting without tc)",
         ),
     }
+}
+
+/// The LAN device, the local networks and the server's IPv6 address, as netifd tells them.
+fn check_lan(cfg: &Config) -> Vec<Line> {
+    let mut out = Vec::new();
+    match daemon::lan_device(cfg) {
+        Ok(dev) if Path::new(&format!("{}/class/net/{dev}", daemon::SYS_ROOT)).exists() => {
+            out.push(Line::ok(format!("LAN device {dev} found")))
+        }
+        Ok(dev) => out.push(Line::fail(
+            format!("LAN device {dev} not found"),
+            "set network.lan_interface to the interface the media server is on, or network.lan_device (e.g. br-lan)",
+        )),
+        Err(e) => out.push(Line::fail(
+            format!("LAN device: {e}"),
+            "set network.lan_interface (usually lan) or network.lan_device (e.g. br-lan)",
+        )),
+    }
+    let internal = daemon::internal_networks(cfg, &cfg.network.internal);
+    let list: Vec<String> = internal.nets.iter().map(|n| n.to_string()).collect();
+    if internal.fallback {
+        out.push(Line::warn(
+            format!(
+                "local networks: netifd gave none for {} ({}); the private ranges stand in: {}",
+                cfg.network.internal_interfaces.join(", "),
+                internal.problems.join("; "),
+                list.join(" ")
+            ),
+            "check that the interface is up (ifstatus lan), or list the networks in network.internal (e.g. 192.168.1.0/24 2001:db8:1::/64)",
+        ));
+    } else {
+        out.push(Line::ok(format!("local networks {}", list.join(" "))));
+        for p in &internal.problems {
+            out.push(Line::warn(
+                p.clone(),
+                "remove the name from network.internal or fix it",
+            ));
+        }
+    }
+    let global_v6 = internal.nets.iter().any(|n| match n {
+        ipnet::IpNet::V6(n) => (n.addr().segments()[0] & 0xe000) == 0x2000,
+        _ => false,
+    });
+    let learned = match (cfg.server_ip6(), daemon::lan_device(cfg)) {
+        (None, Ok(lan)) => daemon::learn_server_ip6(cfg, &lan),
+        _ => crate::neigh::Learned::None,
+    };
+    match (cfg.server_ip6(), learned) {
+        (Some(ip), _) => out.push(Line::ok(format!("media server IPv6 address {ip}"))),
+        (None, crate::neigh::Learned::One(ip)) => out.push(Line::ok(format!(
+            "media server IPv6 address {ip} (from the neighbour table; set jellyfin.server_ip6 to fix it)"
+        ))),
+        (None, crate::neigh::Learned::Several(all)) => out.push(Line::warn(
+            format!(
+                "the media server has several IPv6 addresses ({}): remote IPv6 viewers are neither shaped nor counted",
+                all.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            "set jellyfin.server_ip6 to the address its viewers use (the stable one, not a temporary one)",
+        )),
+        (None, _) if global_v6 => out.push(Line::warn(
+            "the LAN has global IPv6 but the media server's IPv6 address is unknown: remote IPv6 viewers are neither shaped nor counted",
+            "set jellyfin.server_ip6 to the server's global address (ip -6 addr on the server)",
+        )),
+        (None, _) => {}
+    }
+    let offload = crate::firewall::read_offload(Path::new(crate::firewall::FIREWALL_CONFIG));
+    if offload.is_on() && cfg.shaping.enabled {
+        out.push(Line::warn(offload.meaning(), offload.fix()));
+    }
+    out
 }
 
 fn check_bridge_netfilter() -> Vec<Line> {

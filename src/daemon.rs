@@ -6,8 +6,11 @@ use crate::backup::Backup;
 use crate::config::Config;
 use crate::conntrack::{self, ConnectWatch, FlowCounter, FlowSource};
 use crate::decide::{self, Plan};
+use crate::firewall::{self, Offload};
 use crate::jellyfin::{self, MediaServer, Session};
 use crate::monitor::Monitor;
+use crate::neigh;
+use crate::netifd::{self, LinkWatch};
 use crate::observe::{self, RateMeter};
 use crate::publish::{self, Event, Webhook};
 use crate::shaper::{self, Shaper};
@@ -119,6 +122,66 @@ pub fn wan_device(cfg: &Config) -> Result<String, String> {
     }
 }
 
+/// The LAN device: `lan_device` when set, else the device netifd reports for `lan_interface`.
+pub fn lan_device(cfg: &Config) -> Result<String, String> {
+    match &cfg.network.lan_device {
+        Some(d) => Ok(d.clone()),
+        None => netifd::resolve_device(
+            &mut netifd::Ubus,
+            &cfg.network.lan_interface,
+            "network.lan_device",
+        ),
+    }
+}
+
+/// The WAN interfaces whose delegated IPv6 prefixes are the home's: `wan_interface` and its
+/// DHCPv6 twin (`wan6`, as OpenWrt names it), which is where netifd reports the prefix.
+pub fn wan_interfaces(cfg: &Config) -> Vec<String> {
+    let w = &cfg.network.wan_interface;
+    vec![w.clone(), format!("{w}6")]
+}
+
+/// What `network.internal` means now: `configured` (its CIDRs) and, when it names interfaces,
+/// their networks as netifd reports them (the private ranges when it reports none).
+pub fn internal_networks(cfg: &Config, configured: &[ipnet::IpNet]) -> netifd::Internal {
+    if cfg.network.internal_interfaces.is_empty() {
+        return netifd::Internal {
+            nets: configured.to_vec(),
+            ..Default::default()
+        };
+    }
+    netifd::resolve_internal(
+        &mut netifd::Ubus,
+        configured,
+        &cfg.network.internal_interfaces,
+        &wan_interfaces(cfg),
+    )
+}
+
+/// The server's IPv6 address from the router's neighbour tables (see [`crate::neigh`]), when
+/// the configuration does not give it and `server_ip` is IPv4.
+pub fn learn_server_ip6(cfg: &Config, lan_device: &str) -> neigh::Learned {
+    let Some(IpAddr::V4(v4)) = cfg.server_ip() else {
+        return neigh::Learned::None;
+    };
+    let Ok(lan) = nix::net::if_::if_nametoindex(lan_device) else {
+        return neigh::Learned::None;
+    };
+    let Some(mac) = std::fs::read_to_string("/proc/net/arp")
+        .ok()
+        .and_then(|t| neigh::mac_of(&t, v4))
+    else {
+        return neigh::Learned::None;
+    };
+    match neigh::ipv6_neighbours(4096) {
+        Ok(n) => neigh::learn(&n, mac, lan),
+        Err(e) => {
+            debug!("IPv6 neighbour table unreadable: {e}");
+            neigh::Learned::None
+        }
+    }
+}
+
 /// The uplink capacity: `upload_mbps`, else SQM's configured upload on the WAN device.
 pub fn capacity(cfg: &Config, wan_dev: Option<&str>, sqm_path: &Path) -> Option<u64> {
     if let Some(m) = cfg.bandwidth.upload_mbps {
@@ -189,7 +252,7 @@ fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
 /// How often the guard samples the WAN counter (by the clock, between ticks): the window
 /// slides by this step, so a jump is seen within a step of filling the window.
-pub const GUARD_STEP: Duration = Duration::from_millis(250);
+pub const GUARD_STEP: Duration = Duration::from_millis(100);
 /// After a packet to a sleeping server, how long the loop ticks every second.
 const WAKING_WINDOW: Duration = Duration::from_secs(180);
 /// After Jellyfin answered from sleep, how long the loop keeps ticking every second (the
@@ -250,6 +313,18 @@ pub struct Daemon {
     guard_wan: observe::WindowMeter,
     guard_last: Option<Instant>,
     wan_dev: Result<String, String>,
+    /// The WAN device's interface index when last read: a new one means new counters.
+    wan_ifindex: Option<u32>,
+    lan_dev: Result<String, String>,
+    /// `network.internal`'s own networks, before interfaces are resolved into
+    /// `cfg.network.internal` (which then holds every local network).
+    internal_configured: Vec<ipnet::IpNet>,
+    internal: netifd::Internal,
+    links: Option<LinkWatch>,
+    /// The server's IPv6 address as the neighbour tables tell it (without `server_ip6`).
+    learned_ip6: neigh::Learned,
+    offload: Offload,
+    ticks: u64,
     capacity_bps: Option<u64>,
     /// user id → the limit this process last wrote.
     applied: HashMap<String, i64>,
@@ -290,6 +365,14 @@ impl Daemon {
             guard_wan: observe::WindowMeter::new(GUARD_PERIOD.as_secs_f64()),
             guard_last: None,
             wan_dev: Err("not resolved".into()),
+            wan_ifindex: None,
+            lan_dev: Err("not resolved".into()),
+            internal_configured: cfg.network.internal.clone(),
+            internal: netifd::Internal::default(),
+            links: None,
+            learned_ip6: neigh::Learned::None,
+            offload: Offload::Off,
+            ticks: 0,
             capacity_bps: None,
             applied: HashMap::new(),
             reachable: None,
@@ -316,7 +399,7 @@ impl Daemon {
 
     /// (Re)builds the adapters for a configuration. Used at start and on SIGHUP.
     fn configure(&mut self, cfg: Config) {
-        let old = std::mem::replace(&mut self.cfg, cfg);
+        self.cfg = cfg;
         let cfg = &self.cfg;
         let timeout = Duration::from_secs(cfg.jellyfin.timeout as u64);
         match server_for(cfg, timeout) {
@@ -334,6 +417,16 @@ impl Daemon {
         if let Err(e) = &self.wan_dev {
             error!("{e}");
         }
+        let old_lan = std::mem::replace(&mut self.lan_dev, Err("not resolved".into()));
+        self.internal_configured = self.cfg.network.internal.clone();
+        self.resolve_network();
+        if self.links.is_none() {
+            self.links = LinkWatch::new()
+                .map_err(|e| warn!("{e}: interface changes are followed every minute"))
+                .ok();
+        }
+        self.read_offload();
+        let cfg = &self.cfg;
         self.capacity_bps = capacity(cfg, self.wan_dev.as_deref().ok(), Path::new(SQM_CONFIG));
         if self.capacity_bps.is_none() {
             error!("uplink capacity unknown: set bandwidth.upload_mbps (or configure SQM on the WAN device); limits are not managed and remote streams pass unlimited");
@@ -357,7 +450,7 @@ impl Daemon {
 
         // Shaping: own tc objects on the LAN side. A changed LAN device means the old tree
         // must go first.
-        let lan_changed = old.network.lan_device != cfg.network.lan_device;
+        let lan_changed = old_lan != self.lan_dev;
         if lan_changed {
             if let Some(s) = self.shaper.as_mut() {
                 let _ = s.remove();
@@ -373,8 +466,10 @@ impl Daemon {
                     )
                 }
                 Some(_) => {
-                    let s = shaper::TcShaper::new(SHAPER_DEVICE, "tc")
-                        .with_lan_device(&cfg.network.lan_device);
+                    let mut s = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+                    if let Ok(lan) = &self.lan_dev {
+                        s = s.with_lan_device(lan);
+                    }
                     self.shaper = Some(Box::new(s));
                     self.shaper_error = None;
                 }
@@ -413,21 +508,10 @@ impl Daemon {
     pub fn tick(&mut self) {
         let now = self.now();
         let mut errors: Vec<String> = Vec::new();
+        self.follow_network(&mut errors);
 
         // Observe: the WAN counter.
-        let wan_bps = match &self.wan_dev {
-            Ok(dev) => match observe::read_tx_bytes(Path::new(SYS_ROOT), dev) {
-                Ok(c) => self.wan_meter.update(now, c),
-                Err(e) => {
-                    errors.push(e.to_string());
-                    None
-                }
-            },
-            Err(e) => {
-                errors.push(e.clone());
-                None
-            }
-        };
+        let wan_bps = self.read_wan(now, &mut errors);
 
         // Observe: per-viewer Jellyfin bytes — own tc class counters, else conntrack.
         let counters = self.viewer_counters(&mut errors);
@@ -591,13 +675,10 @@ impl Daemon {
         {
             return true;
         }
-        let Some(since) = self.presence.slept_since else {
-            return false;
-        };
         let w = self.waker.lock();
         w.last
             .as_ref()
-            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && l.unix.saturating_add(60) >= since)
+            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && self.presence.woken_by(l.unix))
     }
 
     fn set_reachable(&mut self, ok: bool, err: Option<String>) {
@@ -642,10 +723,12 @@ impl Daemon {
                 Err(e) => debug!("tc counters unavailable: {e}"),
             }
         }
-        let server = self.cfg.server_ip()?;
+        let mut servers = vec![self.cfg.server_ip()?];
+        servers.extend(self.server_ip6().map(IpAddr::V6));
+        servers.dedup();
         let (src, counter) = self.flows.as_mut()?;
         let mut flows = Vec::new();
-        match src.flows(&[server], &self.cfg.jellyfin.ports, &mut flows) {
+        match src.flows(&servers, &self.cfg.jellyfin.ports, &mut flows) {
             Ok(()) => {
                 counter.update(&flows);
                 // Bounded memory when many addresses come and go: forget viewers silent for
@@ -903,6 +986,14 @@ impl Daemon {
         let Some(server_ip) = self.cfg.server_ip() else {
             return;
         };
+        let lan_device = match &self.lan_dev {
+            Ok(d) => d.clone(),
+            Err(e) => {
+                errors.push(format!("shaping: LAN device unknown: {e}"));
+                return;
+            }
+        };
+        let server_ip6 = self.server_ip6();
         let Some(sh) = self.shaper.as_mut() else {
             return;
         };
@@ -921,9 +1012,9 @@ impl Daemon {
             .map(|v| v.rate_bps)
             .fold(0u64, u64::saturating_add);
         let spec = shaper::Spec {
-            lan_device: self.cfg.network.lan_device.clone(),
+            lan_device,
             server_ip,
-            server_ip6: None,
+            server_ip6,
             ports: self.cfg.jellyfin.ports.clone(),
             total_bps: self.last_plan.budget_bps.max(sum).max(1_000_000),
             newcomer_bps: (self.cfg.bandwidth.min_stream_mbps * 1e6).round() as u64,
@@ -1065,7 +1156,10 @@ impl Daemon {
         let Ok(tx) = observe::read_tx_bytes(Path::new(SYS_ROOT), dev) else {
             return;
         };
-        let Some(wan_bps) = self.guard_wan.update(now, tx) else {
+        let Some(wan_bps) = self
+            .guard_wan
+            .update_within(now, tx, self.plausible_wan_bps())
+        else {
             return;
         };
         // Jellyfin's own upload as the last tick measured it: cheap (no tc run), and when the
@@ -1124,19 +1218,7 @@ impl Daemon {
         st.server_awake = p.known.then_some(!p.asleep());
         st.asleep_since = p.asleep_since;
         st.awake_after_s = p.awake_after_s.map(|a| (a * 10.0).round() / 10.0);
-        st.server_state = p.known.then(|| {
-            let woken = st
-                .last_wake
-                .zip(p.slept_since)
-                .is_some_and(|(t, since)| t.saturating_add(60) >= since);
-            match (p.asleep(), p.slept_since.is_some(), woken) {
-                (true, _, false) => "asleep",
-                (_, true, true) => "waking",
-                (false, true, false) => "booting",
-                _ => "awake",
-            }
-            .to_string()
-        });
+        st.server_state = p.state(st.last_wake).map(str::to_string);
         st
     }
 
@@ -1306,6 +1388,13 @@ impl Daemon {
                 active: self.status.shaping.active,
                 error: self.status.shaping.error.clone(),
             },
+            network: status::NetworkStatus {
+                lan_device: self.lan_dev.as_ref().ok().cloned(),
+                internal: self.internal.nets.iter().map(|n| n.to_string()).collect(),
+                internal_fallback: self.internal.fallback,
+                server_ip6: self.server_ip6().map(|a| a.to_string()),
+                flow_offloading: self.offload,
+            },
             errors,
         };
         let path = self.cfg.main.run_dir.join("status.json");
@@ -1366,6 +1455,192 @@ impl Daemon {
             }
             Err(e) => error!("{e}; keeping the running configuration"),
         }
+    }
+}
+
+/// Following the home network: netifd's interfaces, the WAN device behind them, the firewall.
+impl Daemon {
+    /// Resolves what depends on netifd: the LAN device and the `internal` networks, and the
+    /// WAN device when it is followed (a WAN that moved to a new device while the old one
+    /// stays, e.g. from DHCP on eth1 to PPPoE; where the counter fails, see
+    /// [`Daemon::read_wan`]). A WAN that netifd reports down keeps its last device here.
+    fn resolve_network(&mut self) {
+        if self.cfg.network.wan_device.is_none() && self.wan_dev.is_ok() {
+            if let Ok(d) = wan_device(&self.cfg) {
+                self.set_wan_dev(Ok(d));
+            }
+        }
+        let lan = lan_device(&self.cfg);
+        if lan != self.lan_dev {
+            match (&lan, &self.lan_dev) {
+                (Ok(d), _) => info!("LAN device {d}"),
+                (Err(e), Ok(_)) | (Err(e), Err(_)) => warn!("{e}"),
+            }
+            self.lan_dev = lan;
+        }
+        let internal = internal_networks(&self.cfg, &self.internal_configured);
+        if internal != self.internal {
+            let list: Vec<String> = internal.nets.iter().map(|n| n.to_string()).collect();
+            info!(
+                "local networks: {}{}",
+                list.join(" "),
+                if internal.fallback {
+                    " (netifd gave none: the private ranges stand in)"
+                } else {
+                    ""
+                }
+            );
+            for p in &internal.problems {
+                warn!("{p}");
+            }
+        }
+        self.cfg.network.internal = internal.nets.clone();
+        self.internal = internal;
+    }
+
+    fn read_offload(&mut self) {
+        let o = firewall::read_offload(Path::new(firewall::FIREWALL_CONFIG));
+        if o != self.offload && o.is_on() {
+            warn!("{}; {}", o.meaning(), o.fix());
+        }
+        self.offload = o;
+    }
+
+    /// Once per tick: when the kernel reported a link or address change (or, without that
+    /// notification, about every minute), ask netifd again; the firewall's file about every
+    /// minute.
+    fn follow_network(&mut self, errors: &mut Vec<String>) {
+        self.ticks += 1;
+        let minute = (60 / self.cfg.main.interval.max(1) as u64).max(1);
+        let changed = match self.links.as_mut() {
+            Some(w) => w.changed(),
+            None => self.ticks % minute == 0,
+        };
+        if changed {
+            self.resolve_network();
+        }
+        if self.ticks % minute == 0 {
+            self.read_offload();
+        }
+        // Until it is known, every tick (no process: a file and a netlink dump), so the first
+        // IPv6 stream is shaped from its second tick; then every minute, to follow a change.
+        if self.cfg.server_ip6().is_none()
+            && (self.ticks % minute == 0 || !matches!(self.learned_ip6, neigh::Learned::One(_)))
+        {
+            self.learn_ip6();
+        }
+        if let neigh::Learned::Several(all) = &self.learned_ip6 {
+            let list: Vec<String> = all.iter().map(|a| a.to_string()).collect();
+            errors.push(format!(
+                "the media server has several IPv6 addresses ({}): set jellyfin.server_ip6 to the one its viewers use; until then its IPv6 traffic is neither shaped nor counted",
+                list.join(", ")
+            ));
+        }
+        if self.offload.is_on() && self.cfg.shaping.enabled {
+            errors.push(format!(
+                "{}; {}",
+                self.offload.meaning(),
+                self.offload.fix()
+            ));
+        }
+    }
+
+    /// The server's IPv6 address: `server_ip6` (or an IPv6 `server_ip`), else the one the
+    /// neighbour tables show for the server's MAC.
+    fn server_ip6(&self) -> Option<std::net::Ipv6Addr> {
+        self.cfg.server_ip6().or(match &self.learned_ip6 {
+            neigh::Learned::One(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    fn learn_ip6(&mut self) {
+        let learned = match &self.lan_dev {
+            Ok(lan) => learn_server_ip6(&self.cfg, lan),
+            Err(_) => neigh::Learned::None,
+        };
+        if learned != self.learned_ip6 {
+            match &learned {
+                neigh::Learned::One(a) => {
+                    info!("media server's IPv6 address {a} (from the neighbour table)")
+                }
+                neigh::Learned::Several(v) => warn!(
+                    "the media server has {} IPv6 addresses: set jellyfin.server_ip6",
+                    v.len()
+                ),
+                // A vanished entry (the neighbour expired) keeps the address known.
+                neigh::Learned::None => return,
+            }
+            self.learned_ip6 = learned;
+        }
+    }
+
+    /// The fastest upload the WAN could carry: a counter delta beyond it is a device that
+    /// started again, not traffic. Generous (10× the capacity, at least 1 Gbit/s), since a
+    /// configured capacity may be well below the line's: a counter that falls from a few
+    /// hundred MB to zero still reads as several Gbit/s when taken for a 32-bit wrap.
+    fn plausible_wan_bps(&self) -> Option<u64> {
+        self.capacity_bps
+            .map(|c| c.saturating_mul(10).max(1_000_000_000))
+    }
+
+    /// Takes `dev` as the WAN device; true when it is another one (the meters start again).
+    fn set_wan_dev(&mut self, dev: Result<String, String>) -> bool {
+        if dev == self.wan_dev {
+            return false;
+        }
+        if let Ok(d) = &dev {
+            info!("WAN device now {d}");
+        }
+        self.wan_dev = dev;
+        self.wan_ifindex = None;
+        self.wan_meter.reset();
+        self.guard_wan.reset();
+        if self.cfg.bandwidth.upload_mbps.is_none() {
+            self.capacity_bps = capacity(
+                &self.cfg,
+                self.wan_dev.as_deref().ok(),
+                Path::new(SQM_CONFIG),
+            );
+        }
+        true
+    }
+
+    /// The WAN upload since the last tick. A counter that cannot be read (PPPoE down, the
+    /// device renamed or re-created) makes the daemon ask netifd for the device again at
+    /// once; a new device (or the same name with a new interface index) starts a new series,
+    /// so its counters from zero are never read as traffic.
+    fn read_wan(&mut self, now: f64, errors: &mut Vec<String>) -> Option<u64> {
+        let follow = self.cfg.network.wan_device.is_none();
+        for attempt in 0..2 {
+            let err = match &self.wan_dev {
+                Ok(dev) => {
+                    let index = observe::read_ifindex(Path::new(SYS_ROOT), dev);
+                    match observe::read_tx_bytes(Path::new(SYS_ROOT), dev) {
+                        Ok(c) => {
+                            if index != self.wan_ifindex {
+                                if self.wan_ifindex.is_some() {
+                                    info!("WAN device {dev} is new (index {index:?}): its counters start again");
+                                }
+                                self.wan_ifindex = index;
+                                self.wan_meter.reset();
+                                self.guard_wan.reset();
+                            }
+                            let max = self.plausible_wan_bps();
+                            return self.wan_meter.update_within(now, c, max);
+                        }
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Err(e) => e.clone(),
+            };
+            if attempt == 0 && follow && self.set_wan_dev(wan_device(&self.cfg)) {
+                continue;
+            }
+            errors.push(err);
+            return None;
+        }
+        None
     }
 }
 
@@ -1467,8 +1742,21 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
 /// Works without a running daemon (after a crash, or to undo `run --once`).
 pub fn restore_all(cfg: &Config) -> Result<(), String> {
     let mut problems = Vec::new();
-    let mut sh =
-        shaper::TcShaper::new(SHAPER_DEVICE, "tc").with_lan_device(&cfg.network.lan_device);
+    let mut sh = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+    // Without netifd (ubus gone, the LAN down), the bridge OpenWrt names br-lan is the one
+    // place left to look: a redirect to a removed device would drop the server's packets.
+    let lan = lan_device(cfg).or_else(|e| {
+        Path::new(&format!("{SYS_ROOT}/class/net/br-lan"))
+            .exists()
+            .then(|| "br-lan".to_string())
+            .ok_or(e)
+    });
+    match lan {
+        Ok(lan) => sh = sh.with_lan_device(&lan),
+        Err(e) => problems.push(format!(
+            "LAN device: {e} (its redirect filters, if any, stay)"
+        )),
+    }
     if let Err(e) = sh.remove() {
         problems.push(format!("shaping state: {e}"));
     }

@@ -10,9 +10,12 @@ pub mod config;
 pub mod conntrack;
 pub mod daemon;
 pub mod decide;
+pub mod firewall;
 pub mod http;
 pub mod jellyfin;
 pub mod monitor;
+pub mod neigh;
+pub mod netifd;
 pub mod observe;
 pub mod publish;
 pub mod shaper;
@@ -61,7 +64,7 @@ pub mod fuzzing {
         let _ = jf::decode_user(data);
         let _ = jf::decode_item_bitrate(data, Some("a"));
         let _ = jf::ServerInfo::from_slice(data);
-        let _ = crate::observe::parse_ubus_status(data);
+        let _ = crate::netifd::parse_status(data);
     }
 
     /// What `tc` prints back (`qdisc show`, `-s class show`, `filter show`).
@@ -84,6 +87,7 @@ pub mod fuzzing {
             let _ = crate::conntrack::parse_ct_msg(payload);
         });
         let _ = crate::conntrack::parse_ct_msg(data);
+        let _ = crate::neigh::parse_dump(data, &mut Vec::new());
     }
 
     /// `/proc/net/nf_conntrack` text, line by line and as a stream.

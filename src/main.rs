@@ -310,15 +310,17 @@ fn config_cmd(path: &Path, c: ConfigCmd) -> u8 {
     }
     // What `uci show jellydemon` prints for every file uci reads (DESIGN.md §5): only a file
     // uci itself refuses is an error here; jellydemon's own objections go to stderr.
-    let (package, file) = match config::read_package(path) {
-        Ok(p) => p,
+    let package = match config::read_package(path) {
+        Ok((p, _)) => p,
         Err(e) => {
             eprintln!("jellydemon: {e}");
             return 1;
         }
     };
     print_out(package.show_bytes("jellydemon"));
-    match config::from_package(&package, &file) {
+    // The objections come from the whole configuration, the secrets file included (an API key
+    // kept there is not "missing").
+    match config::load(path) {
         Ok(l) => {
             for w in &l.warnings {
                 eprintln!("jellydemon: warning: {w}");

@@ -268,7 +268,10 @@ pub fn render_table(st: &Status) -> String {
 
     let wol = &st.wol;
     let wake = if !wol.enabled {
-        "off".to_string()
+        match wol.server_awake {
+            Some(false) => "off, server asleep".to_string(),
+            _ => "off".to_string(),
+        }
     } else {
         let last = match wol.last_wake {
             Some(t) => format!(
@@ -291,11 +294,9 @@ pub fn render_table(st: &Status) -> String {
         };
         format!("{last}, {} wakes{awake}", wol.wakes)
     };
-    let wake = match (
-        wol.server_state.as_deref(),
-        wol.last_wake,
-        wol.awake_after_s,
-    ) {
+    // The story of a wake is told only where Wake-on-LAN is on.
+    let story = wol.server_state.as_deref().filter(|_| wol.enabled);
+    let wake = match (story, wol.last_wake, wol.awake_after_s) {
         // The story of a wake from sleep, in the order it happens.
         (Some("asleep"), _, _) => format!("{wake}; asleep, not woken yet"),
         (Some("waking"), Some(t), _) => format!(

@@ -24,6 +24,7 @@ pub struct Status {
     pub streams: Vec<StreamStatus>,
     pub wol: WolStatus,
     pub shaping: ShapingStatus,
+    pub network: NetworkStatus,
     /// Problems that need the user's attention now, one sentence each.
     pub errors: Vec<String>,
 }
@@ -134,6 +135,24 @@ pub struct ShapingStatus {
     /// True when the kernel and tc support what shaping needs.
     pub active: bool,
     pub error: Option<String>,
+}
+
+/// The home network as the daemon follows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkStatus {
+    /// The LAN device the server's packets are shaped on (`null` while unknown).
+    pub lan_device: Option<String>,
+    /// Every network whose viewers count as local, interfaces resolved.
+    pub internal: Vec<String>,
+    /// True when netifd gave no network for the interfaces in `internal`, so the private
+    /// ranges (RFC 1918, ULA) stand in.
+    pub internal_fallback: bool,
+    /// The server's IPv6 address shaping and counting match (`null`: IPv6 left alone).
+    pub server_ip6: Option<String>,
+    /// Flow offloading in the firewall: "off", "software" or "hardware". When on, the LAN
+    /// ingress hook misses established connections: router-side shaping cannot work.
+    pub flow_offloading: crate::firewall::Offload,
 }
 
 #[cfg(test)]

@@ -188,6 +188,7 @@ fn sample_status() -> Status {
             active: true,
             error: None,
         },
+        network: Default::default(),
         errors: vec!["upload capacity unknown: set bandwidth.upload_mbps".into()],
     }
 }
@@ -249,6 +250,10 @@ fn table_reads_at_a_glance() {
         "{t2}"
     );
     assert!(t2.contains("asleep, not woken yet"), "{t2}");
+    let mut off = asleep.clone();
+    off.wol.enabled = false;
+    let t4 = render_table(&off);
+    assert!(t4.contains("Wake-on-LAN   off, server asleep\n"), "{t4}");
     asleep.wol.server_state = Some("waking".into());
     asleep.wol.last_reason = Some("connect".into());
     let t3 = render_table(&asleep);

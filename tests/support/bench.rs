@@ -16,7 +16,6 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 type Result<T> = std::result::Result<T, String>;
@@ -32,8 +31,6 @@ const ITEM2: &str = "20000000000000000000000000000002";
 const ENTRIES: u32 = 65_536;
 /// The daemon's tick in these runs, seconds.
 const INTERVAL_S: u64 = 1;
-/// MAC the Wake-on-LAN run wakes (any unicast address: the packet is a broadcast).
-const WOL_MAC: &str = "02:00:00:00:00:42";
 /// Sizes are compared in decimal kilobytes (the stricter reading of "KB").
 const KB: f64 = 1000.0;
 
@@ -1069,7 +1066,7 @@ fn network_rows(a: &Args, daemon_exe: &Path) -> Result<Vec<Row>> {
     ));
     HomeNet::stop(&mut d.child, Duration::from_secs(10));
 
-    // ---- run C: Wake-on-LAN on a connection to the forwarded port, nothing listening ----
+    // ---- run C: Wake-on-LAN on a connection to the forwarded port, the server asleep ----
     eprintln!("bench: first SYN -> wake packet");
     for mut v in b.viewers.drain(..) {
         HomeNet::stop(&mut v, Duration::from_secs(5));
@@ -1119,64 +1116,39 @@ fn tick_row(figure: &str, c: Cpu, cat: Duration) -> Row {
 }
 
 fn wol_row(b: &Bench) -> Result<Row> {
-    let figure = "reaction: first SYN to the forwarded port -> wake packet on the LAN";
+    let figure =
+        "reaction: first SYN to the forwarded port -> wake packet on the LAN (server asleep)";
     let budget = "<= 1 s";
+    let mac = topology::mac_text(topology::JF_MAC);
     let mut d = b.start_daemon(
         "wol",
         &format!(
-            "config wol 'wol'\n\toption enabled '1'\n\toption mac '{WOL_MAC}'\n\toption on_connect '1'\n\toption on_session '0'\n\toption cooldown '0'\n"
+            "config wol 'wol'\n\toption enabled '1'\n\toption mac '{mac}'\n\toption on_connect '1'\n\toption on_session '0'\n\toption cooldown '0'\n"
         ),
     )?;
     // A tick after the first: the connection watch is open.
     wait_ticks(&d, 1)?;
-    // The server host listens for the UDP copy of the wake packet (broadcast to port 9).
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let capture = spawn_in_ns(&b.net.jf, move || -> Result<(Instant, Vec<u8>)> {
-        let sock = UdpSocket::bind("0.0.0.0:9").map_err(|e| format!("bind :9: {e}"))?;
-        sock.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| format!("timeout: {e}"))?;
-        let _ = ready_tx.send(());
-        let mut buf = [0u8; 256];
-        let (n, _) = sock
-            .recv_from(&mut buf)
-            .map_err(|e| format!("no wake packet within 5 s: {e}"))?;
-        Ok((Instant::now(), buf[..n].to_vec()))
-    })?;
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| "wake capture did not start".to_string())?;
+    // The server host sleeps: silent until a magic packet for its MAC reaches its NIC.
+    let sleeper = b.net.sleep_server(topology::BOOT_DELAY)?;
     let target = SocketAddr::new(IpAddr::V4(topology::ROUTER_WAN_V4), topology::JF_PORT);
     let sent = in_ns(&b.net.viewers[0], move || {
         let t = Instant::now();
-        // Nothing listens: the server host answers with a reset, which is fine.
-        let _ = TcpStream::connect_timeout(&target, Duration::from_secs(2));
+        // A sleeping host answers nothing: the connect times out.
+        let _ = TcpStream::connect_timeout(&target, Duration::from_millis(300));
         t
     })?;
-    let got = capture
-        .join()
-        .map_err(|_| "capture thread panicked".to_string())?;
+    let got = sleeper.next(Duration::from_secs(5));
     HomeNet::stop(&mut d.child, Duration::from_secs(10));
-    Ok(match got.and_then(|r| r) {
-        Ok((at, payload)) => {
-            let mac: Vec<u8> = WOL_MAC
-                .split(':')
-                .filter_map(|h| u8::from_str_radix(h, 16).ok())
-                .collect();
-            let magic = payload.len() >= 102
-                && payload[..6] == [0xff; 6]
-                && payload[6..102].chunks(6).all(|c| c == mac.as_slice());
+    Ok(match got {
+        Some(topology::SleepEvent::Magic { at, .. }) => {
             let t = at.saturating_duration_since(sent);
-            if magic {
-                Row::new(figure, ms(t), budget, Some(t <= Duration::from_secs(1)))
-            } else {
-                Row::new(
-                    figure,
-                    format!("{} but not a magic packet", ms(t)),
-                    budget,
-                    Some(false),
-                )
-            }
+            Row::new(figure, ms(t), budget, Some(t <= Duration::from_secs(1)))
         }
-        Err(e) => Row::new(figure, e, budget, Some(false)),
+        _ => Row::new(
+            figure,
+            "no magic packet within 5 s".to_string(),
+            budget,
+            Some(false),
+        ),
     })
 }
