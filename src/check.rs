@@ -147,6 +147,7 @@ fn gather(path: &Path) -> Vec<Line> {
     lines.push(check_conntrack());
     lines.extend(check_bridge_netfilter());
     lines.extend(check_wol(cfg));
+    lines.extend(check_webhook(cfg, crate::tlsclient::TlsClient::find()));
     for (name, dir) in [
         ("state_dir", &cfg.main.state_dir),
         ("run_dir", &cfg.main.run_dir),
@@ -160,6 +161,30 @@ fn gather(path: &Path) -> Vec<Line> {
         });
     }
     lines
+}
+
+/// An https webhook needs the router's TLS client; say which one posts, and what shows in `ps`.
+fn check_webhook(cfg: &Config, tls: Option<crate::tlsclient::TlsClient>) -> Option<Line> {
+    use crate::tlsclient::Kind;
+    let url = cfg.publish.webhook_url.as_deref()?;
+    if !url.get(..8)?.eq_ignore_ascii_case("https://") {
+        return None;
+    }
+    Some(match tls {
+        Some(c) if c.kind == Kind::Curl => Line::ok(format!(
+            "webhook: https through {} (the URL is passed on stdin)",
+            c.program.display()
+        )),
+        Some(c) => Line::warn(
+            format!("webhook: https through {}", c.program.display()),
+            "uclient-fetch takes the URL on its command line, visible in ps while an event is \
+             posted; install curl to keep it hidden (opkg install curl / apk add curl)",
+        ),
+        None => Line::fail(
+            "webhook: https needs the router's TLS client; neither curl nor uclient-fetch found",
+            "opkg install uclient-fetch libustream-mbedtls ca-bundle (or curl)",
+        ),
+    })
 }
 
 fn writable(dir: &Path) -> std::io::Result<()> {
@@ -414,6 +439,45 @@ mod tests {
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].level, Level::Fail);
         assert!(lines[0].what.contains("interval"), "{:?}", lines[0]);
+        // The https rule for jellyfin.url fails with the hint the config load, LuCI and the
+        // README give.
+        std::fs::write(
+            &p,
+            "config jellyfin 'jellyfin'\n\toption url 'https://nas:8920'\n",
+        )
+        .unwrap();
+        let lines = gather(&p);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].level, Level::Fail);
+        assert!(
+            lines[0].what.contains(config::JELLYFIN_HTTPS_HINT),
+            "{:?}",
+            lines[0]
+        );
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn https_webhooks_name_the_tls_client() {
+        use crate::tlsclient::{Kind, TlsClient};
+        let mut cfg = Config::default();
+        assert_eq!(check_webhook(&cfg, None), None);
+        cfg.publish.webhook_url = Some("http://ha.lan:8123/api/webhook/x".into());
+        assert_eq!(check_webhook(&cfg, None), None);
+        cfg.publish.webhook_url = Some("https://discord.com/api/webhooks/1/SECRET".into());
+        let l = check_webhook(&cfg, None).unwrap();
+        assert_eq!(l.level, Level::Fail);
+        let tool = |kind, p: &str| {
+            Some(TlsClient {
+                kind,
+                program: p.into(),
+                ca_file: None,
+            })
+        };
+        let l = check_webhook(&cfg, tool(Kind::Curl, "/usr/bin/curl")).unwrap();
+        assert_eq!(l.level, Level::Ok);
+        let l = check_webhook(&cfg, tool(Kind::UclientFetch, "/bin/uclient-fetch")).unwrap();
+        assert_eq!(l.level, Level::Warn);
+        assert!(!format!("{l:?}").contains("SECRET"), "{l:?}");
     }
 }

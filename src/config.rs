@@ -899,11 +899,18 @@ impl<'a> Reader<'a> {
     }
 
     fn jellyfin(&self, j: &mut Jellyfin) -> R<()> {
-        j.url = self.get(
-            "url",
-            "http:// or https:// then host[:port][/path], e.g. http://192.168.1.2:8096",
-            parse_url,
-        )?;
+        let allowed = "http:// then host[:port][/path], e.g. http://192.168.1.2:8096";
+        j.url = match self.single("url", allowed)? {
+            Some((v, line))
+                if v.get(..8)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("https://")) =>
+            {
+                return Err(self.bad(line, "url", v, JELLYFIN_HTTPS_HINT))
+            }
+            _ => self.get("url", allowed, |v| {
+                v.starts_with("http://").then(|| parse_url(v)).flatten()
+            })?,
+        };
         j.api_key = self.api_key()?;
         j.server_ip = self.get("server_ip", "an IPv4 or IPv6 address", |v| v.parse().ok())?;
         j.server_ip6 = self.get(
@@ -1274,6 +1281,13 @@ fn parse_ifname(v: &str) -> Option<String> {
 fn valid_uci_name(v: &str) -> bool {
     !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
+
+/// Why `jellyfin.url` cannot be https, and what to do instead: the same words in `check`, the
+/// LuCI form and the README. Calling a TLS client program per request would start processes on
+/// every tick and put the API key on its command line or in its environment.
+pub const JELLYFIN_HTTPS_HINT: &str = "https is not supported for Jellyfin, jellydemon has no \
+     TLS: use the server's LAN http:// address, e.g. http://192.168.1.2:8096; Jellyfin serves \
+     http on port 8096 also when https is enabled";
 
 /// `http://` or `https://`, a host (name, IPv4 or `[IPv6]`), an optional port 1..65535 and an
 /// optional path; no user info, query or fragment. Trailing slashes are dropped so that the
@@ -1705,9 +1719,11 @@ mod tests {
         ("jellydemon", "main", "log_level", "INFO", "error, warn, info or debug"),
         ("jellydemon", "main", "state_dir", "relative/dir", "an absolute path"),
         ("jellydemon", "main", "run_dir", "var/run", "an absolute path"),
-        ("jellyfin", "jellyfin", "url", "192.168.1.2:8096", "http:// or https://"),
-        ("jellyfin", "jellyfin", "url", "ftp://host", "http:// or https://"),
-        ("jellyfin", "jellyfin", "url", "http://", "http:// or https://"),
+        ("jellyfin", "jellyfin", "url", "192.168.1.2:8096", "http:// then host"),
+        ("jellyfin", "jellyfin", "url", "ftp://host", "http:// then host"),
+        ("jellyfin", "jellyfin", "url", "http://", "http:// then host"),
+        ("jellyfin", "jellyfin", "url", "https://nas:8920", "LAN http:// address"),
+        ("jellyfin", "jellyfin", "url", "HTTPS://nas", "no TLS"),
         ("jellyfin", "jellyfin", "url", "http://host:0", "host[:port][/path]"),
         ("jellyfin", "jellyfin", "url", "http://host:70000", "host[:port][/path]"),
         ("jellyfin", "jellyfin", "url", "http://host:port", "host[:port][/path]"),
@@ -1848,7 +1864,7 @@ config jellydemon 'main'
 	option log_level debug
 	option state_dir /overlay/jd
 config jellyfin 'jellyfin'
-	option url 'https://[fd00::2]:8920/jf/'
+	option url 'http://[fd00::2]:8096/jf/'
 	option api_key 'abc123'
 	option server_ip 'fd00::2'
 	option port '8096'
@@ -1875,7 +1891,7 @@ config bandwidth 'bandwidth'
         assert_eq!(c.main.interval, 300);
         assert_eq!(c.main.log_level, LogLevel::Debug);
         assert_eq!(c.main.state_dir, PathBuf::from("/overlay/jd"));
-        assert_eq!(c.jellyfin.url.as_deref(), Some("https://[fd00::2]:8920/jf"));
+        assert_eq!(c.jellyfin.url.as_deref(), Some("http://[fd00::2]:8096/jf"));
         assert_eq!(c.jellyfin.api_key.expose(), "abc123");
         assert_eq!(c.jellyfin.server_ip, Some("fd00::2".parse().expect("ip")));
         assert_eq!(c.jellyfin.ports, vec![8096, 8920]);

@@ -248,6 +248,10 @@ fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
         .collect()
 }
 
+/// How long the restore on SIGTERM may take in all (the promise is 5 s; some is left for tc
+/// and the exit).
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
+
 /// The guard's measurement window: the WAN rate over the last half second.
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
 /// How often the guard samples the WAN counter (by the clock, between ticks): the window
@@ -1416,6 +1420,7 @@ impl Daemon {
 
     /// Everything back as it was: own tc state removed, every original limit restored.
     pub fn shutdown(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_BUDGET;
         if let Some(s) = self.shaper.as_mut() {
             if let Err(e) = s.remove() {
                 warn!("could not remove all shaping state: {e}");
@@ -1424,15 +1429,25 @@ impl Daemon {
         if self.presence.asleep() {
             info!("the media server is asleep: the original limits stay in the backup for the next start or `jellydemon restore`");
         } else if !self.dry() {
-            // A short timeout: procd kills us 5 s after SIGTERM.
-            if let Ok(s) = server_for(&self.cfg, Duration::from_secs(2)) {
-                self.server = Some(s);
+            // Everything within SHUTDOWN_BUDGET of SIGTERM (DESIGN.md: 5 s; procd kills at
+            // the init script's term_timeout). The running client keeps the server's address:
+            // no name lookup now. Each user takes two calls, so each gets half of what is left.
+            if self.server.is_none() {
+                self.server = server_for(&self.cfg, Duration::from_secs(2)).ok();
             }
             let pending = match &self.backup {
                 Ok(b) => b.entries(),
                 Err(_) => Vec::new(),
             };
             for (uid, _) in pending {
+                let left = deadline.saturating_duration_since(Instant::now()) / 2;
+                if left < Duration::from_millis(100) {
+                    warn!("no time left to restore the remaining original limits: they stay in the backup for `jellydemon restore` or the next start");
+                    break;
+                }
+                if let Some(s) = self.server.as_mut() {
+                    s.set_timeout(left.min(Duration::from_secs(2)));
+                }
                 if !self.restore_user(&uid, false) {
                     warn!("Jellyfin unreachable: the remaining original limits stay in the backup for `jellydemon restore` or the next start");
                     break;

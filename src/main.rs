@@ -228,8 +228,15 @@ fn print_status(cfg: &Config, json: bool) -> u8 {
             return 1;
         }
     };
-    let st: status::Status = match serde_json::from_slice(&bytes) {
-        Ok(s) => s,
+    let st = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(v) if v.is_object() => status::Status::from_json(&v),
+        Ok(_) => {
+            eprintln!(
+                "jellydemon: {} is unreadable: not a JSON object",
+                p.display()
+            );
+            return 1;
+        }
         Err(e) => {
             eprintln!("jellydemon: {} is unreadable: {e}", p.display());
             return 1;

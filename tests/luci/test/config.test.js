@@ -172,14 +172,19 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 	await s.test('URLs, ranges and cross-checks match the daemon', async () => {
 		await tab(t.page, 'jellyfin');
 		const url = field(t.page, 'jellyfin.url');
-		const urlMsg = 'Expecting: an http:// or https:// URL such as http://192.168.1.2:8096';
+		const urlMsg = 'Expecting: an http:// URL such as http://192.168.1.2:8096';
 		for (const bad of [ 'ftp://jf.example.org', 'jellyfin:8096', 'http://host:99999', 'http://a b', 'http://me@host', 'http://host/?x=1' ]) {
 			await url.fill(bad);
 			await url.press('Tab');
 			assert.equal(await url.getAttribute('data-tooltip'), urlMsg, bad);
 		}
 		await saveExpectingError(t, 'Option "Server URL" contains an invalid input value. ' + urlMsg);
-		for (const good of [ 'https://jf.example.org/jellyfin', 'http://[fd00::2]:8096' ]) {
+		/* The daemon's rule (config.rs JELLYFIN_HTTPS_HINT): https refused with the same hint. */
+		const httpsMsg = 'https is not supported for Jellyfin, jellydemon has no TLS: use the server\'s LAN http:// address, e.g. http://192.168.1.2:8096; Jellyfin serves http on port 8096 also when https is enabled';
+		await url.fill('https://jf.example.org/jellyfin');
+		await url.press('Tab');
+		assert.equal(await url.getAttribute('data-tooltip'), httpsMsg);
+		for (const good of [ 'http://jf.example.org/jellyfin', 'http://[fd00::2]:8096' ]) {
 			await url.fill(good);
 			await url.press('Tab');
 			assert.equal(await url.getAttribute('data-tooltip'), null, good);
@@ -204,9 +209,18 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 			[ 'bandwidth', 'bandwidth.min_stream_mbps', '25', 'Expecting: a value not above the maximum per stream' ],
 			[ 'bandwidth', 'bandwidth.max_stream_mbps', '10001', 'Expecting: value smaller or equal to 10000' ],
 			[ 'jellyfin', 'jellyfin.api_key', 'two words', 'Expecting: printable characters without spaces' ],
-			[ 'user', `${userSid}.priority`, '0', 'Expecting: a number above 0' ]
+			[ 'user', `${userSid}.priority`, '0', 'Expecting: a number above 0' ],
+			[ 'publish', 'publish.webhook_url', 'ftp://ntfy.sh/x', 'Expecting: an http:// or https:// URL such as https://ntfy.sh/mytopic' ]
 		];
 		const tabOf = { general: 'main' };
+		/* Webhooks may be https (posted by the router's TLS client), with a query. */
+		await tab(t.page, 'publish');
+		const hook = field(t.page, 'publish.webhook_url');
+		await hook.fill('https://discord.com/api/webhooks/1/token?wait=true');
+		await hook.press('Tab');
+		assert.equal(await hook.getAttribute('data-tooltip'), null);
+		await hook.fill('');
+		await hook.press('Tab');
 		await tab(t.page, 'wol');
 		await t.page.locator('[id="widget.cbid.jellydemon.wol.enabled"]').check();
 		await saveExpectingError(t, 'Option "Server MAC address" contains an invalid input value. Expecting: the server\'s MAC address (needed to wake it)');

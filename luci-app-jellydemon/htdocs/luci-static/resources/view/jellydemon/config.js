@@ -64,14 +64,19 @@ function dropDefault(o) {
 	return o;
 }
 
-/* What the daemon accepts: http(s)://host[:port][/path]; no user part, no fragment. */
-function urlChecker(allowQuery) {
+/* What the daemon accepts: http(s)://host[:port][/path]; no user part, no fragment. Jellyfin
+ * itself only over http (the daemon has no TLS; the same hint as `jellydemon check`). */
+function urlChecker(allowQuery, allowHttps) {
 	return function(section_id, value) {
 		if (value == null || value === '')
 			return true;
+		if (!allowHttps && /^https:\/\//i.test(String(value)))
+			return _('https is not supported for Jellyfin, jellydemon has no TLS: use the server\'s LAN http:// address, e.g. http://192.168.1.2:8096; Jellyfin serves http on port 8096 also when https is enabled');
 		const m = String(value).match(/^https?:\/\/(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?(\/[^\s?#]*)?(\?[^\s#]*)?$/);
 		if (!m || (m[2] != null && (+m[2] < 1 || +m[2] > 65535)) || (m[4] != null && !allowQuery))
-			return _('Expecting: %s').format(_('an http:// or https:// URL such as http://192.168.1.2:8096'));
+			return _('Expecting: %s').format(allowHttps
+				? _('an http:// or https:// URL such as https://ntfy.sh/mytopic')
+				: _('an http:// URL such as http://192.168.1.2:8096'));
 		return true;
 	};
 }
@@ -221,9 +226,9 @@ return view.extend({
 		s.addremove = false;
 
 		o = addValue(s, form.Value, 'url', _('Server URL'),
-			_('Address of your Jellyfin server as seen from the router, e.g. http://192.168.1.2:8096. Use the server\'s LAN address: it is also where the media traffic is recognised.'));
+			_('Address of your Jellyfin server as seen from the router, e.g. http://192.168.1.2:8096. Use the server\'s LAN address over http (https is not supported here): it is also where the media traffic is recognised.'));
 		o.placeholder = 'http://192.168.1.2:8096';
-		o.validate = urlChecker(false);
+		o.validate = urlChecker(false, false);
 
 		o = addSecret(s, 'api_key', _('API key'),
 			_('Create one in Jellyfin under Dashboard > API Keys. Stored apart from these settings and never shown again, not even here: leave the field empty to keep the stored key, type a new one to replace it.'));
@@ -453,8 +458,8 @@ return view.extend({
 		o.validate = validatePromFile;
 
 		o = addSecret(s, 'webhook_url', _('Webhook URL'),
-			_('POST a short JSON message (with a Discord-compatible "content" field) to this address on events such as a wake or a restart. Its path usually holds a token, so it is stored apart from these settings and never shown again: leave the field empty to keep what is stored.'));
-		o.validate = urlChecker(true);
+			_('POST a short JSON message (with a Discord-compatible "content" field) to this address on events such as a wake or a restart. https:// addresses are posted by the router\'s own TLS client: curl if installed (the address stays hidden), else uclient-fetch with a libustream TLS library and ca-bundle (the address shows in the process list while an event is posted). Its path usually holds a token, so it is stored apart from these settings and never shown again: leave the field empty to keep what is stored.'));
+		o.validate = urlChecker(true, true);
 
 		return m.render();
 	}
