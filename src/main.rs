@@ -40,7 +40,7 @@ enum Verb {
 /// original limit and remove all shaping; SIGHUP reloads the configuration.
 #[argh(subcommand, name = "run")]
 struct Run {
-    /// decide and log what would change, change nothing
+    /// decide and log what would change, change nothing (originals left in the backup are put back)
     #[argh(switch)]
     dry_run: bool,
     /// run one tick and exit, leaving what it applied in place (`restore` undoes it)

@@ -41,16 +41,7 @@ fn desired(s: &Spec) -> plan::Desired {
 
 /// What tc prints back for a rate (kernel keeps bytes/s; tc shortens with K/M/G units).
 fn tc_rounded(bps: u64) -> u64 {
-    let mut r = bps / 8 * 8;
-    let mut mult = 1u64;
-    for _ in 0..4 {
-        if r < 1000 || (r % 1000 != 0 && r < 1_000_000) {
-            break;
-        }
-        r /= 1000;
-        mult *= 1000;
-    }
-    r * mult
+    parse::printed_rate(bps / 8 * 8)
 }
 
 fn arg<'a>(c: &'a [String], word: &str) -> Option<&'a str> {
