@@ -432,7 +432,7 @@ impl Daemon {
         let cfg = &self.cfg;
         self.capacity_bps = capacity(cfg, self.wan_dev.as_deref().ok(), Path::new(SQM_CONFIG));
         if self.capacity_bps.is_none() {
-            error!("uplink capacity unknown: set bandwidth.upload_mbps (or configure SQM on the WAN device); limits are not managed");
+            error!("uplink capacity unknown: set bandwidth.upload_mbps (or configure SQM on the WAN device); limits are not managed and remote streams pass unlimited");
         }
         self.limits.reconfigure(&cfg.main.state_dir);
         if let Some(e) = self.limits.error() {
@@ -585,7 +585,7 @@ impl Daemon {
         }
         if self.capacity_bps.is_none() {
             errors.push(
-                "uplink capacity unknown: set bandwidth.upload_mbps or enable SQM on the WAN device"
+                "uplink capacity unknown: set bandwidth.upload_mbps or enable SQM on the WAN device (until then nothing is limited)"
                     .into(),
             );
         }
@@ -942,7 +942,9 @@ impl Daemon {
             newcomer_bps: (self.cfg.bandwidth.min_stream_mbps * 1e6).round() as u64,
             internal: self.cfg.network.internal.clone(),
             viewers,
-            enforce: self.cfg.shaping.enabled,
+            // Only a plan that divided a known capacity may cap anything: before the first
+            // such plan (capacity unknown, Jellyfin not heard from yet) the classes only count.
+            enforce: self.cfg.shaping.enabled && self.last_plan.managing,
         };
         match sh.reconcile(&spec) {
             Ok(()) => {
@@ -1264,11 +1266,21 @@ impl Daemon {
             })
             .collect();
         streams.sort_by(|a, b| b.external.cmp(&a.external).then(a.user.cmp(&b.user)));
+        let managing_reason = status::unmanaged_reason(
+            self.capacity_bps.is_some(),
+            plan.managing,
+            self.dry(),
+            self.last_logged_error
+                .as_deref()
+                .or(self.server_error.as_deref()),
+        );
         let st = Status {
             version: status::STATUS_VERSION,
             updated: unix_now(),
             interval: self.cfg.main.interval,
             dry_run: self.dry(),
+            managing: managing_reason.is_none(),
+            managing_reason,
             jellyfin: status::JellyfinStatus {
                 reachable: self.reachable == Some(true),
                 server_version: self.server_version.clone(),

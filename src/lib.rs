@@ -4,6 +4,7 @@
 //! the server, a pure core decides, adapters act. Modules are named for those concepts.
 
 pub mod backup;
+pub mod capacity;
 pub mod check;
 pub mod config;
 pub mod conntrack;

@@ -544,9 +544,10 @@ fn external_stream_limited_within_one_tick_local_never() {
         "limit took {:?}",
         limited.duration_since(seen)
     );
-    // One external stream gets the whole budget: 20 × 0.9 − 2 = 16 Mbit/s (minus noise).
+    // One external stream gets the whole budget: 20 × 0.9 − 2 = 16 Mbit/s (minus noise) on
+    // the wire, so a Jellyfin limit 15 % lower (headers and refill room): 13.9.
     let l = h.limit(ALICE) as f64 / M;
-    assert!((14.0..=16.0).contains(&l), "alice limit {l}");
+    assert!((12.5..=14.0).contains(&l), "alice limit {l}");
     let st = wait_for(Duration::from_secs(10), "carol in the status", || {
         let st = h.status()?;
         stream(&st, "carol").is_some().then_some(st)
