@@ -311,12 +311,35 @@ fn check_wol(cfg: &Config) -> Vec<Line> {
             "set wol.interface to the LAN bridge (br-lan)",
         ));
     }
+    // The asleep/down distinction probes the server's address; a host name gives none.
+    if cfg.server_ip().is_none() {
+        out.push(Line::warn(
+            "the media server's IP address is unknown: a sleeping server will be reported as Jellyfin down",
+            "set jellyfin.server_ip (or use an IP address in jellyfin.url)",
+        ));
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wol_without_server_address_warns() {
+        let mut cfg = Config::default();
+        cfg.wol.enabled = true;
+        cfg.jellyfin.url = Some("http://nas.lan:8096".into());
+        let lines = check_wol(&cfg);
+        let (t, _) = render(&lines);
+        assert!(
+            t.contains("warn  the media server's IP address is unknown"),
+            "{t}"
+        );
+        cfg.jellyfin.server_ip = Some("192.168.1.2".parse().unwrap());
+        let (t, _) = render(&check_wol(&cfg));
+        assert!(!t.contains("IP address is unknown"), "{t}");
+    }
 
     #[test]
     fn render_exit_codes() {

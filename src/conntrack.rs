@@ -1314,11 +1314,17 @@ impl ConnectWatch {
 
     /// Appends every pending new connection to `out`, without blocking.
     pub fn drain(&mut self, out: &mut Vec<NewConn>) {
+        while self.drain_at_most(out, 64) {}
+    }
+
+    /// Like [`ConnectWatch::drain`], reading at most `reads` datagrams (bounded work under a
+    /// flood of new connections); true when more may be pending.
+    pub fn drain_at_most(&mut self, out: &mut Vec<NewConn>, reads: usize) -> bool {
         use nix::errno::Errno;
         use nix::sys::socket::{recv, MsgFlags};
-        loop {
+        for _ in 0..reads {
             match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return,
+                Ok(0) => return false,
                 Ok(n) => for_each_msg(&self.buf[..n], |ty, _, _, payload| {
                     if ty == (nl::NFNL_SUBSYS_CTNETLINK << 8) | nl::IPCTNL_MSG_CT_NEW {
                         if let Some(e) = parse_ct_msg(payload) {
@@ -1329,9 +1335,10 @@ impl ConnectWatch {
                 Err(Errno::EINTR) => continue,
                 // Lost events: the socket is usable again after the error was reported.
                 Err(Errno::ENOBUFS) => self.overruns = self.overruns.saturating_add(1),
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
+        true
     }
 }
 

@@ -12,6 +12,7 @@ use crate::observe::{self, RateMeter};
 use crate::publish::{self, Event, Webhook};
 use crate::shaper::{self, Shaper};
 use crate::status::{self, Status, StreamStatus};
+use crate::wake::{self, Liveness};
 use crate::wol;
 use log::{debug, error, info, warn};
 use std::collections::{BTreeMap, HashMap};
@@ -184,8 +185,28 @@ fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
         .collect()
 }
 
-/// How often the guard looks at the WAN counter between ticks.
+/// The guard's measurement window: the WAN rate over the last half second.
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
+/// How often the guard samples the WAN counter (by the clock, between ticks): the window
+/// slides by this step, so a jump is seen within a step of filling the window.
+pub const GUARD_STEP: Duration = Duration::from_millis(250);
+/// After a packet to a sleeping server, how long the loop ticks every second.
+const WAKING_WINDOW: Duration = Duration::from_secs(180);
+/// After Jellyfin answered from sleep, how long the loop keeps ticking every second (the
+/// viewer who woke it is about to start playing).
+const AFTER_WAKE_WINDOW: Duration = Duration::from_secs(60);
+/// The tick period while waking.
+const WAKING_TICK: Duration = Duration::from_secs(1);
+
+/// What the wake path needs from the configuration.
+fn wake_config(cfg: &Config, opts: Options) -> wake::WakeConfig {
+    wake::WakeConfig {
+        wol: cfg.wol.clone(),
+        internal: cfg.network.internal.clone(),
+        ports: cfg.jellyfin.ports.clone(),
+        dry_run: opts.dry_run || cfg.main.dry_run,
+    }
+}
 
 /// A stream as this tick saw it, with what the status and the events need.
 struct Seen {
@@ -204,7 +225,17 @@ pub struct Daemon {
     shaper: Option<Box<dyn Shaper>>,
     shaper_error: Option<String>,
     flows: Option<(Box<dyn FlowSource>, FlowCounter)>,
+    /// The conntrack watch, only when the wake thread could not start (then drained between
+    /// ticks, as a fallback).
     connect: Option<ConnectWatch>,
+    /// Owns the conntrack watch and sends on-connect wakes, whatever the tick is doing.
+    wake_thread: Option<wake::WakeThread>,
+    /// The scheduler and the record of sent packets, shared with the wake thread.
+    waker: wake::Waker,
+    /// Host asleep or awake, as the probes and Jellyfin's answers say.
+    presence: wake::Presence,
+    /// When Jellyfin last answered after a sleep.
+    woke_at: Option<Instant>,
     webhook: Option<Webhook>,
     backup: Result<Backup, String>,
     state: decide::State,
@@ -216,7 +247,7 @@ pub struct Daemon {
     /// status shows, what the guard subtracts).
     jellyfin_bps: u64,
     /// The guard's own meter (short windows between ticks).
-    guard_wan: RateMeter,
+    guard_wan: observe::WindowMeter,
     guard_last: Option<Instant>,
     wan_dev: Result<String, String>,
     capacity_bps: Option<u64>,
@@ -226,7 +257,6 @@ pub struct Daemon {
     server_version: Option<String>,
     last_logged_error: Option<String>,
     item_bitrates: HashMap<(String, String), Option<u64>>,
-    scheduler: wol::Scheduler,
     wol_status: status::WolStatus,
     known: BTreeMap<String, Event>,
     last_plan: Plan,
@@ -246,6 +276,10 @@ impl Daemon {
             shaper_error: None,
             flows: None,
             connect: None,
+            wake_thread: None,
+            waker: wake::Waker::new(wake_config(&cfg, opts)),
+            presence: wake::Presence::default(),
+            woke_at: None,
             webhook: None,
             backup: Err("not loaded".into()),
             state: decide::State::default(),
@@ -253,7 +287,7 @@ impl Daemon {
             wan_meter: RateMeter::default(),
             jf_meter: RateMeter::default(),
             jellyfin_bps: 0,
-            guard_wan: RateMeter::default(),
+            guard_wan: observe::WindowMeter::new(GUARD_PERIOD.as_secs_f64()),
             guard_last: None,
             wan_dev: Err("not resolved".into()),
             capacity_bps: None,
@@ -262,7 +296,6 @@ impl Daemon {
             server_version: None,
             last_logged_error: None,
             item_bitrates: HashMap::new(),
-            scheduler: wol::Scheduler::from_config(&cfg.wol),
             wol_status: status::WolStatus::default(),
             known: BTreeMap::new(),
             last_plan: Plan::default(),
@@ -319,7 +352,7 @@ impl Daemon {
                 }
             },
         };
-        self.scheduler = wol::Scheduler::from_config(&cfg.wol);
+        self.waker.reconfigure(wake_config(cfg, self.opts));
         self.wol_status.enabled = cfg.wol.enabled;
 
         // Shaping: own tc objects on the LAN side. A changed LAN device means the old tree
@@ -350,17 +383,7 @@ impl Daemon {
         if self.flows.is_none() {
             self.flows = best_flow_source().map(|s| (s, FlowCounter::new()));
         }
-        if cfg.wol.enabled && cfg.wol.on_connect && self.connect.is_none() {
-            match ConnectWatch::new() {
-                Ok(w) => self.connect = Some(w),
-                Err(e) => warn!(
-                    "cannot watch new connections for Wake-on-LAN ({e}); waking on sessions only"
-                ),
-            }
-        }
-        if !(cfg.wol.enabled && cfg.wol.on_connect) {
-            self.connect = None;
-        }
+        self.configure_wake_watch();
         if let Some(e) = &self.shaper_error {
             warn!("{e}");
         }
@@ -419,23 +442,7 @@ impl Daemon {
         };
 
         // Observe: who is streaming.
-        let sessions = match self.server.as_mut() {
-            Some(s) => s.sessions().map_err(|e| e.to_string()),
-            None => Err(self
-                .server_error
-                .clone()
-                .unwrap_or_else(|| "no Jellyfin server configured".into())),
-        };
-        let sessions = match sessions {
-            Ok(s) => {
-                self.set_reachable(true, None);
-                Some(s)
-            }
-            Err(e) => {
-                self.set_reachable(false, Some(e));
-                None
-            }
-        };
+        let sessions = self.observe_sessions();
 
         if let Some(sessions) = sessions {
             let seen = self.classify(sessions);
@@ -500,12 +507,97 @@ impl Daemon {
         if let Some(e) = &self.shaper_error {
             errors.push(e.clone());
         }
-        let playing = self
-            .last_seen
-            .iter()
-            .any(|s| !s.session.play_state.is_paused);
-        self.wol_step(playing, 0);
+        // A sleeping host plays nothing, whatever the last answer listed.
+        let playing = !self.presence.asleep()
+            && self
+                .last_seen
+                .iter()
+                .any(|s| !s.session.play_state.is_paused);
+        self.wol_step(playing);
         self.publish(wan_bps, errors);
+    }
+
+    /// Jellyfin's sessions, or None when it is away. While the host is known asleep, a cheap
+    /// probe replaces the calls (each would block for the whole timeout); after a failed call,
+    /// a probe tells "host asleep" (quiet, limits kept) from "Jellyfin down" (logged once).
+    fn observe_sessions(&mut self) -> Option<Vec<Session>> {
+        if self.presence.asleep() && self.probe() == Some(Liveness::Asleep) {
+            return None;
+        }
+        let result = match self.server.as_mut() {
+            Some(s) => s.sessions().map_err(|e| e.to_string()),
+            None => Err(self
+                .server_error
+                .clone()
+                .unwrap_or_else(|| "no Jellyfin server configured".into())),
+        };
+        match result {
+            Ok(s) => {
+                let sent = self.waker.lock().last.as_ref().map(|l| l.at);
+                if let wake::Change::Woke(after) =
+                    self.presence.answered(unix_now(), Instant::now(), sent)
+                {
+                    self.woke_at = Some(Instant::now());
+                    match after {
+                        Some(a) => info!("the media server is awake: Jellyfin answered {a:.1} s after the Wake-on-LAN packet"),
+                        None => info!("the media server is awake"),
+                    }
+                }
+                self.set_reachable(true, None);
+                Some(s)
+            }
+            Err(e) => {
+                if self.server.is_some() && self.probe() == Some(Liveness::Asleep) {
+                    // Quiet: sleeping is the server's normal state, not an error.
+                    self.reachable = Some(false);
+                    debug!("Jellyfin not answering ({e}); its host is asleep");
+                } else if self.presence.booting(unix_now()) {
+                    // The host is back from sleep; Jellyfin is still starting.
+                    self.reachable = Some(false);
+                    debug!("Jellyfin not answering yet ({e}); its host is starting");
+                } else {
+                    self.set_reachable(false, Some(e));
+                }
+                None
+            }
+        }
+    }
+
+    /// One liveness probe of the server host (None: no address to probe).
+    fn probe(&mut self) -> Option<Liveness> {
+        let ip = self.cfg.server_ip()?;
+        let port = *self.cfg.jellyfin.ports.first()?;
+        let timeout = wake::PROBE_TIMEOUT.min(Duration::from_secs(
+            u64::from(self.cfg.jellyfin.timeout).max(1),
+        ));
+        let l = wake::probe(std::net::SocketAddr::new(ip, port), timeout);
+        match self.presence.probed(unix_now(), l) {
+            wake::Change::FellAsleep => info!(
+                "the media server {ip} is asleep (no answer at all); limits kept, Jellyfin not asked until it answers"
+            ),
+            wake::Change::HostBack => info!("the media server {ip} answers again; waiting for Jellyfin"),
+            _ => {}
+        }
+        Some(l)
+    }
+
+    /// True while a magic packet went out for a sleeping server that has not answered yet,
+    /// and for a while after it did: the loop then ticks every second, so the stream that
+    /// caused the wake is limited as soon as it starts.
+    pub fn waking(&self) -> bool {
+        if self
+            .woke_at
+            .is_some_and(|t| t.elapsed() < AFTER_WAKE_WINDOW)
+        {
+            return true;
+        }
+        let Some(since) = self.presence.slept_since else {
+            return false;
+        };
+        let w = self.waker.lock();
+        w.last
+            .as_ref()
+            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && l.unix.saturating_add(60) >= since)
     }
 
     fn set_reachable(&mut self, ok: bool, err: Option<String>) {
@@ -859,46 +951,78 @@ impl Daemon {
         }
     }
 
-    /// Wake-on-LAN: sessions playing or new connections, through the pure scheduler.
-    fn wol_step(&mut self, playing: bool, new_connections: usize) {
+    /// Wake-on-LAN: sessions playing, through the scheduler shared with the wake thread.
+    fn wol_step(&mut self, playing: bool) {
         if !self.cfg.wol.enabled {
             return;
         }
-        let actions = self.scheduler.step(unix_now(), playing, new_connections);
-        for a in actions {
-            match a {
-                wol::Action::Wake(reason) => self.wake(reason),
-                wol::Action::RunIdle => self.run_idle(),
+        for a in self.waker.step(playing, 0) {
+            if a == wol::Action::RunIdle {
+                self.run_idle();
             }
+        }
+        // Wakes the thread sent since the last tick become events here (the webhook is the
+        // tick's).
+        let sent = std::mem::take(&mut self.waker.lock().unreported);
+        for why in sent {
+            self.notify(Event::ServerWoken { reason: why.into() });
         }
     }
 
-    fn wake(&mut self, reason: wol::Reason) {
-        let Some(mac) = self.cfg.wol.mac else { return };
-        let why = match reason {
-            wol::Reason::Session => "session",
-            wol::Reason::Connect => "connect",
-        };
-        if self.dry() {
-            info!("[dry run] would send a Wake-on-LAN packet ({why})");
+    /// Without conntrack events: the wake thread polls the `/proc` table once per interval.
+    fn start_proc_wake(&mut self, why: &str) {
+        if !Path::new(conntrack::PROC_PATH).exists() {
+            warn!("cannot watch new connections for Wake-on-LAN ({why}); waking on sessions only");
             return;
         }
-        let sender = wol::Sender::from_config(&self.cfg.wol);
-        match sender.send(mac, self.cfg.wol.password.as_deref()) {
-            Ok(report) => {
-                if let Err(e) = &report.udp {
-                    warn!("Wake-on-LAN: the UDP form was not sent ({e}); the raw frame was");
-                }
-                if let Err(e) = &report.raw {
-                    warn!("Wake-on-LAN: the raw frame was not sent ({e}); the UDP form was");
-                }
-                info!("Wake-on-LAN packet sent ({why})");
-                self.wol_status.last_wake = Some(unix_now());
-                self.wol_status.last_reason = Some(why.into());
-                self.wol_status.wakes += 1;
-                self.notify(Event::ServerWoken { reason: why.into() });
+        let poll = conntrack::ProcConnectPoll::new();
+        let period = Duration::from_secs(u64::from(self.cfg.main.interval.max(1)));
+        match wake::WakeThread::start_proc(self.waker.clone(), poll, period) {
+            Ok(t) => {
+                info!(
+                    "Wake-on-LAN: no conntrack events ({why}); watching {} every {} s for new connections",
+                    conntrack::PROC_PATH,
+                    period.as_secs()
+                );
+                self.wake_thread = Some(t);
             }
-            Err(e) => warn!("Wake-on-LAN failed: {e}"),
+            Err(e) => warn!("cannot start the wake thread ({e}); waking on sessions only"),
+        }
+    }
+
+    /// Starts (or stops) the wake thread as the configuration asks. A thread that cannot start
+    /// leaves the watch to the loop, drained between ticks as before.
+    fn configure_wake_watch(&mut self) {
+        if !(self.cfg.wol.enabled && self.cfg.wol.on_connect) {
+            self.wake_thread = None;
+            self.connect = None;
+            return;
+        }
+        if self.wake_thread.as_ref().is_some_and(|t| t.alive()) || self.connect.is_some() {
+            return;
+        }
+        self.wake_thread = None;
+        let watch = match ConnectWatch::new() {
+            Ok(w) => w,
+            Err(e) => {
+                self.start_proc_wake(&e.to_string());
+                return;
+            }
+        };
+        match wake::WakeThread::start(self.waker.clone(), watch) {
+            Ok(t) => {
+                info!(
+                    "Wake-on-LAN: watching new connections from outside to port(s) {:?}",
+                    self.cfg.jellyfin.ports
+                );
+                self.wake_thread = Some(t);
+            }
+            Err(e) => {
+                warn!(
+                    "cannot start the wake thread ({e}); new connections are handled between ticks"
+                );
+                self.connect = ConnectWatch::new().ok();
+            }
         }
     }
 
@@ -976,23 +1100,42 @@ impl Daemon {
         }
     }
 
-    /// New connections from outside to the Jellyfin port (Wake-on-LAN on_connect).
+    /// New connections from outside to the Jellyfin port, when no wake thread runs: one
+    /// bounded burst per call, so a flood cannot starve the loop.
     fn on_connections(&mut self) {
         let Some(w) = self.connect.as_mut() else {
             return;
         };
         let mut conns = Vec::new();
-        w.drain(&mut conns);
-        let internal = &self.cfg.network.internal;
-        let ports = &self.cfg.jellyfin.ports;
-        let n = conns
-            .iter()
-            .filter(|c| conntrack::is_outside_connect(c, internal, ports, &[]))
-            .count();
-        if n > 0 {
-            debug!("{n} new connection(s) to Jellyfin from outside");
-            self.wol_step(false, n);
-        }
+        wake::drain_burst(w, &mut conns);
+        self.waker.on_connections(&conns);
+    }
+
+    /// The Wake-on-LAN part of the status, from the shared record and the presence.
+    fn wol_status(&self) -> status::WolStatus {
+        let w = self.waker.lock();
+        let p = &self.presence;
+        let mut st = self.wol_status.clone();
+        st.last_wake = w.last.as_ref().map(|l| l.unix);
+        st.last_reason = w.last.as_ref().map(|l| l.reason.to_string());
+        st.wakes = w.wakes;
+        st.server_awake = p.known.then_some(!p.asleep());
+        st.asleep_since = p.asleep_since;
+        st.awake_after_s = p.awake_after_s.map(|a| (a * 10.0).round() / 10.0);
+        st.server_state = p.known.then(|| {
+            let woken = st
+                .last_wake
+                .zip(p.slept_since)
+                .is_some_and(|(t, since)| t.saturating_add(60) >= since);
+            match (p.asleep(), p.slept_since.is_some(), woken) {
+                (true, _, false) => "asleep",
+                (_, true, true) => "waking",
+                (false, true, false) => "booting",
+                _ => "awake",
+            }
+            .to_string()
+        });
+        st
     }
 
     fn notify(&mut self, e: Event) {
@@ -1128,6 +1271,10 @@ impl Daemon {
                 server_version: self.server_version.clone(),
                 error: if self.reachable == Some(true) {
                     None
+                } else if self.presence.asleep() {
+                    Some(
+                        "the media server is asleep (its host answers nothing); limits kept".into(),
+                    )
                 } else {
                     self.last_logged_error.clone().or(self.server_error.clone())
                 },
@@ -1141,7 +1288,7 @@ impl Daemon {
             },
             budget_bps: plan.budget_bps,
             streams,
-            wol: self.wol_status.clone(),
+            wol: self.wol_status(),
             shaping: status::ShapingStatus {
                 enabled: self.cfg.shaping.enabled,
                 active: self.status.shaping.active,
@@ -1173,7 +1320,9 @@ impl Daemon {
                 warn!("could not remove all shaping state: {e}");
             }
         }
-        if !self.dry() {
+        if self.presence.asleep() {
+            info!("the media server is asleep: the original limits stay in the backup for the next start or `jellydemon restore`");
+        } else if !self.dry() {
             // A short timeout: procd kills us 5 s after SIGTERM.
             if let Ok(s) = server_for(&self.cfg, Duration::from_secs(2)) {
                 self.server = Some(s);
@@ -1217,6 +1366,10 @@ fn fmt_limit(bps: i64) -> String {
 }
 
 /// The daemon: runs until SIGTERM/SIGINT (then cleans up), or one tick with `once`.
+///
+/// Between ticks the loop waits on the signals (and, without a wake thread, on new
+/// connections), and runs the guard by the clock every [`GUARD_STEP`], however busy the
+/// event sources are.
 pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -> i32 {
     let mut signals = signals;
     let mut d = Daemon::new(cfg, opts);
@@ -1227,18 +1380,32 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
         if opts.once {
             return 0;
         }
-        next += Duration::from_secs(d.cfg.main.interval as u64);
+        let period = if d.waking() {
+            WAKING_TICK
+        } else {
+            Duration::from_secs(d.cfg.main.interval as u64)
+        };
+        next += period;
         let now = Instant::now();
         if next < now {
             next = now;
         }
-        // Wait for the next tick, a signal, or a new connection (Wake-on-LAN within a second).
+        if next > now + period {
+            next = now + period;
+        }
+        let mut next_guard = now + GUARD_STEP;
         loop {
-            let left = next.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let now = Instant::now();
+            if now >= next {
                 break;
             }
-            let ms = left.min(GUARD_PERIOD).as_millis().min(i32::MAX as u128) as i32;
+            if now >= next_guard {
+                d.guard();
+                next_guard = Instant::now() + GUARD_STEP;
+                continue;
+            }
+            let wait = next.min(next_guard).saturating_duration_since(now);
+            let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
             let term_fd = signals.term.as_fd();
             let hup_fd = signals.hup.as_fd();
             let mut fds = vec![
@@ -1258,11 +1425,6 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
             let timeout =
                 nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
             match nix::poll::poll(&mut fds, timeout) {
-                Ok(0) => {
-                    drop(fds);
-                    d.guard();
-                    continue;
-                }
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {

@@ -18,6 +18,7 @@ pub mod shaper;
 pub mod status;
 pub mod text;
 pub mod uci;
+pub mod wake;
 pub mod wol;
 
 use std::io::Write;

@@ -46,20 +46,78 @@ impl RateMeter {
             self.last = Some((t0, c0));
             return None;
         }
-        let delta = if counter >= c0 {
-            counter - c0
-        } else if c0 <= u32::MAX as u64 && counter <= u32::MAX as u64 {
-            let wrapped = (u32::MAX as u64 - c0) + counter + 1;
-            // A wrap is only plausible if it implies a sane rate; otherwise it was a reset.
-            if (wrapped as f64 * 8.0 / dt) < 100e9 {
-                wrapped
-            } else {
+        let delta = counter_delta(c0, counter, dt)?;
+        Some((delta as f64 * 8.0 / dt) as u64)
+    }
+}
+
+/// Bytes a counter advanced from `c0` to `c1` in `dt` seconds, across a 32-bit wrap; None for
+/// a reset.
+fn counter_delta(c0: u64, c1: u64, dt: f64) -> Option<u64> {
+    if c1 >= c0 {
+        Some(c1 - c0)
+    } else if c0 <= u32::MAX as u64 && c1 <= u32::MAX as u64 {
+        let wrapped = (u32::MAX as u64 - c0) + c1 + 1;
+        // A wrap is only plausible if it implies a sane rate; otherwise it was a reset.
+        (wrapped as f64 * 8.0 / dt < 100e9).then_some(wrapped)
+    } else {
+        None
+    }
+}
+
+/// The rate over the last `window` seconds from samples taken more often than that (a
+/// sliding window): an increase shows up within one sampling step of filling the window,
+/// not one whole window later.
+#[derive(Clone, Debug)]
+pub struct WindowMeter {
+    window: f64,
+    /// (time, bytes counted since the first sample), oldest first; bounded by the window.
+    samples: std::collections::VecDeque<(f64, u64)>,
+    last_counter: Option<u64>,
+}
+
+impl WindowMeter {
+    pub fn new(window_s: f64) -> WindowMeter {
+        WindowMeter {
+            window: window_s,
+            samples: std::collections::VecDeque::new(),
+            last_counter: None,
+        }
+    }
+
+    /// Feeds a sample; returns bits/s over the newest span of at least the window, or None
+    /// until the samples span one (also after a counter reset, which starts afresh).
+    pub fn update(&mut self, now: f64, counter: u64) -> Option<u64> {
+        let (t_last, total) = self.samples.back().copied().unwrap_or((now, 0));
+        let prev = self.last_counter.replace(counter);
+        let total = match prev {
+            None => 0,
+            Some(_) if now <= t_last => {
+                self.last_counter = prev;
                 return None;
             }
-        } else {
-            return None;
+            Some(c0) => match counter_delta(c0, counter, now - t_last) {
+                Some(d) => total.saturating_add(d),
+                None => {
+                    self.samples.clear();
+                    0
+                }
+            },
         };
-        Some((delta as f64 * 8.0 / dt) as u64)
+        self.samples.push_back((now, total));
+        while self.samples.len() > 2 && now - self.samples[1].0 >= self.window {
+            self.samples.pop_front();
+        }
+        // Bounded even when samples come far faster than the window.
+        while self.samples.len() > 64 {
+            self.samples.pop_front();
+        }
+        let (t0, b0) = *self.samples.front()?;
+        let dt = now - t0;
+        if dt < self.window * 0.9 {
+            return None;
+        }
+        Some(((total - b0) as f64 * 8.0 / dt) as u64)
     }
 }
 
@@ -126,6 +184,45 @@ pub fn sqm_upload_bps(sqm_config: &[u8], device: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn window_meter_slides() {
+        let mut m = WindowMeter::new(0.5);
+        assert_eq!(m.update(0.0, 0), None);
+        assert_eq!(
+            m.update(0.25, 125_000),
+            None,
+            "the window is not spanned yet"
+        );
+        // 250 kB in 0.5 s = 4 Mbit/s.
+        assert_eq!(m.update(0.5, 250_000), Some(4_000_000));
+        // A jump: 1 MB in the last 0.25 s; the window 0.25..0.75 holds 1.125 MB.
+        assert_eq!(m.update(0.75, 1_250_000), Some(18_000_000));
+        assert_eq!(m.update(1.0, 2_250_000), Some(32_000_000));
+    }
+
+    #[test]
+    fn window_meter_reset_wrap_and_bounds() {
+        let mut m = WindowMeter::new(0.5);
+        m.update(0.0, u32::MAX as u64 - 999);
+        // A 32-bit wrap counts across.
+        assert_eq!(m.update(0.5, 1000), Some(32_000));
+        // A reset (a 64-bit counter going back) starts afresh.
+        let mut m = WindowMeter::new(0.5);
+        m.update(0.5, 10_000_000_000);
+        assert_eq!(m.update(1.0, 10), None);
+        assert_eq!(m.update(1.5, 62_510), Some(1_000_000));
+        // Time not moving forward is ignored.
+        assert_eq!(m.update(1.5, 99_999_999), None);
+        assert_eq!(m.update(2.0, 125_010), Some(1_000_000));
+        // Many samples within one window stay bounded.
+        let mut m = WindowMeter::new(1000.0);
+        for i in 0..10_000u64 {
+            m.update(i as f64 * 0.001, i);
+        }
+        assert!(m.samples.len() <= 64);
+    }
+
     use super::*;
 
     #[test]

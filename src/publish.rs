@@ -276,11 +276,37 @@ pub fn render_table(st: &Status) -> String {
             None => "no wake yet".into(),
         };
         let awake = match wol.server_awake {
-            Some(true) => ", server awake",
-            Some(false) => ", server asleep",
-            None => "",
+            Some(true) => ", server awake".to_string(),
+            Some(false) => match wol.asleep_since {
+                Some(t) => format!(", server asleep since {}", format_utc(t)),
+                None => ", server asleep".to_string(),
+            },
+            None => String::new(),
         };
         format!("{last}, {} wakes{awake}", wol.wakes)
+    };
+    let wake = match (
+        wol.server_state.as_deref(),
+        wol.last_wake,
+        wol.awake_after_s,
+    ) {
+        // The story of a wake from sleep, in the order it happens.
+        (Some("asleep"), _, _) => format!("{wake}; asleep, not woken yet"),
+        (Some("waking"), Some(t), _) => format!(
+            "{wake}; asleep, woken at {}{}; waiting for Jellyfin",
+            format_utc(t),
+            wol.last_reason
+                .as_deref()
+                .map(|r| format!(" ({})", clean(r)))
+                .unwrap_or_default()
+        ),
+        (Some("booting"), _, _) => {
+            format!("{wake}; the host answers, Jellyfin not yet")
+        }
+        (Some("awake"), _, Some(a)) => {
+            format!("{wake}; last wake from sleep: awake after {a:.1} s")
+        }
+        _ => wake,
     };
     let _ = writeln!(out, "Wake-on-LAN   {wake}");
 
@@ -529,6 +555,21 @@ pub fn render_prometheus(st: &Status) -> String {
             "1 when the media server answers.",
             u64::from(awake),
         );
+    }
+    if let Some(t) = st.wol.asleep_since {
+        p.gauge(
+            "jellydemon_wol_asleep_since_timestamp_seconds",
+            "Unix time since when the media server host has not answered at all.",
+            t,
+        );
+    }
+    if let Some(a) = st.wol.awake_after_s.filter(|a| a.is_finite() && *a >= 0.0) {
+        p.family(
+            "jellydemon_wol_awake_after_seconds",
+            "gauge",
+            "Seconds from the last magic packet to Jellyfin's first answer after a sleep.",
+        );
+        let _ = writeln!(p.out, "jellydemon_wol_awake_after_seconds {a:.1}");
     }
     p.out
 }

@@ -83,7 +83,15 @@ pub struct WolStatus {
     /// Why it was sent: "session", "connect" or "manual".
     pub last_reason: Option<String>,
     pub wakes: u64,
+    /// True when the server host answers, false while it sleeps (None: not known yet).
     pub server_awake: Option<bool>,
+    /// "awake", "asleep", "waking" (a packet left, no answer yet) or "booting" (the host
+    /// answers, Jellyfin not yet).
+    pub server_state: Option<String>,
+    /// Unix seconds since when the host has been silent.
+    pub asleep_since: Option<u64>,
+    /// Seconds from the last magic packet to Jellyfin's first answer after a sleep.
+    pub awake_after_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -145,6 +145,11 @@ impl Home {
     /// A home network with the emulator running and a daemon configuration written (not
     /// started). `extra` is appended to the UCI file.
     fn new(extra: &str) -> Home {
+        Home::with_timing(1, 2, extra)
+    }
+
+    /// Like [`Home::new`] with the tick `interval` and the Jellyfin `timeout` (seconds).
+    fn with_timing(interval: u32, timeout: u32, extra: &str) -> Home {
         let net = HomeNet::up(&Options {
             viewers: 3,
             ..Options::default()
@@ -162,8 +167,8 @@ impl Home {
         fs::write(
             &cfg,
             format!(
-                "config jellydemon 'main'\n\toption enabled '1'\n\toption interval '1'\n\toption state_dir '{d}/state'\n\toption run_dir '{d}/run'\n\
-                 config jellyfin 'jellyfin'\n\toption url 'http://192.168.1.2:8096'\n\toption api_key '{KEY}'\n\toption timeout '2'\n\toption notify_viewer '1'\n\
+                "config jellydemon 'main'\n\toption enabled '1'\n\toption interval '{interval}'\n\toption state_dir '{d}/state'\n\toption run_dir '{d}/run'\n\
+                 config jellyfin 'jellyfin'\n\toption url 'http://192.168.1.2:8096'\n\toption api_key '{KEY}'\n\toption timeout '{timeout}'\n\toption notify_viewer '1'\n\
                  config network 'network'\n\toption wan_device 'wan'\n\toption lan_device 'br-lan'\n\
                  config bandwidth 'bandwidth'\n\toption upload_mbps '20'\n{extra}",
                 d = dir.display()
@@ -212,6 +217,12 @@ impl Home {
     }
 
     fn start_daemon(&mut self, args: &[&str]) {
+        self.spawn_daemon(args);
+        wait_for(Duration::from_secs(20), "a first status", || self.status());
+    }
+
+    /// Starts the daemon without waiting for its first status.
+    fn spawn_daemon(&mut self, args: &[&str]) {
         let log = fs::File::create(&self.log).unwrap();
         let exe = daemon_exe();
         let mut argv = vec![
@@ -227,7 +238,10 @@ impl Home {
             .spawn_io(&self.net.router, &argv, Stdio::null(), Stdio::from(log))
             .expect("daemon");
         self.daemon = Some(child);
-        wait_for(Duration::from_secs(10), "a first status", || self.status());
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn jd(&self, args: &[&str]) -> (i32, String) {
@@ -342,6 +356,23 @@ impl Home {
         self.viewers.push(child);
     }
 
+    /// When the server first listed `user` playing, and when the user's limit was first set
+    /// (each awaited for at most `timeout`).
+    fn playing_then_limited(&self, user: &str, uid: &str, timeout: Duration) -> (Instant, Instant) {
+        let seen = wait_for(timeout, &format!("{user}'s session"), || {
+            let st = self.emu_state();
+            st["sessions"]
+                .as_array()?
+                .iter()
+                .any(|s| s["user_name"] == user && s["now_playing_item_id"].is_string())
+                .then(Instant::now)
+        });
+        let limited = wait_for(timeout, &format!("{user}'s limit"), || {
+            (self.limit(uid) > 0).then(Instant::now)
+        });
+        (seen, limited)
+    }
+
     fn daemon_alive(&mut self) -> bool {
         matches!(self.daemon.as_mut().map(|d| d.try_wait()), Some(Ok(None)))
     }
@@ -407,17 +438,7 @@ fn external_stream_limited_within_one_tick_local_never() {
         "dev-carol",
     );
     // The moment the server lists alice's playback, the next tick (1 s) must set her limit.
-    let seen = wait_for(Duration::from_secs(15), "alice's session", || {
-        let st = h.emu_state();
-        st["sessions"]
-            .as_array()?
-            .iter()
-            .any(|s| s["user_name"] == "alice" && s["now_playing_item_id"].is_string())
-            .then(Instant::now)
-    });
-    let limited = wait_for(Duration::from_secs(10), "alice's limit", || {
-        (h.limit(ALICE) > 0).then(Instant::now)
-    });
+    let (seen, limited) = h.playing_then_limited("alice", ALICE, Duration::from_secs(15));
     assert!(
         limited.duration_since(seen) <= Duration::from_millis(2500),
         "limit took {:?}",
@@ -799,75 +820,420 @@ fn status_verb_renders_the_running_daemon() {
     assert_eq!(v["version"], 1);
 }
 
+/// The media server really sleeps (silent: no RST, no ICMP, no ARP — real-world.md, Hosts and
+/// servers; the emulation is `HomeNet::sleep_server`). A remote viewer opens the app: the first
+/// SYN reaches the router while the daemon's first tick is blocked in Jellyfin calls that time
+/// out; the magic packet must still leave within a second. The server resumes after the boot
+/// delay, the viewer's retry gets through, and the new stream is limited within one tick.
+fn wake_a_sleeping_server(interval: u32, timeout: u32) {
+    let mut h = Home::with_timing(
+        interval,
+        timeout,
+        &format!(
+            "config wol 'wol'\n\toption enabled '1'\n\toption mac '{}'\n\toption interface 'br-lan'\n\toption on_connect '1'\n\toption on_session '1'\n\toption cooldown '60'\n",
+            topology::mac_text(topology::JF_MAC)
+        ),
+    );
+    let sleeper = h
+        .net
+        .sleep_server(topology::BOOT_DELAY)
+        .expect("the server sleeps");
+    h.spawn_daemon(&[]);
+    // The wake thread is up before the first tick starts (and blocks for `timeout`).
+    wait_for(Duration::from_secs(10), "the wake thread", || {
+        h.log_text()
+            .contains("watching new connections")
+            .then_some(())
+    });
+    let viewer = h.net.viewers[0].clone();
+    let t0 = in_ns(&viewer, || {
+        let t = Instant::now();
+        let e = std::net::TcpStream::connect_timeout(
+            &"198.51.100.1:8096".parse().unwrap(),
+            Duration::from_millis(300),
+        )
+        .expect_err("a sleeping server does not answer");
+        assert_ne!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "silent: {e}"
+        );
+        t
+    });
+    let magic = match sleeper.next(Duration::from_secs(3)) {
+        Some(topology::SleepEvent::Magic { at, .. }) => at,
+        other => panic!("no magic packet reached the server: {other:?}"),
+    };
+    let took = magic.saturating_duration_since(t0);
+    eprintln!("first SYN → magic packet on the LAN: {took:?}");
+    assert!(took < Duration::from_secs(1), "wake took {took:?}");
+    // No status yet: the first tick is still blocked in Jellyfin calls to the silent host.
+    assert!(
+        h.status().is_none(),
+        "the packet left while the first tick was blocked"
+    );
+    // The viewer's app retries until the server answers.
+    let stats = h.dir.join("dev-alice.jsonl");
+    let exe = topology::homenet_exe().unwrap();
+    let child = h
+        .net
+        .spawn_io(
+            &viewer,
+            &[
+                exe.to_str().unwrap(),
+                "viewer",
+                "--server",
+                "198.51.100.1:8096",
+                "--user",
+                "alice",
+                "--item",
+                ITEM6,
+                "--client",
+                "Jellyfin Web",
+                "--device-id",
+                "dev-alice",
+                "--method",
+                "transcode",
+                "--retry-for",
+                "60",
+                "--stats",
+                stats.to_str().unwrap(),
+            ],
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .expect("viewer");
+    h.viewers.push(child);
+    // While it sleeps: the status says so, once the daemon found out.
+    let asleep = wait_for(Duration::from_secs(20), "asleep in the status", || {
+        let st = h.status()?;
+        (st["wol"]["server_awake"] == false).then_some(st)
+    });
+    assert!(asleep["wol"]["asleep_since"].is_u64(), "{asleep}");
+    assert_eq!(asleep["wol"]["last_reason"], "connect");
+    let awake = match sleeper.next(topology::BOOT_DELAY + Duration::from_secs(5)) {
+        Some(topology::SleepEvent::Awake { at }) => at,
+        other => panic!("the server never woke: {other:?}"),
+    };
+    // The stream appears (the retry got through) and gets its limit within one tick.
+    let (seen, limited) = h.playing_then_limited("alice", ALICE, Duration::from_secs(30));
+    let tick = Duration::from_secs(u64::from(interval));
+    eprintln!(
+        "awake → playing: {:?}; playing → limited: {:?}",
+        seen.saturating_duration_since(awake),
+        limited.saturating_duration_since(seen)
+    );
+    assert!(
+        limited.saturating_duration_since(seen) <= tick + Duration::from_millis(1500),
+        "limit took {:?}",
+        limited.saturating_duration_since(seen)
+    );
+    let st = wait_for(Duration::from_secs(20), "awake after N s", || {
+        let st = h.status()?;
+        st["wol"]["awake_after_s"].as_f64().map(|a| (a, st))
+    });
+    let (after, st) = st;
+    eprintln!(
+        "status: awake after {after} s (boot delay {:?})",
+        topology::BOOT_DELAY
+    );
+    assert!(
+        after >= topology::BOOT_DELAY.as_secs_f64() - 0.5
+            && after <= topology::BOOT_DELAY.as_secs_f64() + f64::from(timeout) + 3.0,
+        "awake after {after} s"
+    );
+    assert_eq!(st["wol"]["server_awake"], true);
+    assert_eq!(st["wol"]["wakes"], 1, "one packet, then the cooldown");
+    let (_, table) = h.jd(&["status"]);
+    assert!(table.contains("awake after"), "{table}");
+    // Quiet while asleep: no error or warning about Jellyfin, one line saying it sleeps.
+    let log = h.log_text();
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Jellyfin unavailable") || l.starts_with("error: "))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "no error spam while asleep: {noisy:?}\n{log}"
+    );
+    assert_eq!(log.matches("is asleep").count(), 1, "{log}");
+    assert!(h.daemon_alive());
+}
+
 #[test]
-fn wake_on_lan_within_a_second_of_the_first_syn_then_cooldown() {
+fn wake_a_sleeping_server_with_the_shipped_timings() {
     if !need_root() {
         return;
     }
-    let mut h = Home::new(
-        "config wol 'wol'\n\toption enabled '1'\n\toption mac '52:54:00:12:34:56'\n\toption interface 'br-lan'\n\toption on_connect '1'\n\toption on_session '1'\n\toption cooldown '60'\n",
-    );
-    // The media server sleeps: nothing answers on 8096.
-    if let Some(mut e) = h.emu.take() {
-        let _ = e.kill();
-        let _ = e.wait();
+    wake_a_sleeping_server(5, 5);
+}
+
+#[test]
+fn wake_a_sleeping_server_with_short_timings() {
+    if !need_root() {
+        return;
     }
+    wake_a_sleeping_server(2, 2);
+}
+
+/// The server falls asleep while bob streams (his limit set): the daemon says so once, keeps
+/// the limit and the router class, and SIGTERM does not wait on the silent server — the
+/// original stays in the backup, and `jellydemon restore` puts it back once the server is
+/// woken (here by `jellydemon wake`).
+#[test]
+fn limits_kept_while_the_server_sleeps_and_sigterm_does_not_wait_for_it() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::with_timing(
+        2,
+        2,
+        &format!(
+            "config wol 'wol'\n\toption enabled '1'\n\toption mac '{}'\n\toption interface 'br-lan'\n\toption on_connect '0'\n\toption on_session '0'\n",
+            topology::mac_text(topology::JF_MAC)
+        ),
+    );
     h.start_daemon(&[]);
-    // The server's NIC, as seen from its LAN: the UDP form of the magic packet on port 9.
-    let jf = h.net.jf.clone();
-    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        in_ns(&jf, move || {
-            let sock = std::net::UdpSocket::bind("0.0.0.0:9").expect("bind :9");
-            let _ = ready_tx.send(());
-            sock.set_read_timeout(Some(Duration::from_secs(30)))
-                .unwrap();
-            let mut buf = [0u8; 512];
-            while let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-        })
+    h.remote_viewer(0, "bob", ITEM2, "transcode");
+    wait_for(Duration::from_secs(30), "bob limited", || {
+        (h.limit(BOB) != 12_000_000 && h.limit(BOB) > 0).then_some(())
     });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("the LAN-side listener is bound");
-    let viewer = h.net.viewers[0].clone();
-    let connect = || {
-        in_ns(&viewer, || {
-            let t = Instant::now();
-            let _ = std::net::TcpStream::connect_timeout(
-                &"198.51.100.1:8096".parse().unwrap(),
-                Duration::from_millis(500),
-            );
-            t
+    let sleeper = h
+        .net
+        .sleep_server(Duration::from_secs(2))
+        .expect("the server sleeps");
+    let st = wait_for(Duration::from_secs(20), "asleep in the status", || {
+        let st = h.status()?;
+        (st["wol"]["server_state"] == "asleep").then_some(st)
+    });
+    assert_eq!(st["wol"]["server_awake"], false);
+    assert_eq!(st["jellyfin"]["reachable"], false);
+    assert!(
+        st["jellyfin"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("asleep"),
+        "{st}"
+    );
+    // A few ticks asleep: quiet, and the class stays.
+    let before = h.log_text().lines().count();
+    wait_for(Duration::from_secs(20), "three ticks asleep", || {
+        let now = h.status()?["updated"].as_u64()?;
+        (now >= st["updated"].as_u64()? + 6).then_some(())
+    });
+    let log = h.log_text();
+    let later: Vec<&str> = log.lines().skip(before).collect();
+    assert!(
+        later
+            .iter()
+            .all(|l| !l.starts_with("warning: ") && !l.starts_with("error: ")),
+        "quiet while asleep: {later:?}"
+    );
+    assert_eq!(log.matches("is asleep").count(), 1, "{log}");
+    let classes = h.router_tc(&["class", "show", "dev", "jdshape0"]);
+    assert_eq!(viewer_classes(&classes), 1, "bob's class kept: {classes}");
+    let mut d = h.daemon.take().unwrap();
+    let t0 = Instant::now();
+    assert!(
+        HomeNet::stop(&mut d, Duration::from_secs(2)),
+        "exit within 2 s of SIGTERM although the server is silent"
+    );
+    eprintln!("SIGTERM while asleep → exit: {:?}", t0.elapsed());
+    assert_eq!(d.wait().ok().and_then(|s| s.code()), Some(0));
+    assert!(
+        h.log_text().contains("stay in the backup"),
+        "{}",
+        h.log_text()
+    );
+    // Wake it by hand, then restore.
+    let (code, out) = h.jd(&["wake"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        matches!(
+            sleeper.next(Duration::from_secs(3)),
+            Some(topology::SleepEvent::Magic { .. })
+        ),
+        "the manual wake reached the server"
+    );
+    assert!(matches!(
+        sleeper.next(Duration::from_secs(10)),
+        Some(topology::SleepEvent::Awake { .. })
+    ));
+    let restored = wait_for(Duration::from_secs(20), "restore", || {
+        let (code, out) = h.jd(&["restore"]);
+        (code == 0).then_some(out)
+    });
+    assert_eq!(
+        h.limit(BOB),
+        12_000_000,
+        "bob's own limit is back: {restored}"
+    );
+}
+
+/// Sum of the viewer classes' rates (bit/s) on the shaper device.
+fn viewer_class_rates(tc_class_show: &str) -> u64 {
+    tc_class_show
+        .lines()
+        .filter(|l| l.contains("parent 4a44:a") && !l.contains("4a44:e "))
+        .filter_map(|l| {
+            let r = l.split_whitespace().skip_while(|w| *w != "rate").nth(1)?;
+            let (num, mult) = if let Some(n) = r.strip_suffix("Mbit") {
+                (n, 1e6)
+            } else if let Some(n) = r.strip_suffix("Kbit") {
+                (n, 1e3)
+            } else {
+                (r.strip_suffix("bit")?, 1.0)
+            };
+            num.parse::<f64>().ok().map(|v| (v * mult) as u64)
         })
-    };
-    let t0 = connect();
-    let (t1, pkt) = rx
-        .recv_timeout(Duration::from_secs(2))
-        .expect("a magic packet within 2 s");
-    assert!(
-        t1.duration_since(t0) < Duration::from_secs(1),
-        "wake took {:?}",
-        t1.duration_since(t0)
-    );
-    let mut want = vec![0xffu8; 6];
-    for _ in 0..16 {
-        want.extend_from_slice(&[0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+        .sum()
+}
+
+/// A flood of new connections to the router's Jellyfin port from namespace `ns`: nonblocking
+/// connects closed at once (a SYN each, a new conntrack entry each), paced to about `per_s`.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Flood {
+    fn start(ns: &str, per_s: u64) -> Flood {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&sent));
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            use nix::sys::socket::{
+                connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+            };
+            let file = fs::File::open(&path).expect("netns file");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let to = SockaddrIn::new(198, 51, 100, 1, 8096);
+            let batch = (per_s / 100).max(1);
+            while !flag.load(Ordering::Relaxed) {
+                for _ in 0..batch {
+                    if let Ok(fd) = socket(
+                        AddressFamily::Inet,
+                        SockType::Stream,
+                        SockFlag::SOCK_NONBLOCK,
+                        None,
+                    ) {
+                        use std::os::fd::AsRawFd;
+                        let _ = connect(fd.as_raw_fd(), &to);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // Pacing, not synchronisation: about `per_s` SYNs a second.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Flood { stop, sent }
     }
-    assert_eq!(pkt, want, "the magic packet, byte for byte");
-    // A second connection within the cooldown sends nothing.
-    connect();
-    assert!(
-        rx.recv_timeout(Duration::from_secs(2)).is_err(),
-        "cooldown holds"
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A flood of new connections to the Jellyfin port (conntrack NEW events by the thousand)
+/// must starve neither the guard, which tightens the viewer classes within a second of a
+/// household upload (between ticks: interval 5), nor SIGTERM.
+#[test]
+fn guard_and_sigterm_hold_during_a_flood_of_new_connections() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::with_timing(
+        5,
+        5,
+        &format!(
+            "config wol 'wol'\n\toption enabled '1'\n\toption mac '{}'\n\toption interface 'br-lan'\n\toption on_connect '1'\n\toption cooldown '60'\n",
+            topology::mac_text(topology::JF_MAC)
+        ),
     );
+    h.start_daemon(&[]);
+    h.remote_viewer(0, "alice", ITEM6, "transcode");
+    h.remote_viewer(1, "bob", ITEM6, "transcode");
+    let before = wait_for(Duration::from_secs(40), "two viewer classes", || {
+        let c = h.router_tc(&["class", "show", "dev", "jdshape0"]);
+        (viewer_classes(&c) == 2 && h.limit(ALICE) > 0 && h.limit(BOB) != 12_000_000)
+            .then(|| viewer_class_rates(&c))
+    });
+    let flood = Flood::start(&h.net.viewers[2], 3000);
+    wait_for(Duration::from_secs(5), "the flood", || {
+        (flood.sent() > 3000).then_some(())
+    });
+    let exe = topology::homenet_exe().unwrap();
+    let inet = h.net.inet.clone();
+    let mut sink = h
+        .net
+        .spawn_io(
+            &inet,
+            &[exe.to_str().unwrap(), "sink", "--listen", "0.0.0.0:9000"],
+            Stdio::piped(),
+            Stdio::null(),
+        )
+        .unwrap();
+    let lines = topology::Lines::new(sink.stdout.take().unwrap());
+    h.viewers.push(sink);
+    lines
+        .next_json(Duration::from_secs(10), |v| v.get("listening").is_some())
+        .expect("the sink listens");
+    let lan = h.net.lan.clone();
+    let up = h
+        .net
+        .spawn_io(
+            &lan,
+            &[
+                exe.to_str().unwrap(),
+                "upload",
+                "--to",
+                "198.51.100.200:9000",
+                "--greedy",
+            ],
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .unwrap();
+    h.viewers.push(up);
+    lines
+        .next_json(Duration::from_secs(10), |v| v.get("accept").is_some())
+        .expect("the upload connects");
+    let t_up = Instant::now();
+    let tightened = wait_for(Duration::from_secs(5), "tighter classes", || {
+        let c = h.router_tc(&["class", "show", "dev", "jdshape0"]);
+        (viewer_class_rates(&c) < before * 9 / 10).then(Instant::now)
+    });
+    let took = tightened.saturating_duration_since(t_up);
+    eprintln!(
+        "during a flood of {} SYNs: household upload → classes tightened in {took:?}",
+        flood.sent()
+    );
+    assert!(took <= Duration::from_millis(1000), "guard took {took:?}");
     let st = h.status().unwrap();
-    assert_eq!(st["wol"]["last_reason"], "connect");
-    assert_eq!(st["wol"]["wakes"], 1);
+    assert!(
+        st["wol"]["wakes"].as_u64().unwrap_or(0) <= 1,
+        "cooldown: {st}"
+    );
+    // SIGTERM while the flood goes on.
+    let mut d = h.daemon.take().unwrap();
+    let t0 = Instant::now();
+    assert!(
+        HomeNet::stop(&mut d, Duration::from_secs(2)),
+        "exit within 2 s of SIGTERM during the flood"
+    );
+    eprintln!("SIGTERM → exit: {:?}", t0.elapsed());
+    assert_eq!(d.wait().ok().and_then(|s| s.code()), Some(0));
+    assert_eq!(h.limit(BOB), 12_000_000, "bob's own 12 Mbit/s is back");
+    drop(flood);
 }
 
 #[test]

@@ -177,6 +177,9 @@ fn sample_status() -> Status {
             last_reason: Some("session".into()),
             wakes: 3,
             server_awake: Some(true),
+            server_state: Some("awake".into()),
+            asleep_since: None,
+            awake_after_s: Some(8.4),
         },
         shaping: ShapingStatus {
             enabled: true,
@@ -230,6 +233,27 @@ fn table_reads_at_a_glance() {
     assert!(t.contains("external total [3.31, 5.11, 6.34 Mbps]"), "{t}");
     assert!(t.contains("Restarts      4"));
     assert!(t.contains("last wake 2026-11-28 01:23:20 UTC (session), 3 wakes, server awake"));
+    assert!(t.contains("last wake from sleep: awake after 8.4 s"), "{t}");
+
+    // The wake story: asleep, then woken at T (reason), then awake after N s.
+    let mut asleep = sample_status();
+    asleep.wol.server_awake = Some(false);
+    asleep.wol.server_state = Some("asleep".into());
+    asleep.wol.asleep_since = Some(1_795_828_000);
+    asleep.wol.awake_after_s = None;
+    let t2 = render_table(&asleep);
+    assert!(
+        t2.contains("server asleep since 2026-11-28 01:06:40 UTC"),
+        "{t2}"
+    );
+    assert!(t2.contains("asleep, not woken yet"), "{t2}");
+    asleep.wol.server_state = Some("waking".into());
+    asleep.wol.last_reason = Some("connect".into());
+    let t3 = render_table(&asleep);
+    assert!(
+        t3.contains("asleep, woken at 2026-11-28 01:23:20 UTC (connect); waiting for Jellyfin"),
+        "{t3}"
+    );
     assert!(t.contains("  - upload capacity unknown"));
 
     let mut down = sample_status();
@@ -321,6 +345,8 @@ fn prometheus_text_parses_with_hostile_labels() {
     assert_eq!(one("jellydemon_budget_bits_per_second"), 14_000_000.0);
     assert_eq!(one("jellydemon_jellyfin_up"), 1.0);
     assert_eq!(one("jellydemon_wol_wakes_total"), 3.0);
+    assert_eq!(one("jellydemon_wol_awake_after_seconds"), 8.4);
+    assert_eq!(one("jellydemon_wol_server_awake"), 1.0);
     let info = find("jellydemon_jellyfin_info", None);
     assert_eq!(info[0]["labels"]["version"], "10.11\"\n");
 

@@ -510,3 +510,116 @@ fn up_leaves_a_network_that_down_removes() {
     assert!(namespaces_present(&names).is_empty());
     assert!(topology::run(&[&exe(), "down", "nonsense"], None, Duration::from_secs(10)).is_err());
 }
+
+/// Runs `f` in a thread inside namespace `ns` (sockets it opens live there).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns file");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// A TCP connect from `ns` to `to`: Ok, or the error kind and errno.
+fn connect_from(ns: &str, to: SocketAddr, timeout: Duration) -> Result<(), std::io::Error> {
+    in_ns(ns, move || {
+        std::net::TcpStream::connect_timeout(&to, timeout).map(drop)
+    })
+}
+
+fn magic_from_router(net: &HomeNet, mac: [u8; 6]) {
+    let r = net.router.clone();
+    in_ns(&r, move || {
+        jellydemon::wol::Sender::new(topology::LAN_DEV, None)
+            .send(mac, None)
+            .expect("magic packet sent")
+            .complete()
+    });
+}
+
+#[test]
+fn sleeping_server_is_silent_until_its_magic_packet_then_answers_after_the_boot_delay() {
+    // real-world.md: a sleeping host answers nothing (no RST, no ICMP, no ARP/ND); a connect
+    // ends in a timeout or EHOSTUNREACH, never "refused"; only the magic packet for its MAC
+    // wakes it. Nothing listens on port 9999 in `jf`, so an awake host refuses there.
+    let net = net_with(20_000, 1);
+    let jf4: SocketAddr = (topology::JF_V4, 9999).into();
+    let jf6: SocketAddr = (topology::JF_V6, 9999).into();
+    let e = connect_from(&net.lan, jf4, Duration::from_secs(3)).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "awake: {e}"
+    );
+
+    let boot = Duration::from_secs(2);
+    let sleeper = net.sleep_server(boot).expect("asleep");
+    // Forget what the household host knew, so the connect must resolve the address anew.
+    net.exec(&net.lan, &["ip", "neigh", "flush", "all"])
+        .unwrap();
+    let t = Instant::now();
+    let e = connect_from(&net.lan, jf4, Duration::from_secs(5)).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::HostUnreachable
+        ) || e.raw_os_error() == Some(nix::libc::EHOSTUNREACH),
+        "asleep: a timeout or EHOSTUNREACH, never refused: {e:?}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "no quick answer: {e}"
+    );
+    let neigh = net
+        .exec(
+            &net.lan,
+            &["ip", "neigh", "show", &topology::JF_V4.to_string()],
+        )
+        .unwrap();
+    assert!(
+        !neigh.contains("lladdr"),
+        "no ARP reply from a sleeping host: {neigh}"
+    );
+    let e = connect_from(&net.lan, jf6, Duration::from_secs(2)).unwrap_err();
+    assert_ne!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "IPv6/ND silent too"
+    );
+
+    // Someone else's magic packet wakes nothing.
+    magic_from_router(&net, [0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
+    assert_eq!(sleeper.next(Duration::from_secs(1)), None);
+
+    let sent = Instant::now();
+    magic_from_router(&net, topology::JF_MAC);
+    let Some(topology::SleepEvent::Magic { at, .. }) = sleeper.next(Duration::from_secs(2)) else {
+        panic!("the NIC saw no magic packet");
+    };
+    assert!(at.duration_since(sent) < Duration::from_millis(500));
+    // Still silent while it resumes.
+    let e = connect_from(&net.lan, jf4, Duration::from_millis(500)).unwrap_err();
+    assert_ne!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "still booting"
+    );
+    let Some(topology::SleepEvent::Awake { at: up }) = sleeper.next(boot + Duration::from_secs(5))
+    else {
+        panic!("never woke");
+    };
+    assert!(up.duration_since(at) >= boot, "not before the boot delay");
+    // A client's retry gets through: a neighbour entry left failed by the sleep is probed
+    // anew on the next packet, and the host answers (here: refuses, nothing listens).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = connect_from(&net.lan, jf4, Duration::from_secs(1)).unwrap_err();
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            break;
+        }
+        assert!(Instant::now() < deadline, "awake again: {e}");
+    }
+}

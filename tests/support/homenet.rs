@@ -16,7 +16,7 @@ const USAGE: &str =
   viewer --server HOST:PORT --user N --item ID ...     a remote viewer (see the README)
   up [--uplink-mbps R] [--buffer-ms MS] [--viewers N]   build the network, print its names, keep it
   down TAG | down --all [--force]                      remove one run, or leftovers of dead runs
-  demo --daemon PATH [--scenario FILE] [--keep-logs DIR]   the real daemon in the emulated network
+  demo --daemon PATH [--scenario FILE] [--keep-logs DIR] [--wake-only]   the real daemon in the emulated network
   scenario FILE (--daemon PATH | --no-daemon) [--json OUT] [--live] [--keep-logs DIR]
   sink --listen ADDR [--listen ADDR]...                TCP discard server (JSON lines)
   upload --to ADDR (--rate-mbps R | --greedy) [--seconds S]

@@ -1391,7 +1391,7 @@ pub fn scenario_main(args: &[String]) -> Result<(), String> {
 
 /// `homenet demo --daemon PATH [--scenario FILE] [--keep-logs DIR]`.
 pub fn demo_main(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(args, &[])?;
+    let a = Args::parse(args, &["wake-only"])?;
     let daemon = PathBuf::from(a.get("daemon").ok_or("--daemon PATH is required")?);
     if !daemon.is_file() {
         return Err(format!(
@@ -1410,10 +1410,207 @@ pub fn demo_main(args: &[String]) -> Result<(), String> {
         live: true,
         keep_logs: a.get("keep-logs").map(PathBuf::from),
     };
-    let summary = run_scenario(&sc, &opts)?;
-    println!();
-    print!("{}", render_summary(&summary));
+    if !a.has("wake-only") {
+        let summary = run_scenario(&sc, &opts)?;
+        println!();
+        print!("{}", render_summary(&summary));
+        println!();
+    }
+    if a.get("scenario").is_none() {
+        wake_demo(&sc, &opts)?;
+    }
     Ok(())
+}
+
+/// The wake part of the demo: the media server sleeps (silent, see
+/// `HomeNet::sleep_server`), a friend opens the app, the router wakes the server, the stream
+/// starts and is limited. Uses the scenario's world and the daemon's shipped timings
+/// (interval 5, Jellyfin timeout 5).
+pub fn wake_demo(sc: &Scenario, opts: &RunOptions) -> Result<(), String> {
+    let daemon = opts
+        .daemon
+        .as_ref()
+        .ok_or("the wake demo needs the daemon")?;
+    let world = sc.world.as_ref().ok_or("the wake demo needs a world")?;
+    let friend = sc
+        .viewers
+        .iter()
+        .find(|v| v.from != "lan")
+        .ok_or("the wake demo needs a remote viewer")?;
+    let stop = stop_flag();
+    let exe = opts.homenet.to_string_lossy().into_owned();
+    let net = HomeNet::up(&Options {
+        uplink_kbit: (sc.uplink_mbps * 1000.0).round() as u64,
+        buffer_ms: sc.buffer_ms,
+        viewers: 1,
+    })?;
+    let tmp = TempDir::new(&net.tag)?;
+    println!("== wake: the media server sleeps; a friend opens the app");
+    let world_file = tmp.0.join("world.json");
+    std::fs::write(&world_file, world.to_string()).map_err(|e| e.to_string())?;
+    let wf = world_file.to_string_lossy().into_owned();
+    let v4 = format!("{}:{}", topology::JF_V4, topology::JF_PORT);
+    let (out, err) = log_pair(&tmp.0.join("jellyfin.log"))?;
+    let _emu = net.spawn_io(
+        &net.jf,
+        &[&exe, "jellyfin", "--listen", &v4, "--world", &wf],
+        out,
+        err,
+    )?;
+    net.exec(
+        &net.router,
+        &[&exe, "probe", "--to", &v4, "--timeout-ms", "15000"],
+    )
+    .map_err(|e| format!("the Jellyfin emulator did not start: {e}"))?;
+    let sleeper = net.sleep_server(topology::BOOT_DELAY)?;
+    println!(
+        "the server sleeps: it answers nothing (no RST, no ICMP, no ARP) until a magic packet for {} reaches it, then needs {} s to resume",
+        topology::mac_text(topology::JF_MAC),
+        topology::BOOT_DELAY.as_secs()
+    );
+    let mut wsc = sc.clone();
+    wsc.daemon.interval = 5;
+    for (k, v) in [
+        ("jellyfin.timeout", "5".to_string()),
+        ("wol.enabled", "1".into()),
+        ("wol.mac", topology::mac_text(topology::JF_MAC)),
+        ("wol.interface", topology::LAN_DEV.into()),
+        ("wol.on_connect", "1".into()),
+    ] {
+        wsc.daemon.options.insert(k.into(), v);
+    }
+    let run_dir = tmp.0.join("run");
+    let cfg = daemon_config(&wsc, &run_dir, &tmp.0.join("state"));
+    let config_file = tmp.0.join("jellydemon.conf");
+    std::fs::write(&config_file, cfg).map_err(|e| e.to_string())?;
+    let log = tmp.0.join("daemon.log");
+    let (out, err) = log_pair(&log)?;
+    let dp = daemon.to_string_lossy().into_owned();
+    let cp = config_file.to_string_lossy().into_owned();
+    let mut d = net.spawn_io(
+        &net.router,
+        &[&dp, "--config", &cp, "run", "--stderr"],
+        out,
+        err,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("watching new connections")
+    {
+        if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+            HomeNet::stop(&mut d, Duration::from_secs(5));
+            return Err("the daemon did not start its wake thread".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("jellydemon runs in the router (interval 5, jellyfin.timeout 5, wol.on_connect 1)");
+    let stats = tmp.0.join("friend.jsonl");
+    let t0 = Instant::now();
+    let target = format!("{}:{}", topology::ROUTER_WAN_V4, topology::JF_PORT);
+    let mut viewer = net.spawn_io(
+        &net.viewers[0],
+        &[
+            &exe,
+            "viewer",
+            "--server",
+            &target,
+            "--user",
+            &friend.user,
+            "--item",
+            &friend.item,
+            "--client",
+            "Jellyfin Web",
+            "--device-id",
+            "friend-phone",
+            "--method",
+            "transcode",
+            "--retry-for",
+            "60",
+            "--stats",
+            &stats.to_string_lossy(),
+        ],
+        Stdio::null(),
+        Stdio::null(),
+    )?;
+    println!(
+        "0.0 s  {} opens the app: the first SYN reaches the router",
+        friend.user
+    );
+    let secs = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+    let mut result = Ok(());
+    match sleeper.next(Duration::from_secs(5)) {
+        Some(topology::SleepEvent::Magic { at, raw }) => println!(
+            "{:.1} s  the magic packet reaches the server's NIC ({} form first; {:.1} ms after the app started)",
+            secs(at),
+            if raw { "raw 0x0842" } else { "UDP port 9" },
+            at.saturating_duration_since(t0).as_secs_f64() * 1000.0
+        ),
+        _ => result = Err("no magic packet reached the server".to_string()),
+    }
+    if result.is_ok() {
+        match sleeper.next(topology::BOOT_DELAY + Duration::from_secs(5)) {
+            Some(topology::SleepEvent::Awake { at }) => {
+                println!("{:.1} s  the server has resumed and answers", secs(at))
+            }
+            _ => result = Err("the server did not wake".to_string()),
+        }
+    }
+    let status = run_dir.join("status.json");
+    let mut shown_playing = false;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while result.is_ok() {
+        if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+            result = Err("the friend's stream was not limited within 40 s".into());
+            break;
+        }
+        let st: Option<serde_json::Value> = std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let stream = st.as_ref().and_then(|st| {
+            st["streams"]
+                .as_array()?
+                .iter()
+                .find(|x| x["user"] == friend.user.as_str())
+                .cloned()
+        });
+        if let Some(x) = stream {
+            if !shown_playing {
+                println!(
+                    "{:.1} s  {} plays {}",
+                    secs(Instant::now()),
+                    friend.user,
+                    x["title"].as_str().unwrap_or("")
+                );
+                shown_playing = true;
+            }
+            let limit = x["limit_bps"].as_u64().unwrap_or(0);
+            if limit > 0 {
+                let after = st.as_ref().and_then(|s| s["wol"]["awake_after_s"].as_f64());
+                println!(
+                    "{:.1} s  limited to {} Mbit/s (Jellyfin limit; shaped {} Mbit/s on the router)",
+                    secs(Instant::now()),
+                    mbit(limit),
+                    mbit(x["shaped_bps"].as_u64().unwrap_or(0))
+                );
+                if let Some(a) = after {
+                    println!(
+                        "status: \"awake after {a:.1} s\" (magic packet to Jellyfin answering)"
+                    );
+                }
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    HomeNet::stop(&mut viewer, Duration::from_secs(5));
+    HomeNet::stop(&mut d, Duration::from_secs(5));
+    if result.is_err() {
+        if let Some(dir) = &opts.keep_logs {
+            let _ = copy_files(&tmp.0, &dir.join("wake"));
+        }
+    }
+    result
 }
 
 /// `homenet up [--uplink-mbps R] [--buffer-ms MS] [--viewers N]`: builds the network and leaves

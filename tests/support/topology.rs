@@ -52,6 +52,10 @@ pub const INET_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
 pub const INET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x200);
 /// The Jellyfin port, forwarded from the WAN to `jf`.
 pub const JF_PORT: u16 = 8096;
+/// The media server NIC's Ethernet address (fixed, so a Wake-on-LAN configuration can name it).
+pub const JF_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// How long the emulated server takes from the magic packet to answering again.
+pub const BOOT_DELAY: Duration = Duration::from_secs(8);
 
 /// At most this many remote viewer hosts (their addresses stay below the sink's).
 pub const MAX_VIEWERS: usize = 100;
@@ -395,6 +399,12 @@ impl HomeNet {
             ("lan2", &self.lan, LAN_V4, LAN_V6),
         ] {
             self.veth(r, port, ns, "eth0")?;
+            if ns == &self.jf {
+                self.ip(
+                    ns,
+                    &["link", "set", "dev", "eth0", "address", &mac_text(JF_MAC)],
+                )?;
+            }
             self.ip(r, &["link", "set", "dev", port, "master", LAN_DEV])?;
             self.addr(ns, "eth0", &format!("{v4}/24"))?;
             self.addr(ns, "eth0", &format!("{v6}/64"))?;
@@ -603,6 +613,205 @@ impl HomeNet {
             }
         }
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+// ---- the sleeping media server ---------------------------------------------------------------
+//
+// How a real sleeping (suspended, soft-off) machine behaves (reference/real-world.md, "Hosts and
+// servers"; reference/openwrt.md §9): it answers nothing — no TCP RST, no ICMP, no ARP/ND
+// reply — so a TCP connect to it ends in a timeout, or EHOSTUNREACH once the sender's
+// neighbour resolution gives up (~3 s on Linux), never in "connection refused". Only its NIC
+// listens, for a magic packet (6 x 0xFF then its MAC 16 times) anywhere in a frame: the UDP
+// form (port 9) and the raw ethertype 0x0842 form both wake it. Then it needs some seconds to
+// resume before its services answer.
+//
+// The emulation: nftables tables in the server's namespace drop every packet in and out
+// (families inet, covering IPv4/IPv6 with ICMP and ND, and arp), which makes the host silent
+// without touching its processes; an AF_PACKET socket (the NIC's pattern matcher) sees every
+// frame before those hooks — packet taps run in __netif_receive_skb_core before the
+// protocol handlers (net/core/dev.c) — and, on a frame carrying the magic pattern for
+// [`JF_MAC`], removes the tables after the boot delay.
+
+const SLEEP_TABLE: &str = "homenet_sleep";
+
+fn sleep_ruleset() -> String {
+    let chains = "    chain in { type filter hook input priority -400; policy drop; }\n    \
+                  chain out { type filter hook output priority -400; policy drop; }\n";
+    let arp = "    chain in { type filter hook input priority 0; policy drop; }\n    \
+               chain out { type filter hook output priority 0; policy drop; }\n";
+    format!("table inet {SLEEP_TABLE} {{\n{chains}}}\ntable arp {SLEEP_TABLE} {{\n{arp}}}\n")
+}
+
+/// True when `frame` carries the magic pattern for `mac` anywhere (what a NIC matches).
+pub fn carries_magic(frame: &[u8], mac: [u8; 6]) -> bool {
+    let mut pattern = vec![0xFFu8; 6];
+    for _ in 0..16 {
+        pattern.extend_from_slice(&mac);
+    }
+    frame
+        .windows(pattern.len())
+        .any(|w| w == pattern.as_slice())
+}
+
+/// What happened to the sleeping server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SleepEvent {
+    /// A magic packet for its MAC reached the NIC (`raw`: the 0x0842 form, else UDP).
+    Magic { at: Instant, raw: bool },
+    /// It answers again.
+    Awake { at: Instant },
+}
+
+/// The media server asleep until a magic packet wakes it; see the notes above.
+pub struct Sleeper {
+    events: Receiver<SleepEvent>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Sleeper {
+    /// The next event, or None after `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<SleepEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl HomeNet {
+    /// Puts the media server to sleep: silent until a magic packet for [`JF_MAC`] reaches its
+    /// NIC, then awake again `boot_delay` later. Processes in its namespace keep running (the
+    /// Jellyfin emulator resumes with the host).
+    pub fn sleep_server(&self, boot_delay: Duration) -> Result<Sleeper> {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let ns = self.jf.clone();
+        // The NIC listens before the host goes silent, so no packet falls between the two.
+        std::thread::spawn(move || {
+            let nic = match open_nic(&ns) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let mut buf = vec![0u8; 2048];
+            let mut woken = None;
+            while !flag.load(Ordering::Relaxed) {
+                if let Some(t) = woken {
+                    if Instant::now() >= t {
+                        for family in ["inet", "arp"] {
+                            if let Err(e) = run(
+                                &[
+                                    "ip",
+                                    "netns",
+                                    "exec",
+                                    &ns,
+                                    "nft",
+                                    "delete",
+                                    "table",
+                                    family,
+                                    SLEEP_TABLE,
+                                ],
+                                None,
+                                CMD_TIMEOUT,
+                            ) {
+                                eprintln!("waking the server: {e}");
+                            }
+                        }
+                        let _ = tx.send(SleepEvent::Awake { at: Instant::now() });
+                        return;
+                    }
+                }
+                let Some(n) = nic_recv(&nic, &mut buf, Duration::from_millis(50)) else {
+                    continue;
+                };
+                let frame = &buf[..n];
+                if woken.is_none() && carries_magic(frame, JF_MAC) {
+                    let at = Instant::now();
+                    let raw = frame.len() >= 14 && frame[12..14] == [0x08, 0x42];
+                    let _ = tx.send(SleepEvent::Magic { at, raw });
+                    woken = Some(at + boot_delay);
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(CMD_TIMEOUT)
+            .map_err(|_| "the sleeping NIC did not open".to_string())??;
+        self.exec_stdin(&self.jf, &["nft", "-f", "-"], &sleep_ruleset())?;
+        Ok(Sleeper { events: rx, stop })
+    }
+}
+
+/// A packet socket on `eth0` of namespace `ns`, seeing every frame (the NIC's view).
+fn open_nic(ns: &str) -> Result<std::os::fd::OwnedFd> {
+    use nix::libc;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| format!("{ns}: {e}"))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns: {e}"))?;
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain syscalls on values owned here; the descriptor is owned at once.
+    unsafe {
+        let raw = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(all),
+        );
+        if raw < 0 {
+            return Err(format!(
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let fd = OwnedFd::from_raw_fd(raw);
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = all;
+        sll.sll_ifindex =
+            nix::net::if_::if_nametoindex("eth0").map_err(|e| format!("eth0: {e}"))? as i32;
+        let r = libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        if r != 0 {
+            return Err(format!("bind: {}", std::io::Error::last_os_error()));
+        }
+        Ok(fd)
+    }
+}
+
+fn nic_recv(fd: &std::os::fd::OwnedFd, buf: &mut [u8], wait: Duration) -> Option<usize> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsFd, AsRawFd};
+    let ms = PollTimeout::try_from(wait.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    if poll(&mut fds, ms).ok()? == 0 {
+        return None;
+    }
+    nix::sys::socket::recv(
+        fd.as_raw_fd(),
+        buf,
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()
 }
 
 impl Drop for HomeNet {

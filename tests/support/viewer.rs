@@ -18,6 +18,9 @@ const START_BUFFER_S: f64 = 2.0;
 const TICK: Duration = Duration::from_millis(100);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// One connection attempt while retrying (a browser gives up on a silent server after some
+/// seconds and tries again).
+const RETRY_ATTEMPT: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------------------------
 // Minimal HTTP/1.1 client (one request per connection)
@@ -371,12 +374,15 @@ pub struct ViewerOpts {
     pub stats: Option<String>,
     /// Source address for every connection (`--bind`), e.g. 127.0.0.2 to look remote.
     pub bind: Option<IpAddr>,
+    /// `--retry-for S`: keep trying to reach the server for this long, as apps do when the
+    /// server does not answer (e.g. while it wakes from sleep). 0 = one attempt.
+    pub retry_for: Duration,
 }
 
 impl ViewerOpts {
     /// Parses `--server HOST:PORT --user NAME --item ID --client NAME --device-id ID
     /// [--remote-control yes|no] [--method transcode|direct] [--max-bitrate BPS] [--seconds N]
-    /// [--stats FILE]`.
+    /// [--stats FILE] [--bind IP] [--retry-for S]`.
     pub fn parse(args: &[String]) -> Result<ViewerOpts, String> {
         let mut o = ViewerOpts {
             server: String::new(),
@@ -390,6 +396,7 @@ impl ViewerOpts {
             seconds: None,
             stats: None,
             bind: None,
+            retry_for: Duration::ZERO,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -432,6 +439,11 @@ impl ViewerOpts {
                     o.seconds = Some(v.parse().map_err(|_| format!("--seconds: {v:?}"))?)
                 }
                 "--stats" => o.stats = Some(val()?),
+                "--retry-for" => {
+                    let v = val()?;
+                    o.retry_for =
+                        Duration::from_secs(v.parse().map_err(|_| format!("--retry-for: {v:?}"))?);
+                }
                 "--bind" => {
                     let v = val()?;
                     o.bind = Some(
@@ -722,19 +734,38 @@ fn report(c: &Client, path: &str, pb: &Playback) -> Result<(), String> {
 pub fn run(opts: &ViewerOpts, stop: &AtomicBool, out: &mut dyn Write) -> Result<Summary, String> {
     let login_auth = auth_header(&opts.client, "homenet-viewer", &opts.device_id, None);
     let body = json!({"Username": opts.user, "Pw": ""}).to_string();
-    let r = http_from(
-        opts.bind,
-        &opts.server,
-        "POST",
-        "/Users/AuthenticateByName",
-        &[
-            ("Authorization", &login_auth),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body.as_bytes()),
-        HTTP_TIMEOUT,
-    )
-    .map_err(|e| format!("login: {e}"))?;
+    // A server that does not answer yet (asleep, booting) is retried with a fresh connection
+    // until `retry_for` has passed; each attempt waits at most RETRY_ATTEMPT.
+    let give_up = Instant::now() + opts.retry_for;
+    let r = loop {
+        let attempt = if opts.retry_for.is_zero() {
+            HTTP_TIMEOUT
+        } else {
+            RETRY_ATTEMPT
+        };
+        let tried = Instant::now();
+        match http_from(
+            opts.bind,
+            &opts.server,
+            "POST",
+            "/Users/AuthenticateByName",
+            &[
+                ("Authorization", &login_auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+            attempt,
+        ) {
+            Ok(r) => break r,
+            Err(e) if Instant::now() >= give_up || stop.load(Ordering::SeqCst) => {
+                return Err(format!("login: {e}"))
+            }
+            // Pacing, as a client's retry timer: a quick refusal is not retried in a spin.
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(500).saturating_sub(tried.elapsed()))
+            }
+        }
+    };
     if r.status != 200 {
         return Err(format!("login as {:?}: HTTP {}", opts.user, r.status));
     }

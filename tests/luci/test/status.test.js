@@ -201,3 +201,37 @@ test('status page with a moved runtime directory', { timeout: TEST_TIMEOUT }, as
 		assert.deepEqual([ ...new Set(t.server.state.calls.filter((c) => c.object == 'file').map((c) => c.args.path)) ], [ '/tmp/jd/status.json' ]);
 	});
 });
+
+test('status page while the media server sleeps and wakes', { timeout: TEST_TIMEOUT }, async (s) => {
+	const t = await setup({ config: CONFIG, files: { [STATUS_PATH]: JSON.stringify(status(now())) } });
+	s.after(() => t.close());
+
+	await s.test('tells the wake story: asleep, woken at T (reason), awake after N s', async () => {
+		await t.open('status', '?poll=1');
+		const page = t.page;
+		const t1 = now();
+		const show = async (wol, jellyfin) => {
+			const st = status(t1);
+			st.updated = now();
+			st.wol = Object.assign({ enabled: true, wakes: 1 }, wol);
+			if (jellyfin)
+				st.jellyfin = jellyfin;
+			t.server.state.files.set(STATUS_PATH, JSON.stringify(st));
+		};
+		const down = { reachable: false, server_version: null, error: null };
+		await show({ server_awake: false, server_state: 'asleep', asleep_since: t1 - 120, last_wake: null, wakes: 0 }, down);
+		await page.waitForFunction(() => /Asleep/.test(document.querySelector('[data-card=wake]').textContent));
+		assert.match(await page.locator('[data-card=wake]').textContent(), /not woken yet/);
+		assert.match(await page.locator('[data-card=jellyfin]').textContent(), /Server asleep.*limits kept/);
+
+		await show({ server_awake: false, server_state: 'waking', asleep_since: t1 - 120, last_wake: t1 - 3, last_reason: 'connect' }, down);
+		await page.waitForFunction(() => /Waking/.test(document.querySelector('[data-card=wake]').textContent));
+		assert.match(await page.locator('[data-card=wake]').textContent(), /asleep – woken at .* \(someone connected to Jellyfin\)/);
+
+		await show({ server_awake: true, server_state: 'awake', last_wake: t1 - 12, last_reason: 'connect', awake_after_s: 8.4 });
+		await page.waitForFunction(() => /awake after/.test(document.querySelector('[data-card=wake]').textContent));
+		assert.match(await page.locator('[data-card=wake]').textContent(), /someone connected to Jellyfin, server awake \(awake after 8 s\)/);
+		assert.match(await page.locator('[data-card=jellyfin]').textContent(), /Reachable/);
+		assert.deepEqual(t.problems, []);
+	});
+});

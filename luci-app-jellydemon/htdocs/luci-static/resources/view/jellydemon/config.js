@@ -348,7 +348,7 @@ return view.extend({
 		o.placeholder = _('automatic');
 
 		addValue(s, form.Flag, 'on_connect', _('Wake on connection'),
-			_('Wake as soon as someone outside connects to Jellyfin, before they press play.'),
+			_('Wake as soon as someone outside connects to Jellyfin, before they press play: the packet leaves within a second of their first connection attempt, also while the server sleeps.'),
 			'1');
 
 		addValue(s, form.Flag, 'on_session', _('Wake while playing'),

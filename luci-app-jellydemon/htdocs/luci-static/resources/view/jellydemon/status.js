@@ -214,9 +214,13 @@ function renderCards(st, now) {
 		_('updated %s, every %d s').format(ago(now - (num(st.updated) || 0)), num(st.interval) || 0),
 		st.dry_run ? 'jd-warn' : 'jd-ok'));
 
+	const asleep = wol.server_state === 'asleep' || wol.server_state === 'waking';
 	if (jf.reachable)
 		cards.push(card('jellyfin', _('Reachable'),
 			jf.server_version ? _('version %s').format(jf.server_version) : _('version unknown'), 'jd-ok'));
+	else if (asleep)
+		/* Sleeping is the server's normal state, not a fault: limits are kept meanwhile. */
+		cards.push(card('jellyfin', _('Server asleep'), _('limits kept until it answers'), 'jd-warn'));
 	else
 		cards.push(card('jellyfin', _('Unreachable'), jf.error || _('no answer'), 'jd-bad'));
 
@@ -232,13 +236,24 @@ function renderCards(st, now) {
 
 	if (!wol.enabled)
 		cards.push(card('wake', _('Off'), _('Wake-on-LAN is disabled')));
+	else if (wol.server_state === 'asleep')
+		cards.push(card('wake', _('Asleep'), num(wol.asleep_since) != null
+			? _('since %s, not woken yet').format(shortTime(wol.asleep_since, now))
+			: _('not woken yet'), 'jd-warn'));
+	else if (wol.server_state === 'waking' && num(wol.last_wake) != null)
+		cards.push(card('wake', _('Waking'), _('asleep – woken at %s (%s)').format(
+			shortTime(wol.last_wake, now), wakeReason(wol.last_reason)), 'jd-warn'));
+	else if (wol.server_state === 'booting')
+		cards.push(card('wake', _('Waking'), _('the host answers, Jellyfin not yet'), 'jd-warn'));
 	else if (num(wol.last_wake) == null)
 		cards.push(card('wake', _('Never'), _('no packet sent since start')));
 	else
 		cards.push(card('wake', shortTime(wol.last_wake, now),
-			'%s – %s%s'.format(ago(now - wol.last_wake), wakeReason(wol.last_reason),
+			'%s – %s%s%s'.format(ago(now - wol.last_wake), wakeReason(wol.last_reason),
 				wol.server_awake === true ? ', ' + _('server awake') :
-				wol.server_awake === false ? ', ' + _('server asleep') : '')));
+				wol.server_awake === false ? ', ' + _('server asleep') : '',
+				num(wol.awake_after_s) != null && wol.server_awake === true
+					? ' ' + _('(awake after %d s)').format(Math.round(wol.awake_after_s)) : '')));
 
 	return E('div', { 'class': 'jd-grid' }, cards);
 }
