@@ -386,8 +386,10 @@ mod tests {
                 raw = next;
                 r.push(t, raw);
             }
-            let lo = rates.iter().cloned().fold(f64::INFINITY, f64::min);
-            let hi = rates.iter().cloned().fold(0.0, f64::max);
+            // A rate beyond u64 saturates (`rate()`), so the bounds do too.
+            let cap = u64::MAX as f64;
+            let lo = rates.iter().cloned().fold(f64::INFINITY, f64::min).min(cap);
+            let hi = rates.iter().cloned().fold(0.0, f64::max).min(cap);
             let a = r.averages(t);
             for v in [a.m1, a.m5, a.m10, r.current()] {
                 let v = v as f64;
