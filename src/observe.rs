@@ -4,7 +4,6 @@
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// Reads a device's transmitted bytes from sysfs (`<sys>/class/net/<dev>/statistics/tx_bytes`).
 pub fn read_tx_bytes(sys_root: &Path, dev: &str) -> io::Result<u64> {
@@ -124,23 +123,35 @@ impl WindowMeter {
 /// Resolves a netifd logical interface (e.g. `wan`) to its layer-3 device with
 /// `ubus call network.interface.<name> status`, run without a shell.
 pub fn resolve_interface(name: &str) -> Result<String, String> {
+    resolve_interface_with("ubus", name, UBUS_TIMEOUT)
+}
+
+/// How long `ubus` may take: ubusd answers a status call in milliseconds.
+const UBUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn resolve_interface_with(
+    ubus: &str,
+    name: &str,
+    limit: std::time::Duration,
+) -> Result<String, String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("'{name}' is not a netifd interface name"));
     }
-    let out = Command::new("ubus")
-        .args(["call", &format!("network.interface.{name}"), "status"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| {
-            format!("cannot run ubus to find the device of interface '{name}' ({e}); set network.wan_device")
-        })?;
-    if !out.status.success() {
+    let (ok, stdout, _) = crate::child::run(
+        ubus,
+        &["call", &format!("network.interface.{name}"), "status"],
+        None,
+        limit,
+    )
+    .map_err(|e| {
+        format!("cannot run ubus to find the device of interface '{name}' ({e}); set network.wan_device")
+    })?;
+    if !ok {
         return Err(format!(
             "ubus knows no interface '{name}'; set network.wan_interface or network.wan_device"
         ));
     }
-    parse_ubus_status(&out.stdout).ok_or_else(|| {
+    parse_ubus_status(stdout.as_bytes()).ok_or_else(|| {
         format!("interface '{name}' has no device (is it up?); set network.wan_device")
     })
 }
@@ -269,6 +280,33 @@ mod tests {
         fs::write(dir.join("tx_bytes"), "garbage").unwrap();
         assert!(read_tx_bytes(&root, "wan0").is_err());
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A stuck ubus (ubusd hung, or the call never answered) must not stop the daemon: the call
+    /// has a deadline. A script that sleeps stands in for it.
+    #[test]
+    fn a_stuck_ubus_is_killed_at_the_deadline() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("jd-ubus-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("ubus");
+        fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        let t0 = std::time::Instant::now();
+        let r = resolve_interface_with(
+            fake.to_str().unwrap(),
+            "wan",
+            std::time::Duration::from_millis(300),
+        );
+        let _ = fs::remove_dir_all(&dir);
+        let e = r.unwrap_err();
+        assert!(e.contains("ubus") && e.contains("wan"), "{e}");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[test]
