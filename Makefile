@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps test test-rust test-luci test-package demo bench fuzz clean
+.PHONY: all build deps test test-rust test-luci test-package demo bench chaos fuzz clean
 
 all: build
 
@@ -64,6 +64,18 @@ bench: deps
 	  $$(for p in dist/jellydemon_*.ipk; do echo --package $$p; done) || status=1; \
 	exit $$status
 
+# ---- chaos: crash consistency (README "Crash consistency") ----
+# The daemon in the emulated home network is killed with SIGKILL at random moments while
+# viewers come and go and Jellyfin is slow or answers writes after the timeout; each kill is
+# followed by `jellydemon restore` or a new start. Fails on any lost original limit.
+# CHAOS_KILLS sets the number of kills; JD_CHAOS_SEED repeats a run.
+CHAOS_KILLS ?= 120
+
+chaos: deps
+	@[ "$$(id -u)" = 0 ] || { echo "make chaos needs root (it builds network namespaces)"; exit 1; }
+	$(CARGO) build --examples
+	JD_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) test --test e2e chaos_kill_9 -- --nocapture
+
 # ---- fuzz: libFuzzer on every parser of outside input (README "Fuzzing") ----
 # 10 million executions per target by default; RUNS=… and MAX_TIME=… (seconds per target)
 # change that, e.g. `make fuzz RUNS=0 MAX_TIME=600`; FUZZ_TARGETS=… picks targets (uci jellyfin
@@ -93,8 +105,8 @@ ipk:
 
 apk:
 	@echo "make apk does not exist: no apk v3 reader (apk-tools) could be run here to verify one." >&2
-	@echo "Build the .apk with an OpenWrt 25.12 SDK from the feed Makefile (openwrt/Makefile):" >&2
-	@echo "see the README, 'Build from the feed'." >&2
+	@echo "Build the .apk with an OpenWrt 25.12 SDK from the feed Makefile (net/jellydemon/Makefile):" >&2
+	@echo "see the README, 'Build from the feeds'." >&2
 	@exit 2
 
 bench-size:

@@ -10,15 +10,17 @@
 # mipsel_24kc, mips_24kc, ...). Writes OUTDIR/jellydemon_<ver>_<ARCH>.ipk from the cross-built
 # binary (openwrt/cross.sh ARCH must have run) and OUTDIR/luci-app-jellydemon_<ver>_all.ipk from
 # luci-app-jellydemon/{htdocs,root}. OUTDIR defaults to dist/.
-# Metadata comes from openwrt/Makefile and luci-app-jellydemon/Makefile, so the feed build and
-# this one describe the same package.
+# Metadata and the installed files come from the feed package (net/jellydemon/Makefile and
+# net/jellydemon/files/) and luci-app-jellydemon/Makefile, so the feed build and this one
+# describe the same package.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ARCH=${1:?usage: openwrt/ipk.sh ARCH [OUTDIR]}
 OUTDIR=${2:-$ROOT/dist}
 CROSS_OUT=${JELLYDEMON_CROSS_OUT:-$ROOT/build/cross}
-CONFIG=${JELLYDEMON_DEFAULT_CONFIG:-$ROOT/files/jellydemon.config}
+FEED=$ROOT/net/jellydemon
+CONFIG=${JELLYDEMON_DEFAULT_CONFIG:-$FEED/files/jellydemon.config}
 
 die() { printf '[ipk] error: %s\n' "$*" >&2; exit 1; }
 
@@ -106,37 +108,44 @@ description_lines() {
 }
 
 build_daemon() {
-	local mk=$ROOT/openwrt/Makefile
-	local name version release license maintainer section depends triple bin
+	local mk=$FEED/Makefile
+	local name version release license license_files maintainer section depends triple bin
 	name=$(mkvar "$mk" PKG_NAME)
 	version=$(mkvar "$mk" PKG_VERSION)
 	release=$(mkvar "$mk" PKG_RELEASE)
 	license=$(mkvar "$mk" PKG_LICENSE)
+	license_files=$(mkvar "$mk" PKG_LICENSE_FILES)
 	maintainer=$(mkvar "$mk" PKG_MAINTAINER)
 	section=$(mkdefine "$mk" "Package/$name" | sed -n 's/^[[:space:]]*SECTION:=//p')
 	depends=$(depends_of "$(mkdefine "$mk" "Package/$name" | sed -n 's/^[[:space:]]*DEPENDS:=//p')")
 	local cargo_version
 	cargo_version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
 	[ "$version" = "$cargo_version" ] ||
-		die "openwrt/Makefile PKG_VERSION ($version) differs from Cargo.toml ($cargo_version)"
+		die "net/jellydemon/Makefile PKG_VERSION ($version) differs from Cargo.toml ($cargo_version)"
 	triple=$("$ROOT/openwrt/cross.sh" triple "$ARCH") || exit 1
 	bin=$CROSS_OUT/$triple/jellydemon
 	[ -f "$bin" ] || die "no $bin: run 'make cross-$ARCH' (openwrt/cross.sh $ARCH) first"
 	[ -f "$CONFIG" ] || die "no default configuration at $CONFIG"
 
 	local dir=$WORK/$name
-	mkdir -p "$dir/data/usr/sbin" "$dir/data/etc/init.d" "$dir/data/etc/config" "$dir/control"
+	mkdir -p "$dir/data/usr/sbin" "$dir/data/etc/init.d" "$dir/data/etc/config" \
+		"$dir/data/lib/upgrade/keep.d" "$dir/control"
+	# the same files and modes as Package/jellydemon/install (INSTALL_BIN 0755, INSTALL_CONF
+	# 0600, INSTALL_DATA 0644)
 	install -m 0755 "$bin" "$dir/data/usr/sbin/jellydemon"
-	install -m 0755 "$ROOT/files/jellydemon.init" "$dir/data/etc/init.d/jellydemon"
+	install -m 0755 "$FEED/files/jellydemon.init" "$dir/data/etc/init.d/jellydemon"
 	install -m 0600 "$CONFIG" "$dir/data/etc/config/jellydemon"
+	install -m 0600 "$FEED/files/jellydemon_secrets.config" "$dir/data/etc/config/jellydemon_secrets"
+	install -m 0644 "$FEED/files/jellydemon.upgrade" "$dir/data/lib/upgrade/keep.d/jellydemon"
 	# libc: every OpenWrt package depends on it (the binary here is static, so it is harmless).
 	{
 		printf 'Package: %s\n' "$name"
 		printf 'Version: %s-%s\n' "$version" "$release"
 		printf 'Depends: %s\n' "libc${depends:+, $depends}"
-		printf 'Source: feeds/jellydemon/openwrt\n'
+		printf 'Source: feeds/packages/net/jellydemon\n'
 		printf 'SourceName: %s\n' "$name"
 		printf 'License: %s\n' "$license"
+		[ -z "$license_files" ] || printf 'LicenseFiles: %s\n' "$license_files"
 		printf 'Section: %s\n' "${section:-net}"
 		printf 'SourceDateEpoch: %s\n' "$SOURCE_DATE_EPOCH"
 		printf 'Maintainer: %s\n' "$maintainer"
@@ -181,7 +190,7 @@ build_luci() {
 		printf 'Package: %s\n' "$name"
 		printf 'Version: %s-%s\n' "$version" "$release"
 		printf 'Depends: %s\n' "libc, $(depends_of "$depends")"
-		printf 'Source: feeds/jellydemon/luci-app-jellydemon\n'
+		printf 'Source: feeds/luci/applications/luci-app-jellydemon\n'
 		printf 'SourceName: %s\n' "$name"
 		printf 'License: %s\n' "$license"
 		printf 'Section: luci\n'

@@ -142,27 +142,12 @@ fn gather(path: &Path) -> Vec<Line> {
             "set jellyfin.server_ip to the server's LAN address",
         )),
     }
-    if !Path::new(&format!(
-        "{}/class/net/{}",
-        daemon::SYS_ROOT,
-        cfg.network.lan_device
-    ))
-    .exists()
-    {
-        lines.push(Line::fail(
-            format!("LAN device {} not found", cfg.network.lan_device),
-            "set network.lan_device (usually br-lan)",
-        ));
-    } else {
-        lines.push(Line::ok(format!(
-            "LAN device {} found",
-            cfg.network.lan_device
-        )));
-    }
+    lines.extend(check_lan(cfg));
     lines.extend(check_shaping(cfg));
     lines.push(check_conntrack());
     lines.extend(check_bridge_netfilter());
     lines.extend(check_wol(cfg));
+    lines.extend(check_webhook(cfg, crate::tlsclient::TlsClient::find()));
     for (name, dir) in [
         ("state_dir", &cfg.main.state_dir),
         ("run_dir", &cfg.main.run_dir),
@@ -176,6 +161,30 @@ fn gather(path: &Path) -> Vec<Line> {
         });
     }
     lines
+}
+
+/// An https webhook needs the router's TLS client; say which one posts, and what shows in `ps`.
+fn check_webhook(cfg: &Config, tls: Option<crate::tlsclient::TlsClient>) -> Option<Line> {
+    use crate::tlsclient::Kind;
+    let url = cfg.publish.webhook_url.as_deref()?;
+    if !url.get(..8)?.eq_ignore_ascii_case("https://") {
+        return None;
+    }
+    Some(match tls {
+        Some(c) if c.kind == Kind::Curl => Line::ok(format!(
+            "webhook: https through {} (the URL is passed on stdin)",
+            c.program.display()
+        )),
+        Some(c) => Line::warn(
+            format!("webhook: https through {}", c.program.display()),
+            "uclient-fetch takes the URL on its command line, visible in ps while an event is \
+             posted; install curl to keep it hidden (opkg install curl / apk add curl)",
+        ),
+        None => Line::fail(
+            "webhook: https needs the router's TLS client; neither curl nor uclient-fetch found",
+            "opkg install uclient-fetch libustream-mbedtls ca-bundle (or curl)",
+        ),
+    })
 }
 
 fn writable(dir: &Path) -> std::io::Result<()> {
@@ -216,14 +225,22 @@ fn check_shaping(cfg: &Config) -> Vec<Line> {
     let caps = crate::shaper::probe("tc");
     let mut out = Vec::new();
     match caps.first_error().map(|e| e.to_string()) {
-        None => out.push(Line::ok(format!(
-            "tc, ifb and htb available{}",
-            if caps.fq_codel {
-                ""
-            } else {
-                " (no fq_codel: plain FIFO leaves)"
+        None => {
+            out.push(Line::ok(format!(
+                "tc, ifb and htb available{}",
+                if caps.fq_codel {
+                    ""
+                } else {
+                    " (no fq_codel: plain FIFO leaves)"
+                }
+            )));
+            if let Some(e) = &caps.netlink_error {
+                out.push(Line::warn(
+                    format!("traffic control not readable over rtnetlink ({e}): every tick runs tc instead"),
+                    "shaping works, at a process per listing; report this with your OpenWrt version",
+                ));
             }
-        ))),
+        }
         Some(p) if cfg.shaping.enabled => out.push(Line::fail(
             format!("shaping unavailable: {p}"),
             "opkg install tc kmod-ifb kmod-sched-core (or set shaping.enabled '0')",
@@ -253,6 +270,76 @@ fn check_conntrack() -> Line {
             "opkg install kmod-nf-conntrack-netlink (needed for Wake-on-LAN on connect and counting without tc)",
         ),
     }
+}
+
+/// The LAN device, the local networks and the server's IPv6 address, as netifd tells them.
+fn check_lan(cfg: &Config) -> Vec<Line> {
+    let mut out = Vec::new();
+    match daemon::lan_device(cfg) {
+        Ok(dev) if Path::new(&format!("{}/class/net/{dev}", daemon::SYS_ROOT)).exists() => {
+            out.push(Line::ok(format!("LAN device {dev} found")))
+        }
+        Ok(dev) => out.push(Line::fail(
+            format!("LAN device {dev} not found"),
+            "set network.lan_interface to the interface the media server is on, or network.lan_device (e.g. br-lan)",
+        )),
+        Err(e) => out.push(Line::fail(
+            format!("LAN device: {e}"),
+            "set network.lan_interface (usually lan) or network.lan_device (e.g. br-lan)",
+        )),
+    }
+    let internal = daemon::internal_networks(cfg, &cfg.network.internal);
+    let list: Vec<String> = internal.nets.iter().map(|n| n.to_string()).collect();
+    if internal.fallback {
+        out.push(Line::warn(
+            format!(
+                "local networks: netifd gave none for {} ({}); the private ranges stand in: {}",
+                cfg.network.internal_interfaces.join(", "),
+                internal.problems.join("; "),
+                list.join(" ")
+            ),
+            "check that the interface is up (ifstatus lan), or list the networks in network.internal (e.g. 192.168.1.0/24 2001:db8:1::/64)",
+        ));
+    } else {
+        out.push(Line::ok(format!("local networks {}", list.join(" "))));
+        for p in &internal.problems {
+            out.push(Line::warn(
+                p.clone(),
+                "remove the name from network.internal or fix it",
+            ));
+        }
+    }
+    let global_v6 = internal.nets.iter().any(|n| match n {
+        ipnet::IpNet::V6(n) => (n.addr().segments()[0] & 0xe000) == 0x2000,
+        _ => false,
+    });
+    let learned = match (cfg.server_ip6(), daemon::lan_device(cfg)) {
+        (None, Ok(lan)) => daemon::learn_server_ip6(cfg, &lan),
+        _ => crate::neigh::Learned::None,
+    };
+    match (cfg.server_ip6(), learned) {
+        (Some(ip), _) => out.push(Line::ok(format!("media server IPv6 address {ip}"))),
+        (None, crate::neigh::Learned::One(ip)) => out.push(Line::ok(format!(
+            "media server IPv6 address {ip} (from the neighbour table; set jellyfin.server_ip6 to fix it)"
+        ))),
+        (None, crate::neigh::Learned::Several(all)) => out.push(Line::warn(
+            format!(
+                "the media server has several IPv6 addresses ({}): remote IPv6 viewers are neither shaped nor counted",
+                all.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            "set jellyfin.server_ip6 to the address its viewers use (the stable one, not a temporary one)",
+        )),
+        (None, _) if global_v6 => out.push(Line::warn(
+            "the LAN has global IPv6 but the media server's IPv6 address is unknown: remote IPv6 viewers are neither shaped nor counted",
+            "set jellyfin.server_ip6 to the server's global address (ip -6 addr on the server)",
+        )),
+        (None, _) => {}
+    }
+    let offload = crate::firewall::read_offload(Path::new(crate::firewall::FIREWALL_CONFIG));
+    if offload.is_on() && cfg.shaping.enabled {
+        out.push(Line::warn(offload.meaning(), offload.fix()));
+    }
+    out
 }
 
 fn check_bridge_netfilter() -> Vec<Line> {
@@ -360,6 +447,45 @@ mod tests {
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].level, Level::Fail);
         assert!(lines[0].what.contains("interval"), "{:?}", lines[0]);
+        // The https rule for jellyfin.url fails with the hint the config load, LuCI and the
+        // README give.
+        std::fs::write(
+            &p,
+            "config jellyfin 'jellyfin'\n\toption url 'https://nas:8920'\n",
+        )
+        .unwrap();
+        let lines = gather(&p);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].level, Level::Fail);
+        assert!(
+            lines[0].what.contains(config::JELLYFIN_HTTPS_HINT),
+            "{:?}",
+            lines[0]
+        );
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn https_webhooks_name_the_tls_client() {
+        use crate::tlsclient::{Kind, TlsClient};
+        let mut cfg = Config::default();
+        assert_eq!(check_webhook(&cfg, None), None);
+        cfg.publish.webhook_url = Some("http://ha.lan:8123/api/webhook/x".into());
+        assert_eq!(check_webhook(&cfg, None), None);
+        cfg.publish.webhook_url = Some("https://discord.com/api/webhooks/1/SECRET".into());
+        let l = check_webhook(&cfg, None).unwrap();
+        assert_eq!(l.level, Level::Fail);
+        let tool = |kind, p: &str| {
+            Some(TlsClient {
+                kind,
+                program: p.into(),
+                ca_file: None,
+            })
+        };
+        let l = check_webhook(&cfg, tool(Kind::Curl, "/usr/bin/curl")).unwrap();
+        assert_eq!(l.level, Level::Ok);
+        let l = check_webhook(&cfg, tool(Kind::UclientFetch, "/bin/uclient-fetch")).unwrap();
+        assert_eq!(l.level, Level::Warn);
+        assert!(!format!("{l:?}").contains("SECRET"), "{l:?}");
     }
 }

@@ -6,7 +6,7 @@
 use crate::uci::{self, Package, ParseError, Section, Value};
 use ipnet::IpNet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 /// A string that must never reach a log, a status file or an error message.
@@ -71,6 +71,10 @@ pub struct Jellyfin {
     pub api_key: Secret,
     /// LAN address the media traffic comes from; `None` = the url's host when it is an IP.
     pub server_ip: Option<IpAddr>,
+    /// The server's global IPv6 address, which remote IPv6 viewers reach directly (IPv6 is
+    /// routed, not forwarded); `None` = `server_ip` when that is IPv6, else learned by the
+    /// daemon from the router's neighbour tables.
+    pub server_ip6: Option<Ipv6Addr>,
     pub ports: Vec<u16>,
     /// Seconds per HTTP call.
     pub timeout: u32,
@@ -86,8 +90,14 @@ pub struct Network {
     pub wan_interface: String,
     /// Explicit WAN device; wins over `wan_interface` when set.
     pub wan_device: Option<String>,
-    pub lan_device: String,
+    /// Logical LAN interface, resolved with ubus like the WAN.
+    pub lan_interface: String,
+    /// Explicit LAN device; wins over `lan_interface` when set.
+    pub lan_device: Option<String>,
+    /// The networks `internal` names directly (CIDRs).
     pub internal: Vec<IpNet>,
+    /// The interfaces `internal` names: their subnets and prefixes, read from netifd.
+    pub internal_interfaces: Vec<String>,
 }
 
 /// `config bandwidth 'bandwidth'`.
@@ -174,6 +184,7 @@ impl Default for Config {
                 url: None,
                 api_key: Secret::default(),
                 server_ip: None,
+                server_ip6: None,
                 ports: vec![8096],
                 timeout: 5,
                 manage_limits: true,
@@ -184,11 +195,10 @@ impl Default for Config {
             network: Network {
                 wan_interface: "wan".into(),
                 wan_device: None,
-                lan_device: "br-lan".into(),
-                internal: ["192.168.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "fc00::/7"]
-                    .iter()
-                    .map(|s| s.parse().expect("built-in default"))
-                    .collect(),
+                lan_interface: "lan".into(),
+                lan_device: None,
+                internal: Vec::new(),
+                internal_interfaces: vec!["lan".into()],
             },
             bandwidth: Bandwidth {
                 upload_mbps: None,
@@ -227,6 +237,15 @@ impl Config {
     /// The per-user settings for a Jellyfin user name (case-insensitive), if any.
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| same_user(&u.name, name))
+    }
+
+    /// The server's IPv6 address for shaping and counting: `server_ip6`, else `server_ip` (or
+    /// the url's host) when that is IPv6. `None`: the server's IPv6 traffic is left alone.
+    pub fn server_ip6(&self) -> Option<Ipv6Addr> {
+        self.jellyfin.server_ip6.or(match self.server_ip() {
+            Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => Some(v6),
+            _ => None,
+        })
     }
 
     /// The server's LAN address: `server_ip`, else the url's host when that is an IP literal.
@@ -275,6 +294,8 @@ pub struct Loaded {
     pub package: Package,
     /// The file actually read (it may be the `/var/run/uci` override).
     pub file: PathBuf,
+    /// The secrets file as read, when it exists (see [`secrets_path`]).
+    pub secrets: Option<(PathBuf, Package)>,
 }
 
 /// What went wrong while loading.
@@ -328,9 +349,80 @@ pub fn override_path(path: &Path, default: &Path, override_dir: &Path) -> PathBu
     path.to_path_buf()
 }
 
-/// Reads, parses and validates the configuration at `path` (see [`resolve_path`]).
+/// The UCI package that holds the secrets (`jellyfin.api_key`, `wol.password`,
+/// `publish.webhook_url`): a file of its own, because rpcd grants LuCI users access per file,
+/// so a role that may read the settings must not be able to read these.
+pub const SECRETS_PACKAGE: &str = "jellydemon_secrets";
+/// The options kept in [`SECRETS_PACKAGE`], under the same section and option names as in the
+/// main file (where they are still read, with a warning, for configurations made before).
+pub const SECRET_OPTIONS: &[(&str, &str)] = &[
+    ("jellyfin", "api_key"),
+    ("wol", "password"),
+    ("publish", "webhook_url"),
+];
+
+/// The secrets file that goes with the main file `file`: its sibling `<name>_secrets`
+/// (`/etc/config/jellydemon` -> `/etc/config/jellydemon_secrets`).
+pub fn secrets_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push("_secrets");
+    file.with_file_name(name)
+}
+
+/// Reads, parses and validates the configuration at `path` (see [`resolve_path`]), with the
+/// secrets file beside it (also looked up in the override directory for the default path).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    load_file(&resolve_path(path))
+    let secrets = if path == Path::new(DEFAULT_PATH) {
+        override_path(
+            &secrets_path(path),
+            &secrets_path(Path::new(DEFAULT_PATH)),
+            Path::new(OVERRIDE_DIR),
+        )
+    } else {
+        secrets_path(path)
+    };
+    load_files(&resolve_path(path), &secrets)
+}
+
+/// Reads, parses and validates exactly `file` and its [`secrets_path`], without the override
+/// lookup.
+pub fn load_file(file: &Path) -> Result<Loaded, ConfigError> {
+    load_files(file, &secrets_path(file))
+}
+
+/// The main file and the secrets file; a missing secrets file means no secrets there.
+fn load_files(file: &Path, secrets: &Path) -> Result<Loaded, ConfigError> {
+    let package = read_and_parse(file)?;
+    let secrets = match read_and_parse(secrets) {
+        Ok(p) => Some((secrets.to_path_buf(), p)),
+        Err(ConfigError {
+            kind: ErrorKind::Io,
+            ..
+        }) if !secrets.exists() => None,
+        Err(e) => return Err(e),
+    };
+    let mut loaded = from_packages(
+        &package,
+        file,
+        secrets.as_ref().map(|(f, p)| (p, f.as_path())),
+    )?;
+    if let Some(w) = secrets.as_ref().and_then(|(f, _)| loose_mode_warning(f)) {
+        loaded.warnings.push(w);
+    }
+    Ok(loaded)
+}
+
+/// A secrets file that others may read defeats its purpose; the package installs it 0600.
+fn loose_mode_warning(file: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{}: readable by others (mode {mode:03o}): chmod 600 {}",
+            file.display(),
+            file.display()
+        )
+    })
 }
 
 /// Reads and parses the configuration at `path` (after the override lookup) without
@@ -340,12 +432,6 @@ pub fn read_package(path: &Path) -> Result<(Package, PathBuf), ConfigError> {
     let file = resolve_path(path);
     let package = read_and_parse(&file)?;
     Ok((package, file))
-}
-
-/// Reads, parses and validates exactly `file`, without the override lookup.
-pub fn load_file(file: &Path) -> Result<Loaded, ConfigError> {
-    let package = read_and_parse(file)?;
-    from_package(&package, file)
 }
 
 fn read_and_parse(file: &Path) -> Result<Package, ConfigError> {
@@ -368,13 +454,12 @@ fn read_and_parse(file: &Path) -> Result<Package, ConfigError> {
             message: format!("larger than {MAX_FILE_BYTES} bytes, refused"),
         });
     }
-    let package = uci::parse(&data).map_err(|e| ConfigError {
+    uci::parse(&data).map_err(|e| ConfigError {
         file: file.to_path_buf(),
         line: None,
         message: e.to_string(),
         kind: ErrorKind::Parse(e),
-    })?;
-    Ok(package)
+    })
 }
 
 /// The `uci show jellydemon` text of the loaded file.
@@ -405,6 +490,7 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
             "url",
             "api_key",
             "server_ip",
+            "server_ip6",
             "port",
             "timeout",
             "manage_limits",
@@ -416,7 +502,13 @@ const SECTIONS: &[(&str, &str, &[&str])] = &[
     (
         "network",
         "network",
-        &["wan_interface", "wan_device", "lan_device", "internal"],
+        &[
+            "wan_interface",
+            "wan_device",
+            "lan_interface",
+            "lan_device",
+            "internal",
+        ],
     ),
     (
         "bandwidth",
@@ -453,6 +545,16 @@ const USER_OPTIONS: &[&str] = &["name", "priority", "min_mbps", "max_mbps", "exe
 
 /// Validates a parsed package into a [`Config`]; `file` is only used to name it in messages.
 pub fn from_package(pkg: &Package, file: &Path) -> Result<Loaded, ConfigError> {
+    from_packages(pkg, file, None)
+}
+
+/// [`from_package`] with the secrets package and its file, whose values win over the main
+/// file's.
+pub fn from_packages(
+    pkg: &Package,
+    file: &Path,
+    secrets: Option<(&Package, &Path)>,
+) -> Result<Loaded, ConfigError> {
     let refs = pkg.section_refs();
     let mut warnings = Vec::new();
     let mut c = Config::default();
@@ -524,13 +626,77 @@ pub fn from_package(pkg: &Package, file: &Path) -> Result<Loaded, ConfigError> {
         };
         warnings.push(format!("{}:{}: {msg}", file.display(), s.line));
     }
+    for (sec, opt) in SECRET_OPTIONS {
+        if let Some(o) = named(pkg, sec).and_then(|s| s.get(opt)) {
+            if o.value.items().iter().any(|v| !v.is_empty()) {
+                warnings.push(format!(
+                    "{}:{}: {PACKAGE}.{sec}.{opt}: a secret in the main file, which every LuCI user allowed to see the settings can read; move it to {SECRETS_PACKAGE}.{sec}.{opt} (README: Secrets)",
+                    file.display(),
+                    o.line
+                ));
+            }
+        }
+    }
+    if let Some((spkg, sfile)) = secrets {
+        apply_secrets(spkg, sfile, &mut c, &mut warnings)?;
+    }
     cross_checks(pkg, file, &c, &mut warnings)?;
     Ok(Loaded {
         config: c,
         warnings,
         package: pkg.clone(),
         file: file.to_path_buf(),
+        secrets: secrets.map(|(p, f)| (f.to_path_buf(), p.clone())),
     })
+}
+
+/// Takes the secrets from their own package; anything else there is ignored with a warning.
+fn apply_secrets(
+    pkg: &Package,
+    file: &Path,
+    c: &mut Config,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let refs = pkg.section_refs();
+    for (i, s) in pkg.sections.iter().enumerate() {
+        let r = Reader {
+            file,
+            sec: s,
+            path: format!("{SECRETS_PACKAGE}.{}", refs[i]),
+        };
+        let known = SECRET_OPTIONS
+            .iter()
+            .find(|(n, _)| Some(*n) == s.name.as_deref() && s.stype == *n);
+        let Some((sec, opt)) = known else {
+            warnings.push(format!(
+                "{}:{}: {}: ignored: only the sections jellyfin, wol and publish (each of its own type) hold secrets",
+                file.display(),
+                s.line,
+                r.path
+            ));
+            continue;
+        };
+        r.warn_unknown(&[opt], warnings);
+        match *sec {
+            "jellyfin" => {
+                let key = r.api_key()?;
+                if !key.is_empty() {
+                    c.jellyfin.api_key = key;
+                }
+            }
+            "wol" => {
+                if let Some(p) = r.password()? {
+                    c.wol.password = Some(p);
+                }
+            }
+            _ => {
+                if let Some(u) = r.webhook()? {
+                    c.publish.webhook_url = Some(u);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn named<'a>(pkg: &'a Package, name: &str) -> Option<&'a Section> {
@@ -597,7 +763,7 @@ fn cross_checks(
         }
         if c.jellyfin.api_key.is_empty() {
             warnings.push(format!(
-                "{}: {PACKAGE}.jellyfin.api_key is not set: Jellyfin will refuse the daemon",
+                "{}: {SECRETS_PACKAGE}.jellyfin.api_key is not set: Jellyfin will refuse the daemon",
                 file.display()
             ));
         }
@@ -727,19 +893,35 @@ impl<'a> Reader<'a> {
                 _ => None,
             },
         )?;
-        let path = "an absolute path";
-        self.set(&mut m.state_dir, "state_dir", path, parse_abs_path)?;
-        self.set(&mut m.run_dir, "run_dir", path, parse_abs_path)
+        let path = "an absolute path without '.' or '..' parts, outside /etc/jellydemon/hooks";
+        self.set(&mut m.state_dir, "state_dir", path, parse_own_dir)?;
+        self.set(&mut m.run_dir, "run_dir", path, parse_own_dir)
     }
 
     fn jellyfin(&self, j: &mut Jellyfin) -> R<()> {
-        j.url = self.get(
-            "url",
-            "http:// or https:// then host[:port][/path], e.g. http://192.168.1.2:8096",
-            parse_url,
-        )?;
+        let allowed = "http:// then host[:port][/path], e.g. http://192.168.1.2:8096";
+        j.url = match self.single("url", allowed)? {
+            Some((v, line))
+                if v.get(..8)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("https://")) =>
+            {
+                return Err(self.bad(line, "url", v, JELLYFIN_HTTPS_HINT))
+            }
+            _ => self.get("url", allowed, |v| {
+                v.starts_with("http://").then(|| parse_url(v)).flatten()
+            })?,
+        };
         j.api_key = self.api_key()?;
         j.server_ip = self.get("server_ip", "an IPv4 or IPv6 address", |v| v.parse().ok())?;
+        j.server_ip6 = self.get(
+            "server_ip6",
+            "the server's global IPv6 address, e.g. 2001:db8:2::2",
+            |v| {
+                v.parse::<Ipv6Addr>()
+                    .ok()
+                    .filter(|a| !a.is_unspecified() && !a.is_multicast())
+            },
+        )?;
         if let Some(mut ports) = self.list("port", "a TCP port from 1 to 65535", parse_port)? {
             let mut seen = Vec::new();
             ports.retain(|p| {
@@ -794,13 +976,20 @@ impl<'a> Reader<'a> {
         )?;
         let dev = "a network device name: 1 to 15 characters, no spaces, '/' or ':'";
         n.wan_device = self.get("wan_device", dev, parse_ifname)?;
-        self.set(&mut n.lan_device, "lan_device", dev, parse_ifname)?;
-        if let Some(nets) = self.list(
+        self.set(
+            &mut n.lan_interface,
+            "lan_interface",
+            "a logical interface name: letters, digits and _",
+            |v| valid_uci_name(v).then(|| v.to_string()),
+        )?;
+        n.lan_device = self.get("lan_device", dev, parse_ifname)?;
+        if let Some(items) = self.list(
             "internal",
-            "an IPv4 or IPv6 network, e.g. 192.168.0.0/16 or fc00::/7",
-            parse_cidr,
+            "an IPv4 or IPv6 network (e.g. 192.168.0.0/16 or fc00::/7) or an interface name (e.g. lan)",
+            parse_internal,
         )? {
-            n.internal = nets;
+            n.internal = items.iter().filter_map(|i| i.clone().ok()).collect();
+            n.internal_interfaces = items.into_iter().filter_map(|i| i.err()).collect();
         }
         Ok(())
     }
@@ -896,11 +1085,7 @@ impl<'a> Reader<'a> {
             "a unicast MAC address like aa:bb:cc:dd:ee:ff (or with '-'), not all zero",
             |v| parse_mac(v).filter(|m| m[0] & 1 == 0 && *m != [0; 6]),
         )?;
-        w.password = self.get(
-            "password",
-            "a SecureOn password: 6 bytes like aa:bb:cc:dd:ee:ff, or 4 bytes like 192.168.1.1",
-            parse_password,
-        )?;
+        w.password = self.password()?;
         let dev = "a network device name: 1 to 15 characters, no spaces, '/' or ':'";
         self.set(&mut w.interface, "interface", dev, parse_ifname)?;
         w.broadcast = self.get("broadcast", "an IPv4 address", |v| v.parse().ok())?;
@@ -915,7 +1100,7 @@ impl<'a> Reader<'a> {
             " of minutes",
         )?;
         if let Some((v, line)) = self.single("idle_command", "a command line")? {
-            w.idle_command = split_argv(v).map_err(|why| {
+            let argv = split_argv(v).map_err(|why| {
                 self.bad(
                     line,
                     "idle_command",
@@ -923,23 +1108,51 @@ impl<'a> Reader<'a> {
                     &format!("a command and its arguments, split at spaces, with '...' or \"...\" quoting; {why}"),
                 )
             })?;
+            // Whoever may edit the settings (a LuCI role) must not be able to run any program
+            // as root: only programs root put into the hooks directory are allowed.
+            if argv.first().is_some_and(|p| !is_hook(p)) {
+                return Err(self.bad(
+                    line,
+                    "idle_command",
+                    v,
+                    &format!("a program in {HOOKS_DIR}/ and its arguments, e.g. {HOOKS_DIR}/poweroff-nas; put the commands into that script"),
+                ));
+            }
+            w.idle_command = argv;
         }
         Ok(())
     }
 
     fn publish(&self, p: &mut Publish) -> R<()> {
-        p.prometheus_file = self.get("prometheus_file", "an absolute file path", parse_abs_path)?;
-        // The URL's path usually holds the webhook's token: never echo it.
-        if let Some((v, line)) = self.single("webhook_url", "an http:// or https:// URL")? {
-            p.webhook_url = Some(parse_webhook(v).ok_or_else(|| {
-                self.err_at(
-                    line,
-                    "webhook_url",
-                    "the value is not allowed (http:// or https:// then host[:port][/path][?query]; value not shown)".into(),
-                )
-            })?);
-        }
+        p.prometheus_file = self.get(
+            "prometheus_file",
+            "an absolute file path ending in .prom, without '.' or '..' parts",
+            parse_prom_file,
+        )?;
+        p.webhook_url = self.webhook()?;
         Ok(())
+    }
+
+    fn password(&self) -> R<Option<Vec<u8>>> {
+        self.get(
+            "password",
+            "a SecureOn password: 6 bytes like aa:bb:cc:dd:ee:ff, or 4 bytes like 192.168.1.1",
+            parse_password,
+        )
+    }
+
+    /// The URL's path usually holds the webhook's token: never echo it.
+    fn webhook(&self) -> R<Option<String>> {
+        let Some((v, line)) = self.single("webhook_url", "an http:// or https:// URL")? else {
+            return Ok(None);
+        };
+        parse_webhook(v).map(Some).ok_or_else(|| {
+            self.err_at(
+                line,
+                "webhook_url",
+                "the value is not allowed (http:// or https:// then host[:port][/path][?query]; value not shown)".into(),
+            )
+        })
     }
 }
 
@@ -1006,8 +1219,52 @@ fn parse_cidr(v: &str) -> Option<IpNet> {
     v.parse::<IpAddr>().ok().map(IpNet::from)
 }
 
+/// One `internal` item: a network (`Ok`) or a netifd interface name (`Err`).
+fn parse_internal(v: &str) -> Option<Result<IpNet, String>> {
+    if let Some(n) = parse_cidr(v) {
+        return Some(Ok(n));
+    }
+    // A name has no '.', ':' or '/', so a mistyped address is never taken for one.
+    (valid_uci_name(v) && v.len() <= 64).then(|| Err(v.to_string()))
+}
+
+/// Where `wol.idle_command` programs must live: root puts them there (LuCI cannot write
+/// files), so a role that may edit the settings chooses among them but cannot add one.
+pub const HOOKS_DIR: &str = "/etc/jellydemon/hooks";
+
+/// An absolute path without `.`, `..` or empty parts, so prefix checks on it mean what they
+/// say.
 fn parse_abs_path(v: &str) -> Option<PathBuf> {
-    (v.starts_with('/') && !v.chars().any(char::is_control)).then(|| PathBuf::from(v))
+    let clean = v.starts_with('/')
+        && v.len() > 1
+        && !v.chars().any(char::is_control)
+        && v[1..]
+            .trim_end_matches('/')
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    clean.then(|| PathBuf::from(v))
+}
+
+fn is_hook(program: &str) -> bool {
+    program
+        .strip_prefix(HOOKS_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|name| !name.is_empty() && !name.ends_with('/'))
+        && parse_abs_path(program).is_some()
+}
+
+/// `state_dir` and `run_dir`: the daemon writes its own files there, never into the hooks.
+fn parse_own_dir(v: &str) -> Option<PathBuf> {
+    let p = parse_abs_path(v)?;
+    (!p.starts_with(HOOKS_DIR)).then_some(p)
+}
+
+/// The textfile collector reads `*.prom`; requiring the suffix keeps a root-written file away
+/// from every file the system itself uses.
+fn parse_prom_file(v: &str) -> Option<PathBuf> {
+    let p = parse_abs_path(v)?;
+    let name = p.file_name()?.to_str()?;
+    (name.len() > ".prom".len() && name.ends_with(".prom") && !v.ends_with('/')).then_some(p)
 }
 
 /// A Linux interface name as the kernel accepts it (`dev_valid_name`).
@@ -1024,6 +1281,13 @@ fn parse_ifname(v: &str) -> Option<String> {
 fn valid_uci_name(v: &str) -> bool {
     !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
+
+/// Why `jellyfin.url` cannot be https, and what to do instead: the same words in `check`, the
+/// LuCI form and the README. Calling a TLS client program per request would start processes on
+/// every tick and put the API key on its command line or in its environment.
+pub const JELLYFIN_HTTPS_HINT: &str = "https is not supported for Jellyfin, jellydemon has no \
+     TLS: use the server's LAN http:// address, e.g. http://192.168.1.2:8096; Jellyfin serves \
+     http on port 8096 also when https is enabled";
 
 /// `http://` or `https://`, a host (name, IPv4 or `[IPv6]`), an optional port 1..65535 and an
 /// optional path; no user info, query or fragment. Trailing slashes are dropped so that the
@@ -1216,9 +1480,22 @@ pub fn effective(loaded: &Loaded) -> String {
     let pkg = &loaded.package;
     let mut out = String::new();
     let mut put = |sec: Option<&Section>, key: &str, opt: &str, value: String| {
-        let src = sec
-            .and_then(|s| s.get(opt))
-            .map_or_else(|| "default".to_string(), |o| format!("line {}", o.line));
+        // A secret set in the secrets file comes from there, whatever the main file says.
+        let from_secrets = loaded.secrets.as_ref().and_then(|(_, p)| {
+            p.sections
+                .iter()
+                .find(|s| s.name.as_deref() == Some(key) && s.stype == key)
+                .and_then(|s| s.get(opt))
+                .filter(|o| o.value.items().iter().any(|v| !v.is_empty()))
+        });
+        let src = match from_secrets {
+            Some(o) if SECRET_OPTIONS.contains(&(key, opt)) => {
+                format!("{SECRETS_PACKAGE} line {}", o.line)
+            }
+            _ => sec
+                .and_then(|s| s.get(opt))
+                .map_or_else(|| "default".to_string(), |o| format!("line {}", o.line)),
+        };
         out.push_str(&format!("{key}.{opt} = {value}  ({src})\n"));
     };
     let secret = |set: bool| (if set { "<set>" } else { "<unset>" }).to_string();
@@ -1243,6 +1520,12 @@ pub fn effective(loaded: &Loaded) -> String {
         (None, None) => "<unset: the url's host is not an IP address>".into(),
     };
     put(s, "jellyfin", "server_ip", server);
+    let server6 = match (j.server_ip6, c.server_ip()) {
+        (Some(ip), _) => ip.to_string(),
+        (None, Some(IpAddr::V6(ip))) => format!("{ip} (server_ip)"),
+        (None, _) => "<unset: learned from the neighbour table>".into(),
+    };
+    put(s, "jellyfin", "server_ip6", server6);
     put(
         s,
         "jellyfin",
@@ -1274,12 +1557,24 @@ pub fn effective(loaded: &Loaded) -> String {
         "wan_device",
         or_unset(&n.wan_device, "<unset: from wan_interface>"),
     );
-    put(s, "network", "lan_device", n.lan_device.clone());
+    put(s, "network", "lan_interface", n.lan_interface.clone());
+    put(
+        s,
+        "network",
+        "lan_device",
+        or_unset(&n.lan_device, "<unset: from lan_interface>"),
+    );
     put(
         s,
         "network",
         "internal",
-        list(n.internal.iter().map(|i| i.to_string()).collect()),
+        list(
+            n.internal_interfaces
+                .iter()
+                .cloned()
+                .chain(n.internal.iter().map(|i| i.to_string()))
+                .collect(),
+        ),
     );
 
     let s = named(pkg, "bandwidth");
@@ -1424,9 +1719,11 @@ mod tests {
         ("jellydemon", "main", "log_level", "INFO", "error, warn, info or debug"),
         ("jellydemon", "main", "state_dir", "relative/dir", "an absolute path"),
         ("jellydemon", "main", "run_dir", "var/run", "an absolute path"),
-        ("jellyfin", "jellyfin", "url", "192.168.1.2:8096", "http:// or https://"),
-        ("jellyfin", "jellyfin", "url", "ftp://host", "http:// or https://"),
-        ("jellyfin", "jellyfin", "url", "http://", "http:// or https://"),
+        ("jellyfin", "jellyfin", "url", "192.168.1.2:8096", "http:// then host"),
+        ("jellyfin", "jellyfin", "url", "ftp://host", "http:// then host"),
+        ("jellyfin", "jellyfin", "url", "http://", "http:// then host"),
+        ("jellyfin", "jellyfin", "url", "https://nas:8920", "LAN http:// address"),
+        ("jellyfin", "jellyfin", "url", "HTTPS://nas", "no TLS"),
         ("jellyfin", "jellyfin", "url", "http://host:0", "host[:port][/path]"),
         ("jellyfin", "jellyfin", "url", "http://host:70000", "host[:port][/path]"),
         ("jellyfin", "jellyfin", "url", "http://host:port", "host[:port][/path]"),
@@ -1437,6 +1734,9 @@ mod tests {
         ("jellyfin", "jellyfin", "url", "http://host/a?b=c", "host[:port][/path]"),
         ("jellyfin", "jellyfin", "server_ip", "192.168.1", "an IPv4 or IPv6 address"),
         ("jellyfin", "jellyfin", "server_ip", "nas.lan", "an IPv4 or IPv6 address"),
+        ("jellyfin", "jellyfin", "server_ip6", "192.168.1.2", "global IPv6 address"),
+        ("jellyfin", "jellyfin", "server_ip6", "::", "global IPv6 address"),
+        ("jellyfin", "jellyfin", "server_ip6", "ff02::1", "global IPv6 address"),
         ("jellyfin", "jellyfin", "port", "0", "from 1 to 65535"),
         ("jellyfin", "jellyfin", "port", "65536", "from 1 to 65535"),
         ("jellyfin", "jellyfin", "port", "http", "from 1 to 65535"),
@@ -1455,7 +1755,10 @@ mod tests {
         ("network", "network", "lan_device", "..", "network device name"),
         ("network", "network", "internal", "192.168.0.0/33", "an IPv4 or IPv6 network"),
         ("network", "network", "internal", "fc00::/129", "an IPv4 or IPv6 network"),
-        ("network", "network", "internal", "lan", "an IPv4 or IPv6 network"),
+        ("network", "network", "internal", "lan-1", "or an interface name"),
+        ("network", "network", "internal", "192.168.1", "an IPv4 or IPv6 network"),
+        ("network", "network", "internal", "10.0.0.0/8/8", "or an interface name"),
+        ("network", "network", "lan_interface", "lan.1", "letters, digits and _"),
         ("bandwidth", "bandwidth", "upload_mbps", "0", "above 0"),
         ("bandwidth", "bandwidth", "upload_mbps", "20,5", "'.' as decimal point"),
         ("bandwidth", "bandwidth", "upload_mbps", "-3", "above 0"),
@@ -1561,7 +1864,7 @@ config jellydemon 'main'
 	option log_level debug
 	option state_dir /overlay/jd
 config jellyfin 'jellyfin'
-	option url 'https://[fd00::2]:8920/jf/'
+	option url 'http://[fd00::2]:8096/jf/'
 	option api_key 'abc123'
 	option server_ip 'fd00::2'
 	option port '8096'
@@ -1588,7 +1891,7 @@ config bandwidth 'bandwidth'
         assert_eq!(c.main.interval, 300);
         assert_eq!(c.main.log_level, LogLevel::Debug);
         assert_eq!(c.main.state_dir, PathBuf::from("/overlay/jd"));
-        assert_eq!(c.jellyfin.url.as_deref(), Some("https://[fd00::2]:8920/jf"));
+        assert_eq!(c.jellyfin.url.as_deref(), Some("http://[fd00::2]:8096/jf"));
         assert_eq!(c.jellyfin.api_key.expose(), "abc123");
         assert_eq!(c.jellyfin.server_ip, Some("fd00::2".parse().expect("ip")));
         assert_eq!(c.jellyfin.ports, vec![8096, 8920]);
@@ -1786,8 +2089,9 @@ config user
         let l = load_str("config wol 'wol'\n\toption enabled 1\n\toption mac AA-BB-CC-DD-EE-0F\n\toption password 192.168.1.1\n\toption idle_minutes 30\n").expect("valid");
         assert_eq!(l.config.wol.mac, Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x0f]));
         assert_eq!(l.config.wol.password, Some(vec![192, 168, 1, 1]));
-        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
-        assert!(l.warnings[0].contains("wol.idle_command is empty"));
+        assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+        assert!(l.warnings[0].contains("move it to jellydemon_secrets.wol.password"));
+        assert!(l.warnings[1].contains("wol.idle_command is empty"));
         let l = load_str("config wol 'wol'\n\toption password 01:02:03:04:05:06\n").expect("valid");
         assert_eq!(l.config.wol.password, Some(vec![1, 2, 3, 4, 5, 6]));
     }
@@ -1813,9 +2117,171 @@ config user
         assert!(ok("").is_empty());
         assert!(split_argv("'x").is_err());
         assert!(split_argv("\"x\\\"").is_err());
-        let l = load_str("config wol 'wol'\n\toption idle_command \"ssh nas 'sudo poweroff'\"\n")
-            .expect("valid");
-        assert_eq!(l.config.wol.idle_command, ["ssh", "nas", "sudo poweroff"]);
+        let l = load_str(
+            "config wol 'wol'\n\toption idle_command \"/etc/jellydemon/hooks/off nas 'sudo poweroff'\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            l.config.wol.idle_command,
+            ["/etc/jellydemon/hooks/off", "nas", "sudo poweroff"]
+        );
+    }
+
+    #[test]
+    fn root_only_options_take_only_safe_values() {
+        for v in [
+            "ssh nas poweroff",
+            "/bin/sh -c reboot",
+            "/etc/jellydemon/hooks/../../../bin/sh",
+            "/etc/jellydemon/hooks/",
+            "/etc/jellydemon/hooks",
+            "/etc/jellydemon/hooksx/a",
+            "/etc/jellydemon/hooks/./a",
+            "/etc/jellydemon//hooks/a",
+        ] {
+            let e = err(&one("wol", "wol", "idle_command", v));
+            assert!(
+                e.contains("a program in /etc/jellydemon/hooks/"),
+                "{v}: {e}"
+            );
+        }
+        for v in ["/etc/jellydemon/hooks/off", "/etc/jellydemon/hooks/a/b x"] {
+            load_str(&one("wol", "wol", "idle_command", v)).expect(v);
+        }
+        for v in [
+            "/etc/jellydemon/hooks",
+            "/etc/jellydemon/hooks/x",
+            "/etc/../tmp",
+            "/",
+            "relative",
+            "/a//b",
+        ] {
+            for o in ["state_dir", "run_dir"] {
+                let e = err(&one("jellydemon", "main", o, v));
+                assert!(e.contains("outside /etc/jellydemon/hooks"), "{o} {v}: {e}");
+            }
+        }
+        for v in ["/mnt/usb/jellydemon", "/tmp/x/", "/etc/jellydemon"] {
+            load_str(&one("jellydemon", "main", "state_dir", v)).expect(v);
+        }
+        for v in [
+            "/etc/shadow",
+            "/etc/init.d/x",
+            "/var/prometheus/.prom",
+            "/var/x.prom/",
+            "/var/../etc/x.prom",
+        ] {
+            let e = err(&one("publish", "publish", "prometheus_file", v));
+            assert!(e.contains("ending in .prom"), "{v}: {e}");
+        }
+        load_str(&one(
+            "publish",
+            "publish",
+            "prometheus_file",
+            "/var/prometheus/jellydemon.prom",
+        ))
+        .expect("a .prom file");
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let f = dir.join(name);
+        std::fs::write(&f, text).unwrap();
+        f
+    }
+
+    #[test]
+    fn secrets_come_from_their_own_file_and_win() {
+        let d = std::env::temp_dir().join(format!("jd-secrets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let main = write(
+            &d,
+            "jellydemon",
+            "config jellydemon 'main'\n\toption enabled '1'\n\nconfig jellyfin 'jellyfin'\n\toption url 'http://10.0.0.2:8096'\n\toption api_key 'old-key'\n",
+        );
+        // Without a secrets file the old place still works, with a warning that names the move.
+        let l = load_file(&main).expect("valid");
+        assert_eq!(l.config.jellyfin.api_key.expose(), "old-key");
+        assert!(l.secrets.is_none());
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert!(l.warnings[0].contains("jellydemon.jellyfin.api_key: a secret in the main file"));
+        assert!(!l.warnings[0].contains("old-key"));
+
+        write(
+            &d,
+            "jellydemon_secrets",
+            "config jellyfin 'jellyfin'\n\toption api_key 'new-key'\n\toption url 'x'\n\nconfig wol 'wol'\n\toption password '01:02:03:04:05:06'\n\nconfig publish 'publish'\n\toption webhook_url 'https://discord.com/api/webhooks/1/tok'\n\nconfig bandwidth 'bandwidth'\n",
+        );
+        let l = load_file(&main).expect("valid");
+        assert_eq!(l.config.jellyfin.api_key.expose(), "new-key");
+        assert_eq!(l.config.wol.password, Some(vec![1, 2, 3, 4, 5, 6]));
+        assert_eq!(
+            l.config.publish.webhook_url.as_deref(),
+            Some("https://discord.com/api/webhooks/1/tok")
+        );
+        // `config` shows the main file only, as `uci show jellydemon` does.
+        assert!(!render_show(&l).contains("new-key"));
+        let w = l.warnings.join("\n");
+        assert!(
+            w.contains("jellydemon_secrets.jellyfin.url: unknown option, ignored"),
+            "{w}"
+        );
+        assert!(w.contains("jellydemon_secrets.bandwidth: ignored"), "{w}");
+        let eff = effective(&l);
+        assert!(
+            eff.contains("jellyfin.api_key = <set>  (jellydemon_secrets line 2)"),
+            "{eff}"
+        );
+        assert!(
+            eff.contains("wol.password = <set>  (jellydemon_secrets line 6)"),
+            "{eff}"
+        );
+        assert!(!eff.contains("new-key") && !eff.contains("tok"), "{eff}");
+
+        // Others may not read it: a warning (the package installs it 0600).
+        use std::os::unix::fs::PermissionsExt;
+        let sf = d.join("jellydemon_secrets");
+        std::fs::set_permissions(&sf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = load_file(&main).expect("valid").warnings.join("\n");
+        assert!(
+            w.contains("readable by others (mode 644): chmod 600"),
+            "{w}"
+        );
+        std::fs::set_permissions(&sf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let w = load_file(&main).expect("valid").warnings.join("\n");
+        assert!(!w.contains("readable by others"), "{w}");
+        // A bad secret is an error naming the secrets file, never the value.
+        write(
+            &d,
+            "jellydemon_secrets",
+            "config jellyfin 'jellyfin'\n\toption api_key 'has space'\n",
+        );
+        let e = load_file(&main).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:2: jellydemon_secrets.jellyfin.api_key:",
+                d.join("jellydemon_secrets").display()
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("has space"), "{e}");
+        // An unreadable (here: a directory) secrets file is an error, not "no secrets".
+        std::fs::remove_file(d.join("jellydemon_secrets")).unwrap();
+        std::fs::create_dir(d.join("jellydemon_secrets")).unwrap();
+        assert!(load_file(&main).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn secrets_path_is_the_sibling() {
+        assert_eq!(
+            secrets_path(Path::new("/etc/config/jellydemon")),
+            Path::new("/etc/config/jellydemon_secrets")
+        );
+        assert_eq!(
+            secrets_path(Path::new("/tmp/x.conf")),
+            Path::new("/tmp/x.conf_secrets")
+        );
     }
 
     #[test]
@@ -1898,7 +2364,7 @@ config user
             "jellyfin.url = http://192.168.1.2:8096  (line 4)",
             "jellyfin.api_key = <unset>  (default)",
             "jellyfin.port = 8096  (default)",
-            "network.internal = 192.168.0.0/16 10.0.0.0/8 172.16.0.0/12 fc00::/7  (default)",
+            "network.internal = lan  (default)",
             "bandwidth.upload_mbps = <unset: SQM's configured upload>  (default)",
             "bandwidth.target_pct = 90  (default)",
             "@user[0].name = alice  (line 6)",
@@ -1914,34 +2380,59 @@ config user
         assert_eq!(e.lines().count(), fixed + 5);
     }
 
+    const SHIPPED: &str = include_str!("../net/jellydemon/files/jellydemon.config");
+    const SHIPPED_SECRETS: &str = include_str!("../net/jellydemon/files/jellydemon_secrets.config");
+
     #[test]
     fn shipped_default_file_is_the_default_config() {
-        let l = load_str(include_str!("../files/jellydemon.config")).expect("default file valid");
+        let main = uci::parse(SHIPPED.as_bytes()).expect("valid UCI");
+        let secrets = uci::parse(SHIPPED_SECRETS.as_bytes()).expect("valid UCI");
+        let l = from_packages(
+            &main,
+            Path::new(FILE),
+            Some((&secrets, Path::new("/etc/config/jellydemon_secrets"))),
+        )
+        .expect("default files valid");
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
         let mut want = Config::default();
         want.jellyfin.url = Some("http://192.168.1.2:8096".into());
         assert_eq!(l.config, want);
-        // Every option the daemon knows is spelled out in the shipped file.
-        for (t, n, opts) in SECTIONS {
-            let s = l
-                .package
-                .sections
-                .iter()
-                .find(|s| s.name.as_deref() == Some(n));
+        // Every fixed section is there (LuCI's form edits existing sections only), and no
+        // option but the two LuCI itself keeps: a default spelled out would be deleted by the
+        // first Save & Apply of an unrelated change, one pending change each.
+        for (t, n, _) in SECTIONS {
+            let s = main.sections.iter().find(|s| s.name.as_deref() == Some(n));
             assert!(s.is_some_and(|s| s.stype == *t), "section {n}");
-            let text = include_str!("../files/jellydemon.config");
-            for o in *opts {
-                assert!(
-                    text.contains(&format!("option {o} ")) || text.contains(&format!("list {o} ")),
-                    "{n}.{o}"
-                );
-            }
         }
+        let options: Vec<String> = main
+            .sections
+            .iter()
+            .flat_map(|s| {
+                s.options
+                    .iter()
+                    .map(move |o| format!("{}.{}", s.stype, o.name))
+            })
+            .collect();
+        assert_eq!(options, ["jellydemon.enabled", "jellyfin.url"]);
+        // The secrets file: the three sections, empty.
+        let secs: Vec<(&str, Option<&str>, usize)> = secrets
+            .sections
+            .iter()
+            .map(|s| (s.stype.as_str(), s.name.as_deref(), s.options.len()))
+            .collect();
+        assert_eq!(
+            secs,
+            [
+                ("jellyfin", Some("jellyfin"), 0),
+                ("wol", Some("wol"), 0),
+                ("publish", Some("publish"), 0)
+            ]
+        );
     }
 
     #[test]
     fn effective_of_the_shipped_file_matches_the_documentation() {
-        let l = load_str(include_str!("../files/jellydemon.config")).expect("valid");
+        let l = load_str(SHIPPED).expect("valid");
         let e = effective(&l);
         let doc = include_str!("../README.md");
         let mut n = 0;

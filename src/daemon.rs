@@ -2,12 +2,15 @@
 //! through the adapters. It also owns start-up recovery, reload on SIGHUP and clean-up on
 //! SIGTERM/SIGINT.
 
-use crate::backup::Backup;
 use crate::config::Config;
 use crate::conntrack::{self, ConnectWatch, FlowCounter, FlowSource};
 use crate::decide::{self, Plan};
+use crate::firewall::{self, Offload};
 use crate::jellyfin::{self, MediaServer, Session};
+use crate::limits::{self, Limits};
 use crate::monitor::Monitor;
+use crate::neigh;
+use crate::netifd::{self, LinkWatch};
 use crate::observe::{self, RateMeter};
 use crate::publish::{self, Event, Webhook};
 use crate::shaper::{self, Shaper};
@@ -15,7 +18,7 @@ use crate::status::{self, Status, StreamStatus};
 use crate::wake::{self, Liveness};
 use crate::wol;
 use log::{debug, error, info, warn};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -29,8 +32,6 @@ pub const SHAPER_DEVICE: &str = "jdshape0";
 pub const SYS_ROOT: &str = "/sys";
 /// sqm-scripts' configuration, the capacity fallback.
 pub const SQM_CONFIG: &str = "/etc/config/sqm";
-/// Jellyfin's limit is an int32 in b/s.
-const MAX_LIMIT: i64 = i32::MAX as i64;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -119,6 +120,66 @@ pub fn wan_device(cfg: &Config) -> Result<String, String> {
     }
 }
 
+/// The LAN device: `lan_device` when set, else the device netifd reports for `lan_interface`.
+pub fn lan_device(cfg: &Config) -> Result<String, String> {
+    match &cfg.network.lan_device {
+        Some(d) => Ok(d.clone()),
+        None => netifd::resolve_device(
+            &mut netifd::Ubus,
+            &cfg.network.lan_interface,
+            "network.lan_device",
+        ),
+    }
+}
+
+/// The WAN interfaces whose delegated IPv6 prefixes are the home's: `wan_interface` and its
+/// DHCPv6 twin (`wan6`, as OpenWrt names it), which is where netifd reports the prefix.
+pub fn wan_interfaces(cfg: &Config) -> Vec<String> {
+    let w = &cfg.network.wan_interface;
+    vec![w.clone(), format!("{w}6")]
+}
+
+/// What `network.internal` means now: `configured` (its CIDRs) and, when it names interfaces,
+/// their networks as netifd reports them (the private ranges when it reports none).
+pub fn internal_networks(cfg: &Config, configured: &[ipnet::IpNet]) -> netifd::Internal {
+    if cfg.network.internal_interfaces.is_empty() {
+        return netifd::Internal {
+            nets: configured.to_vec(),
+            ..Default::default()
+        };
+    }
+    netifd::resolve_internal(
+        &mut netifd::Ubus,
+        configured,
+        &cfg.network.internal_interfaces,
+        &wan_interfaces(cfg),
+    )
+}
+
+/// The server's IPv6 address from the router's neighbour tables (see [`crate::neigh`]), when
+/// the configuration does not give it and `server_ip` is IPv4.
+pub fn learn_server_ip6(cfg: &Config, lan_device: &str) -> neigh::Learned {
+    let Some(IpAddr::V4(v4)) = cfg.server_ip() else {
+        return neigh::Learned::None;
+    };
+    let Ok(lan) = nix::net::if_::if_nametoindex(lan_device) else {
+        return neigh::Learned::None;
+    };
+    let Some(mac) = std::fs::read_to_string("/proc/net/arp")
+        .ok()
+        .and_then(|t| neigh::mac_of(&t, v4))
+    else {
+        return neigh::Learned::None;
+    };
+    match neigh::ipv6_neighbours(4096) {
+        Ok(n) => neigh::learn(&n, mac, lan),
+        Err(e) => {
+            debug!("IPv6 neighbour table unreadable: {e}");
+            neigh::Learned::None
+        }
+    }
+}
+
 /// The uplink capacity: `upload_mbps`, else SQM's configured upload on the WAN device.
 pub fn capacity(cfg: &Config, wan_dev: Option<&str>, sqm_path: &Path) -> Option<u64> {
     if let Some(m) = cfg.bandwidth.upload_mbps {
@@ -185,11 +246,15 @@ fn stream_inputs(seen: &[Seen]) -> Vec<decide::StreamIn> {
         .collect()
 }
 
+/// How long the restore on SIGTERM may take in all (the promise is 5 s; some is left for tc
+/// and the exit).
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
+
 /// The guard's measurement window: the WAN rate over the last half second.
 pub const GUARD_PERIOD: Duration = Duration::from_millis(500);
 /// How often the guard samples the WAN counter (by the clock, between ticks): the window
 /// slides by this step, so a jump is seen within a step of filling the window.
-pub const GUARD_STEP: Duration = Duration::from_millis(250);
+pub const GUARD_STEP: Duration = Duration::from_millis(100);
 /// After a packet to a sleeping server, how long the loop ticks every second.
 const WAKING_WINDOW: Duration = Duration::from_secs(180);
 /// After Jellyfin answered from sleep, how long the loop keeps ticking every second (the
@@ -237,7 +302,10 @@ pub struct Daemon {
     /// When Jellyfin last answered after a sleep.
     woke_at: Option<Instant>,
     webhook: Option<Webhook>,
-    backup: Result<Backup, String>,
+    /// Users' limits and the backup of their originals.
+    limits: Limits,
+    /// Limit errors of the last tick, so each is logged when it appears, not every tick.
+    limit_errors: BTreeSet<String>,
     state: decide::State,
     monitor: Monitor,
     wan_meter: RateMeter,
@@ -250,9 +318,19 @@ pub struct Daemon {
     guard_wan: observe::WindowMeter,
     guard_last: Option<Instant>,
     wan_dev: Result<String, String>,
+    /// The WAN device's interface index when last read: a new one means new counters.
+    wan_ifindex: Option<u32>,
+    lan_dev: Result<String, String>,
+    /// `network.internal`'s own networks, before interfaces are resolved into
+    /// `cfg.network.internal` (which then holds every local network).
+    internal_configured: Vec<ipnet::IpNet>,
+    internal: netifd::Internal,
+    links: Option<LinkWatch>,
+    /// The server's IPv6 address as the neighbour tables tell it (without `server_ip6`).
+    learned_ip6: neigh::Learned,
+    offload: Offload,
+    ticks: u64,
     capacity_bps: Option<u64>,
-    /// user id → the limit this process last wrote.
-    applied: HashMap<String, i64>,
     reachable: Option<bool>,
     server_version: Option<String>,
     last_logged_error: Option<String>,
@@ -281,7 +359,8 @@ impl Daemon {
             presence: wake::Presence::default(),
             woke_at: None,
             webhook: None,
-            backup: Err("not loaded".into()),
+            limits: Limits::load(&cfg.main.state_dir),
+            limit_errors: BTreeSet::new(),
             state: decide::State::default(),
             monitor: Monitor::new(cfg.main.interval),
             wan_meter: RateMeter::default(),
@@ -290,8 +369,15 @@ impl Daemon {
             guard_wan: observe::WindowMeter::new(GUARD_PERIOD.as_secs_f64()),
             guard_last: None,
             wan_dev: Err("not resolved".into()),
+            wan_ifindex: None,
+            lan_dev: Err("not resolved".into()),
+            internal_configured: cfg.network.internal.clone(),
+            internal: netifd::Internal::default(),
+            links: None,
+            learned_ip6: neigh::Learned::None,
+            offload: Offload::Off,
+            ticks: 0,
             capacity_bps: None,
-            applied: HashMap::new(),
             reachable: None,
             server_version: None,
             last_logged_error: None,
@@ -316,7 +402,7 @@ impl Daemon {
 
     /// (Re)builds the adapters for a configuration. Used at start and on SIGHUP.
     fn configure(&mut self, cfg: Config) {
-        let old = std::mem::replace(&mut self.cfg, cfg);
+        self.cfg = cfg;
         let cfg = &self.cfg;
         let timeout = Duration::from_secs(cfg.jellyfin.timeout as u64);
         match server_for(cfg, timeout) {
@@ -334,12 +420,22 @@ impl Daemon {
         if let Err(e) = &self.wan_dev {
             error!("{e}");
         }
+        let old_lan = std::mem::replace(&mut self.lan_dev, Err("not resolved".into()));
+        self.internal_configured = self.cfg.network.internal.clone();
+        self.resolve_network();
+        if self.links.is_none() {
+            self.links = LinkWatch::new()
+                .map_err(|e| warn!("{e}: interface changes are followed every minute"))
+                .ok();
+        }
+        self.read_offload();
+        let cfg = &self.cfg;
         self.capacity_bps = capacity(cfg, self.wan_dev.as_deref().ok(), Path::new(SQM_CONFIG));
         if self.capacity_bps.is_none() {
             error!("uplink capacity unknown: set bandwidth.upload_mbps (or configure SQM on the WAN device); limits are not managed");
         }
-        self.backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string());
-        if let Err(e) = &self.backup {
+        self.limits.reconfigure(&cfg.main.state_dir);
+        if let Some(e) = self.limits.error() {
             error!("{e}; Jellyfin limits are not managed until it is fixed");
         }
         self.webhook = match cfg.publish.webhook_url.as_deref() {
@@ -357,7 +453,7 @@ impl Daemon {
 
         // Shaping: own tc objects on the LAN side. A changed LAN device means the old tree
         // must go first.
-        let lan_changed = old.network.lan_device != cfg.network.lan_device;
+        let lan_changed = old_lan != self.lan_dev;
         if lan_changed {
             if let Some(s) = self.shaper.as_mut() {
                 let _ = s.remove();
@@ -373,8 +469,10 @@ impl Daemon {
                     )
                 }
                 Some(_) => {
-                    let s = shaper::TcShaper::new(SHAPER_DEVICE, "tc")
-                        .with_lan_device(&cfg.network.lan_device);
+                    let mut s = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+                    if let Ok(lan) = &self.lan_dev {
+                        s = s.with_lan_device(lan);
+                    }
                     self.shaper = Some(Box::new(s));
                     self.shaper_error = None;
                 }
@@ -391,43 +489,33 @@ impl Daemon {
 
     /// After a crash or a kill -9, users may still carry limits from the last run: put every
     /// backed-up original back before managing anything. Limits only matter when playback
-    /// starts, so this costs running streams nothing.
+    /// starts, so this costs running streams nothing. Users that cannot be reached now are
+    /// retried every tick until every original is back.
     pub fn recover(&mut self) {
-        if self.dry() {
+        let pending = self.limits.pending();
+        if pending == 0 {
             return;
         }
-        let pending = match &self.backup {
-            Ok(b) if !b.is_empty() => b.entries(),
-            _ => return,
+        info!("restoring {pending} original limit(s) left by a previous run");
+        let Some(server) = self.server.as_mut() else {
+            warn!("no Jellyfin server configured: the original limits stay in the backup");
+            return;
         };
-        info!(
-            "restoring {} original limit(s) left by a previous run",
-            pending.len()
-        );
-        for (uid, _) in pending {
-            self.restore_user(&uid, true);
+        let problems = self.limits.restore_all(server.as_mut(), true);
+        for p in &problems {
+            warn!("{p}");
         }
+        self.limit_errors = problems.into_iter().collect();
     }
 
     /// One observe → decide → act round.
     pub fn tick(&mut self) {
         let now = self.now();
         let mut errors: Vec<String> = Vec::new();
+        self.follow_network(&mut errors);
 
         // Observe: the WAN counter.
-        let wan_bps = match &self.wan_dev {
-            Ok(dev) => match observe::read_tx_bytes(Path::new(SYS_ROOT), dev) {
-                Ok(c) => self.wan_meter.update(now, c),
-                Err(e) => {
-                    errors.push(e.to_string());
-                    None
-                }
-            },
-            Err(e) => {
-                errors.push(e.clone());
-                None
-            }
-        };
+        let wan_bps = self.read_wan(now, &mut errors);
 
         // Observe: per-viewer Jellyfin bytes — own tc class counters, else conntrack.
         let counters = self.viewer_counters(&mut errors);
@@ -501,8 +589,8 @@ impl Daemon {
                     .into(),
             );
         }
-        if let Err(e) = &self.backup {
-            errors.push(e.clone());
+        if let Some(e) = self.limits.error() {
+            errors.push(e.to_string());
         }
         if let Some(e) = &self.shaper_error {
             errors.push(e.clone());
@@ -591,13 +679,10 @@ impl Daemon {
         {
             return true;
         }
-        let Some(since) = self.presence.slept_since else {
-            return false;
-        };
         let w = self.waker.lock();
         w.last
             .as_ref()
-            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && l.unix.saturating_add(60) >= since)
+            .is_some_and(|l| l.at.elapsed() < WAKING_WINDOW && self.presence.woken_by(l.unix))
     }
 
     fn set_reachable(&mut self, ok: bool, err: Option<String>) {
@@ -609,6 +694,8 @@ impl Daemon {
                     if let Ok(info) = s.system_info() {
                         self.server_version = info.version.clone();
                     }
+                    // It may be another server now (restored from a backup, reinstalled).
+                    self.limits.server_changed();
                 }
                 info!(
                     "Jellyfin reachable (version {})",
@@ -642,10 +729,12 @@ impl Daemon {
                 Err(e) => debug!("tc counters unavailable: {e}"),
             }
         }
-        let server = self.cfg.server_ip()?;
+        let mut servers = vec![self.cfg.server_ip()?];
+        servers.extend(self.server_ip6().map(IpAddr::V6));
+        servers.dedup();
         let (src, counter) = self.flows.as_mut()?;
         let mut flows = Vec::new();
-        match src.flows(&[server], &self.cfg.jellyfin.ports, &mut flows) {
+        match src.flows(&servers, &self.cfg.jellyfin.ports, &mut flows) {
             Ok(()) => {
                 counter.update(&flows);
                 // Bounded memory when many addresses come and go: forget viewers silent for
@@ -705,10 +794,9 @@ impl Daemon {
 
     fn act(&mut self, plan: &Plan, seen: &[Seen], errors: &mut Vec<String>) {
         let dry = self.dry();
-        if plan.managing && self.cfg.jellyfin.manage_limits {
-            if !plan.user_limits.is_empty() || !plan.restore_users.is_empty() {
-                self.apply_limits(plan, errors);
-            }
+        let managing = plan.managing && self.cfg.jellyfin.manage_limits;
+        self.limits_step(plan, managing, errors);
+        if managing {
             for r in &plan.restarts {
                 let Some(s) = seen.iter().find(|s| s.session.id == r.session_id) else {
                     continue;
@@ -727,135 +815,52 @@ impl Daemon {
         self.reconcile_shaper(errors);
     }
 
-    fn apply_limits(&mut self, plan: &Plan, errors: &mut Vec<String>) {
+    /// Jellyfin limits: the plan's when they are managed; and every backed-up original the
+    /// daemon no longer manages goes back — users who stopped long enough ago, entries left by
+    /// a crash, and all of them when limits are not managed any more (dry run, manage_limits
+    /// off, capacity lost).
+    fn limits_step(&mut self, plan: &Plan, managing: bool, errors: &mut Vec<String>) {
         let dry = self.dry();
+        let now = self.now();
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        let users = match server.users() {
-            Ok(u) => u,
-            Err(e) => {
-                errors.push(format!("cannot read Jellyfin users: {e}"));
-                return;
+        let mut errs = Vec::new();
+        let mut managed = BTreeSet::new();
+        if managing {
+            let wants: Vec<limits::Want> = plan
+                .user_limits
+                .iter()
+                .map(|u| limits::Want {
+                    user_id: u.user_id.clone(),
+                    user_name: u.user_name.clone(),
+                    limit_bps: u.limit_bps,
+                })
+                .collect();
+            let changes = self.limits.apply(server.as_mut(), &wants, dry, &mut errs);
+            if !dry {
+                // Users who streamed a moment ago keep their limit until decide lets go.
+                managed.extend(self.state.users_seen.keys().cloned());
+                managed.extend(wants.into_iter().map(|w| w.user_id));
             }
-        };
-        let by_id: HashMap<&str, &jellyfin::User> =
-            users.iter().map(|u| (u.id.as_str(), u)).collect();
-        let Ok(backup) = self.backup.as_mut() else {
-            return;
-        };
-        for want in &plan.user_limits {
-            let Some(user) = by_id.get(want.user_id.as_str()) else {
-                continue;
-            };
-            // Jellyfin stores an int32; `as i64` would turn a huge figure into "no limit".
-            let desired = i64::try_from(want.limit_bps)
-                .unwrap_or(MAX_LIMIT)
-                .min(MAX_LIMIT);
-            let current = user.remote_limit;
-            if dry {
-                if current != desired {
-                    info!(
-                        "[dry run] would set {}'s remote limit to {:.1} Mbit/s (now {})",
-                        user.name,
-                        desired as f64 / 1e6,
-                        fmt_limit(current)
-                    );
-                }
-                continue;
-            }
-            match (backup.get(&want.user_id), self.applied.get(&want.user_id)) {
-                (None, _) => {
-                    // Save the original durably before the first change, or change nothing.
-                    if let Err(e) = backup.set_original(&want.user_id, &user.name, current) {
-                        errors.push(format!("cannot save {}'s original limit: {e}", user.name));
-                        continue;
-                    }
-                }
-                (Some(_), Some(&mine)) if mine != current => {
-                    info!(
-                        "{}'s limit was changed by hand to {}; that is now the original to restore",
-                        user.name,
-                        fmt_limit(current)
-                    );
-                    if let Err(e) = backup.set_original(&want.user_id, &user.name, current) {
-                        errors.push(format!("cannot save {}'s original limit: {e}", user.name));
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-            if current == desired {
-                self.applied.insert(want.user_id.clone(), desired);
-                continue;
-            }
-            match server.set_policy(&want.user_id, &user.policy_with_limit(desired)) {
-                Ok(()) => {
-                    info!(
-                        "{}: remote limit {} -> {:.1} Mbit/s",
-                        user.name,
-                        fmt_limit(current),
-                        desired as f64 / 1e6
-                    );
-                    self.applied.insert(want.user_id.clone(), desired);
-                    if let Some(w) = self.webhook.as_mut() {
-                        w.notify(Event::LimitChanged {
-                            user: user.name.clone(),
-                            old_bps: current.max(0) as u64,
-                            new_bps: desired as u64,
-                        });
-                    }
-                }
-                Err(e) => errors.push(format!("cannot set {}'s limit: {e}", user.name)),
+            for c in changes {
+                self.notify(Event::LimitChanged {
+                    user: c.user,
+                    old_bps: c.old_bps.max(0) as u64,
+                    new_bps: c.new_bps.max(0) as u64,
+                });
             }
         }
-        for uid in &plan.restore_users {
-            self.restore_user(uid, false);
+        if let Some(server) = self.server.as_mut() {
+            self.limits
+                .restore_unmanaged(server.as_mut(), &managed, now, &mut errs);
         }
-    }
-
-    /// Puts one user's original limit back, unless an admin changed it meanwhile (then the
-    /// admin's value stays). Returns false when the server could not be asked.
-    fn restore_user(&mut self, uid: &str, after_crash: bool) -> bool {
-        let Some(server) = self.server.as_mut() else {
-            return false;
-        };
-        let Ok(backup) = self.backup.as_mut() else {
-            return false;
-        };
-        let Some(entry) = backup.get(uid).cloned() else {
-            return true;
-        };
-        let user = match server.user(uid) {
-            Ok(u) => u,
-            Err(jellyfin::Error::NotFound) => {
-                let _ = backup.remove(uid);
-                return true;
-            }
-            Err(e) => {
-                warn!(
-                    "cannot restore {}'s limit now ({e}); will retry",
-                    entry.name
-                );
-                return false;
-            }
-        };
-        let mine = self.applied.get(uid).copied();
-        let ours = after_crash || mine == Some(user.remote_limit) || mine.is_none();
-        if ours && user.remote_limit != entry.original {
-            if let Err(e) = server.set_policy(uid, &user.policy_with_limit(entry.original)) {
-                warn!("cannot restore {}'s limit ({e}); will retry", entry.name);
-                return false;
-            }
-            info!(
-                "{}: original remote limit {} restored",
-                entry.name,
-                fmt_limit(entry.original)
-            );
+        let now_set: BTreeSet<String> = errs.iter().cloned().collect();
+        for e in now_set.difference(&self.limit_errors) {
+            warn!("{e}");
         }
-        let _ = backup.remove(uid);
-        self.applied.remove(uid);
-        true
+        self.limit_errors = now_set;
+        errors.extend(errs);
     }
 
     fn restart(&mut self, s: &Session, limit_bps: u64) {
@@ -903,6 +908,14 @@ impl Daemon {
         let Some(server_ip) = self.cfg.server_ip() else {
             return;
         };
+        let lan_device = match &self.lan_dev {
+            Ok(d) => d.clone(),
+            Err(e) => {
+                errors.push(format!("shaping: LAN device unknown: {e}"));
+                return;
+            }
+        };
+        let server_ip6 = self.server_ip6();
         let Some(sh) = self.shaper.as_mut() else {
             return;
         };
@@ -921,9 +934,9 @@ impl Daemon {
             .map(|v| v.rate_bps)
             .fold(0u64, u64::saturating_add);
         let spec = shaper::Spec {
-            lan_device: self.cfg.network.lan_device.clone(),
+            lan_device,
             server_ip,
-            server_ip6: None,
+            server_ip6,
             ports: self.cfg.jellyfin.ports.clone(),
             total_bps: self.last_plan.budget_bps.max(sum).max(1_000_000),
             newcomer_bps: (self.cfg.bandwidth.min_stream_mbps * 1e6).round() as u64,
@@ -1063,7 +1076,10 @@ impl Daemon {
         let Ok(tx) = observe::read_tx_bytes(Path::new(SYS_ROOT), dev) else {
             return;
         };
-        let Some(wan_bps) = self.guard_wan.update(now, tx) else {
+        let Some(wan_bps) = self
+            .guard_wan
+            .update_within(now, tx, self.plausible_wan_bps())
+        else {
             return;
         };
         // Jellyfin's own upload as the last tick measured it: cheap (no tc run), and when the
@@ -1122,19 +1138,7 @@ impl Daemon {
         st.server_awake = p.known.then_some(!p.asleep());
         st.asleep_since = p.asleep_since;
         st.awake_after_s = p.awake_after_s.map(|a| (a * 10.0).round() / 10.0);
-        st.server_state = p.known.then(|| {
-            let woken = st
-                .last_wake
-                .zip(p.slept_since)
-                .is_some_and(|(t, since)| t.saturating_add(60) >= since);
-            match (p.asleep(), p.slept_since.is_some(), woken) {
-                (true, _, false) => "asleep",
-                (_, true, true) => "waking",
-                (false, true, false) => "booting",
-                _ => "awake",
-            }
-            .to_string()
-        });
+        st.server_state = p.state(st.last_wake).map(str::to_string);
         st
     }
 
@@ -1227,8 +1231,7 @@ impl Daemon {
                     .session
                     .user_id
                     .as_ref()
-                    .and_then(|u| self.applied.get(u))
-                    .copied()
+                    .and_then(|u| self.limits.limit_of(u))
                     .unwrap_or(0)
                     .max(0) as u64;
                 StreamStatus {
@@ -1294,6 +1297,13 @@ impl Daemon {
                 active: self.status.shaping.active,
                 error: self.status.shaping.error.clone(),
             },
+            network: status::NetworkStatus {
+                lan_device: self.lan_dev.as_ref().ok().cloned(),
+                internal: self.internal.nets.iter().map(|n| n.to_string()).collect(),
+                internal_fallback: self.internal.fallback,
+                server_ip6: self.server_ip6().map(|a| a.to_string()),
+                flow_offloading: self.offload,
+            },
             errors,
         };
         let path = self.cfg.main.run_dir.join("status.json");
@@ -1315,26 +1325,41 @@ impl Daemon {
 
     /// Everything back as it was: own tc state removed, every original limit restored.
     pub fn shutdown(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_BUDGET;
         if let Some(s) = self.shaper.as_mut() {
             if let Err(e) = s.remove() {
                 warn!("could not remove all shaping state: {e}");
             }
         }
         if self.presence.asleep() {
-            info!("the media server is asleep: the original limits stay in the backup for the next start or `jellydemon restore`");
-        } else if !self.dry() {
-            // A short timeout: procd kills us 5 s after SIGTERM.
-            if let Ok(s) = server_for(&self.cfg, Duration::from_secs(2)) {
-                self.server = Some(s);
+            if self.limits.pending() > 0 {
+                info!("the media server is asleep: the original limits stay in the backup for the next start or `jellydemon restore`");
             }
-            let pending = match &self.backup {
-                Ok(b) => b.entries(),
-                Err(_) => Vec::new(),
-            };
-            for (uid, _) in pending {
-                if !self.restore_user(&uid, false) {
-                    warn!("Jellyfin unreachable: the remaining original limits stay in the backup for `jellydemon restore` or the next start");
+        } else if self.limits.pending() > 0 {
+            // Everything within SHUTDOWN_BUDGET of SIGTERM (DESIGN.md: 5 s; procd kills at
+            // the init script's term_timeout). The running client keeps the server's address:
+            // no name lookup now. Each user takes two calls, so each gets half of what is left.
+            // Dry run too: these are originals the daemon changed before.
+            if self.server.is_none() {
+                self.server = server_for(&self.cfg, Duration::from_secs(2)).ok();
+            }
+            for uid in self.limits.pending_users() {
+                let left = deadline.saturating_duration_since(Instant::now()) / 2;
+                if left < Duration::from_millis(100) {
+                    warn!("no time left to restore the remaining original limits: they stay in the backup for `jellydemon restore` or the next start");
                     break;
+                }
+                let Some(server) = self.server.as_mut() else {
+                    warn!("no Jellyfin server configured: the original limits stay in the backup");
+                    break;
+                };
+                server.set_timeout(left.min(Duration::from_secs(2)));
+                if let Err(e) = self.limits.restore_user(server.as_mut(), &uid) {
+                    warn!("{e}");
+                    if e.server_away {
+                        warn!("Jellyfin unreachable: the remaining original limits stay in the backup for `jellydemon restore` or the next start");
+                        break;
+                    }
                 }
             }
         }
@@ -1357,11 +1382,189 @@ impl Daemon {
     }
 }
 
-fn fmt_limit(bps: i64) -> String {
-    if bps <= 0 {
-        "none".into()
-    } else {
-        format!("{:.1} Mbit/s", bps as f64 / 1e6)
+/// Following the home network: netifd's interfaces, the WAN device behind them, the firewall.
+impl Daemon {
+    /// Resolves what depends on netifd: the LAN device and the `internal` networks, and the
+    /// WAN device when it is followed (a WAN that moved to a new device while the old one
+    /// stays, e.g. from DHCP on eth1 to PPPoE; where the counter fails, see
+    /// [`Daemon::read_wan`]). A WAN that netifd reports down keeps its last device here.
+    fn resolve_network(&mut self) {
+        if self.cfg.network.wan_device.is_none() && self.wan_dev.is_ok() {
+            if let Ok(d) = wan_device(&self.cfg) {
+                self.set_wan_dev(Ok(d));
+            }
+        }
+        let lan = lan_device(&self.cfg);
+        if lan != self.lan_dev {
+            match (&lan, &self.lan_dev) {
+                (Ok(d), _) => info!("LAN device {d}"),
+                (Err(e), Ok(_)) | (Err(e), Err(_)) => warn!("{e}"),
+            }
+            self.lan_dev = lan;
+        }
+        let internal = internal_networks(&self.cfg, &self.internal_configured);
+        if internal != self.internal {
+            let list: Vec<String> = internal.nets.iter().map(|n| n.to_string()).collect();
+            info!(
+                "local networks: {}{}",
+                list.join(" "),
+                if internal.fallback {
+                    " (netifd gave none: the private ranges stand in)"
+                } else {
+                    ""
+                }
+            );
+            for p in &internal.problems {
+                warn!("{p}");
+            }
+        }
+        self.cfg.network.internal = internal.nets.clone();
+        self.internal = internal;
+    }
+
+    fn read_offload(&mut self) {
+        let o = firewall::read_offload(Path::new(firewall::FIREWALL_CONFIG));
+        if o != self.offload && o.is_on() {
+            warn!("{}; {}", o.meaning(), o.fix());
+        }
+        self.offload = o;
+    }
+
+    /// Once per tick: when the kernel reported a link or address change (or, without that
+    /// notification, about every minute), ask netifd again; the firewall's file about every
+    /// minute.
+    fn follow_network(&mut self, errors: &mut Vec<String>) {
+        self.ticks += 1;
+        let minute = (60 / self.cfg.main.interval.max(1) as u64).max(1);
+        let changed = match self.links.as_mut() {
+            Some(w) => w.changed(),
+            None => self.ticks % minute == 0,
+        };
+        if changed {
+            self.resolve_network();
+        }
+        if self.ticks % minute == 0 {
+            self.read_offload();
+        }
+        // Until it is known, every tick (no process: a file and a netlink dump), so the first
+        // IPv6 stream is shaped from its second tick; then every minute, to follow a change.
+        if self.cfg.server_ip6().is_none()
+            && (self.ticks % minute == 0 || !matches!(self.learned_ip6, neigh::Learned::One(_)))
+        {
+            self.learn_ip6();
+        }
+        if let neigh::Learned::Several(all) = &self.learned_ip6 {
+            let list: Vec<String> = all.iter().map(|a| a.to_string()).collect();
+            errors.push(format!(
+                "the media server has several IPv6 addresses ({}): set jellyfin.server_ip6 to the one its viewers use; until then its IPv6 traffic is neither shaped nor counted",
+                list.join(", ")
+            ));
+        }
+        if self.offload.is_on() && self.cfg.shaping.enabled {
+            errors.push(format!(
+                "{}; {}",
+                self.offload.meaning(),
+                self.offload.fix()
+            ));
+        }
+    }
+
+    /// The server's IPv6 address: `server_ip6` (or an IPv6 `server_ip`), else the one the
+    /// neighbour tables show for the server's MAC.
+    fn server_ip6(&self) -> Option<std::net::Ipv6Addr> {
+        self.cfg.server_ip6().or(match &self.learned_ip6 {
+            neigh::Learned::One(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    fn learn_ip6(&mut self) {
+        let learned = match &self.lan_dev {
+            Ok(lan) => learn_server_ip6(&self.cfg, lan),
+            Err(_) => neigh::Learned::None,
+        };
+        if learned != self.learned_ip6 {
+            match &learned {
+                neigh::Learned::One(a) => {
+                    info!("media server's IPv6 address {a} (from the neighbour table)")
+                }
+                neigh::Learned::Several(v) => warn!(
+                    "the media server has {} IPv6 addresses: set jellyfin.server_ip6",
+                    v.len()
+                ),
+                // A vanished entry (the neighbour expired) keeps the address known.
+                neigh::Learned::None => return,
+            }
+            self.learned_ip6 = learned;
+        }
+    }
+
+    /// The fastest upload the WAN could carry: a counter delta beyond it is a device that
+    /// started again, not traffic. Generous (10× the capacity, at least 1 Gbit/s), since a
+    /// configured capacity may be well below the line's: a counter that falls from a few
+    /// hundred MB to zero still reads as several Gbit/s when taken for a 32-bit wrap.
+    fn plausible_wan_bps(&self) -> Option<u64> {
+        self.capacity_bps
+            .map(|c| c.saturating_mul(10).max(1_000_000_000))
+    }
+
+    /// Takes `dev` as the WAN device; true when it is another one (the meters start again).
+    fn set_wan_dev(&mut self, dev: Result<String, String>) -> bool {
+        if dev == self.wan_dev {
+            return false;
+        }
+        if let Ok(d) = &dev {
+            info!("WAN device now {d}");
+        }
+        self.wan_dev = dev;
+        self.wan_ifindex = None;
+        self.wan_meter.reset();
+        self.guard_wan.reset();
+        if self.cfg.bandwidth.upload_mbps.is_none() {
+            self.capacity_bps = capacity(
+                &self.cfg,
+                self.wan_dev.as_deref().ok(),
+                Path::new(SQM_CONFIG),
+            );
+        }
+        true
+    }
+
+    /// The WAN upload since the last tick. A counter that cannot be read (PPPoE down, the
+    /// device renamed or re-created) makes the daemon ask netifd for the device again at
+    /// once; a new device (or the same name with a new interface index) starts a new series,
+    /// so its counters from zero are never read as traffic.
+    fn read_wan(&mut self, now: f64, errors: &mut Vec<String>) -> Option<u64> {
+        let follow = self.cfg.network.wan_device.is_none();
+        for attempt in 0..2 {
+            let err = match &self.wan_dev {
+                Ok(dev) => {
+                    let index = observe::read_ifindex(Path::new(SYS_ROOT), dev);
+                    match observe::read_tx_bytes(Path::new(SYS_ROOT), dev) {
+                        Ok(c) => {
+                            if index != self.wan_ifindex {
+                                if self.wan_ifindex.is_some() {
+                                    info!("WAN device {dev} is new (index {index:?}): its counters start again");
+                                }
+                                self.wan_ifindex = index;
+                                self.wan_meter.reset();
+                                self.guard_wan.reset();
+                            }
+                            let max = self.plausible_wan_bps();
+                            return self.wan_meter.update_within(now, c, max);
+                        }
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Err(e) => e.clone(),
+            };
+            if attempt == 0 && follow && self.set_wan_dev(wan_device(&self.cfg)) {
+                continue;
+            }
+            errors.push(err);
+            return None;
+        }
+        None
     }
 }
 
@@ -1455,41 +1658,39 @@ pub fn run(config_path: PathBuf, cfg: Config, opts: Options, signals: Signals) -
 /// Works without a running daemon (after a crash, or to undo `run --once`).
 pub fn restore_all(cfg: &Config) -> Result<(), String> {
     let mut problems = Vec::new();
-    let mut sh =
-        shaper::TcShaper::new(SHAPER_DEVICE, "tc").with_lan_device(&cfg.network.lan_device);
+    let mut sh = shaper::TcShaper::new(SHAPER_DEVICE, "tc");
+    // Without netifd (ubus gone, the LAN down), the bridge OpenWrt names br-lan is the one
+    // place left to look: a redirect to a removed device would drop the server's packets.
+    let lan = lan_device(cfg).or_else(|e| {
+        Path::new(&format!("{SYS_ROOT}/class/net/br-lan"))
+            .exists()
+            .then(|| "br-lan".to_string())
+            .ok_or(e)
+    });
+    match lan {
+        Ok(lan) => sh = sh.with_lan_device(&lan),
+        Err(e) => problems.push(format!(
+            "LAN device: {e} (its redirect filters, if any, stay)"
+        )),
+    }
     if let Err(e) = sh.remove() {
         problems.push(format!("shaping state: {e}"));
     }
-    let mut backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string())?;
-    if backup.is_empty() {
+    let mut lim = Limits::load(&cfg.main.state_dir);
+    if let Some(e) = lim.error() {
+        return Err(e.to_string());
+    }
+    let before = lim.pending();
+    if before == 0 {
         crate::say("no backed-up limits to restore\n");
     } else {
         let mut server = server_for(cfg, Duration::from_secs(cfg.jellyfin.timeout as u64))?;
-        for (uid, entry) in backup.entries() {
-            let user = match server.user(&uid) {
-                Ok(u) => u,
-                Err(jellyfin::Error::NotFound) => {
-                    let _ = backup.remove(&uid);
-                    continue;
-                }
-                Err(e) => {
-                    problems.push(format!("{}: {e}", entry.name));
-                    continue;
-                }
-            };
-            if user.remote_limit != entry.original {
-                if let Err(e) = server.set_policy(&uid, &user.policy_with_limit(entry.original)) {
-                    problems.push(format!("{}: {e}", entry.name));
-                    continue;
-                }
-            }
-            crate::say(&format!(
-                "{}: remote limit {} restored\n",
-                entry.name,
-                fmt_limit(entry.original)
-            ));
-            backup.remove(&uid).map_err(|e| e.to_string())?;
-        }
+        // A server that is away would cost one timeout per user: stop at the first.
+        problems.extend(lim.restore_all(server.as_mut(), true));
+        crate::say(&format!(
+            "{} of {before} original limit(s) restored\n",
+            before - lim.pending()
+        ));
     }
     if problems.is_empty() {
         Ok(())

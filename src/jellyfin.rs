@@ -543,6 +543,9 @@ pub trait MediaServer {
     fn users(&mut self) -> Result<Vec<User>, Error>;
     /// `POST /Users/{id}/Policy`: a full replace of the policy.
     fn set_policy(&mut self, user_id: &str, policy: &Map<String, Value>) -> Result<(), Error>;
+    /// Bounds every later call by `timeout` (the shutdown shortens it to fit procd's kill
+    /// timeout), keeping what the client already knows (the server's address).
+    fn set_timeout(&mut self, _timeout: Duration) {}
     /// `POST /Sessions/{id}/Playing/Stop`.
     fn stop(&mut self, session_id: &str) -> Result<(), Error>;
     /// `POST /Sessions/{id}/Playing?playCommand=PlayNow&…`.
@@ -566,8 +569,7 @@ pub trait MediaServer {
 
 /// The real client: plain HTTP to the server's LAN address, one connection per call.
 pub struct Client {
-    url: http::Url,
-    timeout: Duration,
+    http: http::Endpoint,
     base: String,
     auth: String,
     key: String,
@@ -580,8 +582,8 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client for `base_url` (`http://host:port[/prefix]`). `timeout` bounds connecting and
-    /// every whole call. https is refused: TLS is not built in.
+    /// A client for `base_url` (`http://host:port[/prefix]`). `timeout` bounds every whole call,
+    /// the one-time name lookup included. https is refused: TLS is not built in.
     pub fn new(
         base_url: &str,
         api_key: &Secret,
@@ -599,8 +601,7 @@ impl Client {
         );
         let url = http::Url::parse(&base).map_err(map_http)?;
         Ok(Client {
-            url,
-            timeout,
+            http: http::Endpoint::new(url, timeout),
             base,
             auth,
             key: api_key.expose().to_string(),
@@ -643,7 +644,9 @@ impl Client {
         if json.is_some() {
             headers.push(("Content-Type", "application/json"));
         }
-        let out = http::request(&self.url, method, path, &headers, json, self.timeout, limit)
+        let out = self
+            .http
+            .request(method, path, &headers, json, limit)
             .map_err(map_http)
             .and_then(|resp| check_status(&resp).map(|_| resp.body));
         out.map_err(|e| self.redact(e))
@@ -659,6 +662,10 @@ impl Client {
 }
 
 impl MediaServer for Client {
+    fn set_timeout(&mut self, timeout: Duration) {
+        self.http = self.http.with_timeout(timeout);
+    }
+
     fn system_info(&mut self) -> Result<ServerInfo, Error> {
         let body = self.get("/System/Info", BODY_LIMIT)?;
         ServerInfo::from_slice(&body)
@@ -792,21 +799,17 @@ fn check_base_url(url: &str) -> Result<String, Error> {
     let url = url.trim();
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("https://") {
-        return Err(Error::BadUrl(
-            "https is not supported (TLS is not built in); use the server's LAN http:// \
-             address, e.g. http://192.168.1.2:8096"
-                .into(),
-        ));
+        return Err(Error::BadUrl(crate::config::JELLYFIN_HTTPS_HINT.into()));
     }
     let Some(rest) = lower.strip_prefix("http://") else {
         return Err(Error::BadUrl(format!(
-            "{url:?} must start with http://, e.g. http://192.168.1.2:8096"
+            "'{url}' must start with http://, e.g. http://192.168.1.2:8096"
         )));
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || host.contains('@') || url.contains(['?', '#']) {
         return Err(Error::BadUrl(format!(
-            "{url:?} needs a host and no user, query or fragment, e.g. http://192.168.1.2:8096"
+            "'{url}' needs a host and no user, query or fragment, e.g. http://192.168.1.2:8096"
         )));
     }
     Ok(url.trim_end_matches('/').to_string())

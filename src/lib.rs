@@ -10,21 +10,29 @@ pub mod config;
 pub mod conntrack;
 pub mod daemon;
 pub mod decide;
+pub mod firewall;
 pub mod http;
 pub mod jellyfin;
+pub mod limits;
 pub mod monitor;
+pub mod neigh;
+pub mod netifd;
 pub mod observe;
 pub mod publish;
 pub mod shaper;
 pub mod status;
 pub mod text;
+pub mod tlsclient;
 pub mod uci;
 pub mod wake;
 pub mod wol;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
+
+use syslog::{Facility, LogFormat, LoggerBackend, Severity};
 
 /// One entry point per parser of outside input, for the fuzz targets in `fuzz/` and the
 /// replay in `tests/fuzz_replay.rs`. Not an API: each runs the parser on arbitrary bytes and
@@ -61,7 +69,7 @@ pub mod fuzzing {
         let _ = jf::decode_user(data);
         let _ = jf::decode_item_bitrate(data, Some("a"));
         let _ = jf::ServerInfo::from_slice(data);
-        let _ = crate::observe::parse_ubus_status(data);
+        let _ = crate::netifd::parse_status(data);
     }
 
     /// What `tc` prints back (`qdisc show`, `-s class show`, `filter show`).
@@ -77,13 +85,20 @@ pub mod fuzzing {
         }
     }
 
-    /// Kernel netlink replies: rtnetlink acknowledgements and ctnetlink conntrack messages.
+    /// Kernel netlink replies: rtnetlink acknowledgements, traffic-control dumps (qdiscs,
+    /// classes, filters) and ctnetlink conntrack messages.
     pub fn netlink(data: &[u8]) {
-        let _ = crate::shaper::netlink::find_ack(data, 1);
+        use crate::shaper::netlink as tc;
+        let _ = tc::find_ack(data, 1);
+        let name = |i: u32| format!("if{i}");
         crate::conntrack::for_each_msg(data, |_, _, _, payload| {
             let _ = crate::conntrack::parse_ct_msg(payload);
+            let _ = tc::decode_qdisc(payload, 1);
+            let _ = tc::decode_class(payload);
+            let _ = tc::decode_filter(payload, &name);
         });
         let _ = crate::conntrack::parse_ct_msg(data);
+        let _ = crate::neigh::parse_dump(data, &mut Vec::new());
     }
 
     /// `/proc/net/nf_conntrack` text, line by line and as a stream.
@@ -161,34 +176,77 @@ pub fn say(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-/// RFC 3164 over the local syslog socket, as OpenWrt's logd and every syslogd read it:
-/// `<PRI>ident[pid]: message`, facility daemon. A few lines instead of a crate that brings a
-/// date library along: logd stamps the time itself.
-struct Syslog {
-    sock: std::os::unix::net::UnixDatagram,
+/// `<PRI>jellydemon[pid]: message`, facility daemon: RFC 3164 without the timestamp, which
+/// OpenWrt's logd and busybox syslogd add themselves (the crate's `Formatter3164` would format
+/// a UTC time they drop, with a date library's code).
+#[derive(Clone, Copy)]
+struct Rfc3164 {
     pid: u32,
 }
 
+impl<T: std::fmt::Display> LogFormat<T> for Rfc3164 {
+    fn format<W: Write>(&self, w: &mut W, severity: Severity, message: T) -> syslog::Result<()> {
+        let pri = Facility::LOG_DAEMON as u8 | severity as u8;
+        write!(w, "<{pri}>jellydemon[{}]: {message}", self.pid).map_err(syslog::Error::Write)
+    }
+}
+
+/// The local syslog socket through the syslog crate, reconnected when the log daemon went away
+/// (logd restarts with a new socket: the old connection then refuses every line).
+struct Syslog {
+    path: PathBuf,
+    format: Rfc3164,
+    conn: Option<syslog::Logger<LoggerBackend, Rfc3164>>,
+}
+
 impl Syslog {
-    fn connect(path: &str) -> Option<Syslog> {
-        let sock = std::os::unix::net::UnixDatagram::unbound().ok()?;
-        sock.connect(path).ok()?;
-        Some(Syslog {
-            sock,
-            pid: std::process::id(),
-        })
+    fn connect(path: &Path) -> Option<Syslog> {
+        let mut s = Syslog {
+            path: path.to_path_buf(),
+            format: Rfc3164 {
+                pid: std::process::id(),
+            },
+            conn: None,
+        };
+        s.reconnect();
+        s.conn.is_some().then_some(s)
     }
 
-    fn send(&self, level: log::Level, msg: &str) {
-        // facility daemon (3) * 8 + severity
-        let severity = match level {
-            log::Level::Error => 3,
-            log::Level::Warn => 4,
-            log::Level::Info => 6,
-            _ => 7,
-        };
-        let line = format!("<{}>jellydemon[{}]: {msg}", 3 * 8 + severity, self.pid);
-        let _ = self.sock.send(line.as_bytes());
+    fn reconnect(&mut self) {
+        self.conn = syslog::unix_custom(self.format, &self.path).ok();
+        if let Some(c) = &self.conn {
+            // A log daemon that stops reading must not stop the daemon: drop the line instead.
+            if let LoggerBackend::Unix(sock) = &c.backend {
+                let _ = sock.set_nonblocking(true);
+            }
+        }
+    }
+
+    /// Sends one line; false when it could not be delivered (the caller writes it to stderr).
+    fn send(&mut self, level: log::Level, msg: &str) -> bool {
+        for _ in 0..2 {
+            if self.conn.is_none() {
+                self.reconnect();
+            }
+            let Some(c) = self.conn.as_mut() else {
+                return false;
+            };
+            let sent = match level {
+                log::Level::Error => c.err(msg),
+                log::Level::Warn => c.warning(msg),
+                log::Level::Info => c.info(msg),
+                _ => c.debug(msg),
+            };
+            match sent {
+                Ok(()) => return true,
+                // Full queue: the daemon is alive but busy; reconnecting would not help.
+                Err(syslog::Error::Write(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return false
+                }
+                Err(_) => self.conn = None,
+            }
+        }
+        false
     }
 }
 
@@ -207,8 +265,8 @@ impl log::Log for Logger {
         }
         let msg = r.args().to_string();
         if let Some(s) = &self.syslog {
-            if let Ok(s) = s.lock() {
-                s.send(r.level(), &msg);
+            let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+            if s.send(r.level(), &msg) {
                 return;
             }
         }
@@ -227,12 +285,12 @@ impl log::Log for Logger {
 }
 
 /// Routes `log` to syslog (facility daemon, ident jellydemon) or to stderr. Falls back to
-/// stderr when no syslog socket exists (procd then forwards stderr to logread anyway).
+/// stderr for every line syslog does not take (procd forwards stderr to logread anyway).
 pub fn init_logging(to_stderr: bool, level: config::LogLevel) {
     let syslog = if to_stderr {
         None
     } else {
-        Syslog::connect("/dev/log").map(Mutex::new)
+        Syslog::connect(Path::new("/dev/log")).map(Mutex::new)
     };
     set_log_level(level);
     let _ = log::set_boxed_logger(Box::new(Logger { syslog }));
@@ -253,28 +311,61 @@ pub fn set_log_level(level: config::LogLevel) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    fn recv(rx: &UnixDatagram) -> String {
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        let n = rx.recv(&mut buf).expect("a line at the log socket");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
 
     #[test]
     fn syslog_lines_are_rfc3164_with_facility_daemon() {
         let path = std::env::temp_dir().join(format!("jd-log-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        let s = Syslog::connect(path.to_str().unwrap()).unwrap();
-        s.send(log::Level::Warn, "hello");
-        s.send(log::Level::Info, "there");
-        let mut buf = [0u8; 256];
-        let n = rx.recv(&mut buf).unwrap();
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let mut s = Syslog::connect(&path).unwrap();
+        assert!(s.send(log::Level::Warn, "hello"));
+        assert!(s.send(log::Level::Info, "there"));
+        assert!(s.send(log::Level::Error, "bad"));
+        assert!(s.send(log::Level::Debug, "detail"));
         let pid = std::process::id();
-        assert_eq!(
-            &buf[..n],
-            format!("<28>jellydemon[{pid}]: hello").as_bytes()
-        );
-        let n = rx.recv(&mut buf).unwrap();
-        assert_eq!(
-            &buf[..n],
-            format!("<30>jellydemon[{pid}]: there").as_bytes()
-        );
+        assert_eq!(recv(&rx), format!("<28>jellydemon[{pid}]: hello"));
+        assert_eq!(recv(&rx), format!("<30>jellydemon[{pid}]: there"));
+        assert_eq!(recv(&rx), format!("<27>jellydemon[{pid}]: bad"));
+        assert_eq!(recv(&rx), format!("<31>jellydemon[{pid}]: detail"));
         std::fs::remove_file(&path).unwrap();
-        assert!(Syslog::connect("/nonexistent/log").is_none());
+        assert!(Syslog::connect(Path::new("/nonexistent/log")).is_none());
+    }
+
+    /// The log daemon restarts the way OpenWrt's logd does (ubox log/syslog.c: a new datagram
+    /// socket bound at the path after the old one is gone): the next line reaches the new one.
+    #[test]
+    fn syslog_reconnects_after_the_log_daemon_restarts() {
+        let path = std::env::temp_dir().join(format!("jd-log-restart-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let mut s = Syslog::connect(&path).unwrap();
+        assert!(s.send(log::Level::Info, "before"));
+        assert!(recv(&rx).ends_with("before"));
+
+        drop(rx);
+        std::fs::remove_file(&path).unwrap();
+        // While nobody listens the line is not taken (the caller writes it to stderr).
+        assert!(!s.send(log::Level::Info, "while down"));
+        let rx = UnixDatagram::bind(&path).unwrap();
+        assert!(s.send(log::Level::Warn, "after"));
+        let pid = std::process::id();
+        assert_eq!(recv(&rx), format!("<28>jellydemon[{pid}]: after"));
+
+        // Restarted between two lines: the first line after it is not lost either.
+        drop(rx);
+        std::fs::remove_file(&path).unwrap();
+        let rx = UnixDatagram::bind(&path).unwrap();
+        assert!(s.send(log::Level::Error, "next"));
+        assert_eq!(recv(&rx), format!("<27>jellydemon[{pid}]: next"));
+        std::fs::remove_file(&path).unwrap();
     }
 }

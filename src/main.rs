@@ -40,7 +40,7 @@ enum Verb {
 /// original limit and remove all shaping; SIGHUP reloads the configuration.
 #[argh(subcommand, name = "run")]
 struct Run {
-    /// decide and log what would change, change nothing
+    /// decide and log what would change, change nothing (originals left in the backup are put back)
     #[argh(switch)]
     dry_run: bool,
     /// run one tick and exit, leaving what it applied in place (`restore` undoes it)
@@ -229,8 +229,15 @@ fn print_status(cfg: &Config, json: bool) -> u8 {
             return 1;
         }
     };
-    let st: status::Status = match serde_json::from_slice(&bytes) {
-        Ok(s) => s,
+    let st = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(v) if v.is_object() => status::Status::from_json(&v),
+        Ok(_) => {
+            eprintln!(
+                "jellydemon: {} is unreadable: not a JSON object",
+                p.display()
+            );
+            return 1;
+        }
         Err(e) => {
             eprintln!("jellydemon: {} is unreadable: {e}", p.display());
             return 1;
@@ -311,15 +318,17 @@ fn config_cmd(path: &Path, c: ConfigCmd) -> u8 {
     }
     // What `uci show jellydemon` prints for every file uci reads (DESIGN.md §5): only a file
     // uci itself refuses is an error here; jellydemon's own objections go to stderr.
-    let (package, file) = match config::read_package(path) {
-        Ok(p) => p,
+    let package = match config::read_package(path) {
+        Ok((p, _)) => p,
         Err(e) => {
             eprintln!("jellydemon: {e}");
             return 1;
         }
     };
     print_out(package.show_bytes("jellydemon"));
-    match config::from_package(&package, &file) {
+    // The objections come from the whole configuration, the secrets file included (an API key
+    // kept there is not "missing").
+    match config::load(path) {
         Ok(l) => {
             for w in &l.warnings {
                 eprintln!("jellydemon: warning: {w}");

@@ -38,6 +38,14 @@ impl RateMeter {
     /// sample, or `None` for the first sample and after a counter reset (device re-created).
     /// A 32-bit counter that wrapped is recognised and counted across the wrap.
     pub fn update(&mut self, now: f64, counter: u64) -> Option<u64> {
+        self.update_within(now, counter, None)
+    }
+
+    /// Like [`RateMeter::update`], with the fastest rate the link can carry: a delta beyond
+    /// it is not traffic but a counter that started again (a PPPoE reconnect re-creates
+    /// `pppoe-wan` from zero, which would otherwise read as a 32-bit wrap worth gigabits), and
+    /// gives `None` while the meter restarts from the new value.
+    pub fn update_within(&mut self, now: f64, counter: u64, max_bps: Option<u64>) -> Option<u64> {
         let prev = self.last.replace((now, counter));
         let (t0, c0) = prev?;
         let dt = now - t0;
@@ -45,23 +53,29 @@ impl RateMeter {
             self.last = Some((t0, c0));
             return None;
         }
-        let delta = counter_delta(c0, counter, dt)?;
+        let delta = counter_delta(c0, counter, dt, max_bps)?;
         Some((delta as f64 * 8.0 / dt) as u64)
+    }
+
+    /// Forgets the last sample: the next one starts a new series (another device).
+    pub fn reset(&mut self) {
+        self.last = None;
     }
 }
 
 /// Bytes a counter advanced from `c0` to `c1` in `dt` seconds, across a 32-bit wrap; None for
-/// a reset.
-fn counter_delta(c0: u64, c1: u64, dt: f64) -> Option<u64> {
-    if c1 >= c0 {
-        Some(c1 - c0)
+/// a reset. A step beyond `max_bps` (the fastest the link could carry; 100 Gbit/s when
+/// unknown) is a counter that started again, not traffic, whichever way it went.
+fn counter_delta(c0: u64, c1: u64, dt: f64, max_bps: Option<u64>) -> Option<u64> {
+    let delta = if c1 >= c0 {
+        c1 - c0
     } else if c0 <= u32::MAX as u64 && c1 <= u32::MAX as u64 {
-        let wrapped = (u32::MAX as u64 - c0) + c1 + 1;
-        // A wrap is only plausible if it implies a sane rate; otherwise it was a reset.
-        (wrapped as f64 * 8.0 / dt < 100e9).then_some(wrapped)
+        (u32::MAX as u64 - c0) + c1 + 1
     } else {
-        None
-    }
+        return None;
+    };
+    let max = max_bps.map_or(100e9, |m| m as f64);
+    (delta as f64 * 8.0 / dt <= max).then_some(delta)
 }
 
 /// The rate over the last `window` seconds from samples taken more often than that (a
@@ -87,6 +101,12 @@ impl WindowMeter {
     /// Feeds a sample; returns bits/s over the newest span of at least the window, or None
     /// until the samples span one (also after a counter reset, which starts afresh).
     pub fn update(&mut self, now: f64, counter: u64) -> Option<u64> {
+        self.update_within(now, counter, None)
+    }
+
+    /// Like [`WindowMeter::update`], a step beyond `max_bps` being a reset (see
+    /// [`RateMeter::update_within`]).
+    pub fn update_within(&mut self, now: f64, counter: u64, max_bps: Option<u64>) -> Option<u64> {
         let (t_last, total) = self.samples.back().copied().unwrap_or((now, 0));
         let prev = self.last_counter.replace(counter);
         let total = match prev {
@@ -95,7 +115,7 @@ impl WindowMeter {
                 self.last_counter = prev;
                 return None;
             }
-            Some(c0) => match counter_delta(c0, counter, now - t_last) {
+            Some(c0) => match counter_delta(c0, counter, now - t_last, max_bps) {
                 Some(d) => total.saturating_add(d),
                 None => {
                     self.samples.clear();
@@ -103,6 +123,15 @@ impl WindowMeter {
                 }
             },
         };
+        // After a long pause (the caller skipped sampling) the old sample would average the
+        // pause in: start the window afresh.
+        if self
+            .samples
+            .back()
+            .is_some_and(|(t, _)| now - t > 4.0 * self.window)
+        {
+            self.samples.clear();
+        }
         self.samples.push_back((now, total));
         while self.samples.len() > 2 && now - self.samples[1].0 >= self.window {
             self.samples.pop_front();
@@ -118,52 +147,28 @@ impl WindowMeter {
         }
         Some(((total - b0) as f64 * 8.0 / dt) as u64)
     }
+
+    /// Forgets every sample: the next one starts a new series (another device).
+    pub fn reset(&mut self) {
+        self.samples.clear();
+        self.last_counter = None;
+    }
+}
+
+/// A device's interface index: a device deleted and created again under the same name (a
+/// PPPoE reconnect) gets a new one, and its counters start from zero.
+pub fn read_ifindex(sys_root: &Path, dev: &str) -> Option<u32> {
+    if dev.is_empty() || dev.contains('/') || dev == "." || dev == ".." {
+        return None;
+    }
+    let p = sys_root.join("class/net").join(dev).join("ifindex");
+    fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
 /// Resolves a netifd logical interface (e.g. `wan`) to its layer-3 device with
 /// `ubus call network.interface.<name> status`, run without a shell.
 pub fn resolve_interface(name: &str) -> Result<String, String> {
-    resolve_interface_with("ubus", name, UBUS_TIMEOUT)
-}
-
-/// How long `ubus` may take: ubusd answers a status call in milliseconds.
-const UBUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-fn resolve_interface_with(
-    ubus: &str,
-    name: &str,
-    limit: std::time::Duration,
-) -> Result<String, String> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!("'{name}' is not a netifd interface name"));
-    }
-    let (ok, stdout, _) = crate::child::run(
-        ubus,
-        &["call", &format!("network.interface.{name}"), "status"],
-        None,
-        limit,
-    )
-    .map_err(|e| {
-        format!("cannot run ubus to find the device of interface '{name}' ({e}); set network.wan_device")
-    })?;
-    if !ok {
-        return Err(format!(
-            "ubus knows no interface '{name}'; set network.wan_interface or network.wan_device"
-        ));
-    }
-    parse_ubus_status(stdout.as_bytes()).ok_or_else(|| {
-        format!("interface '{name}' has no device (is it up?); set network.wan_device")
-    })
-}
-
-/// The device in a `network.interface.X status` reply: `l3_device`, else `device`.
-pub fn parse_ubus_status(json: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
-    ["l3_device", "device"]
-        .iter()
-        .filter_map(|k| v.get(k).and_then(|d| d.as_str()))
-        .find(|d| !d.is_empty())
-        .map(str::to_string)
+    crate::netifd::resolve_device(&mut crate::netifd::Ubus, name, "network.wan_device")
 }
 
 /// The upload rate (bit/s) sqm-scripts is configured with for `device`: the `upload` option
@@ -226,6 +231,9 @@ mod tests {
         // Time not moving forward is ignored.
         assert_eq!(m.update(1.5, 99_999_999), None);
         assert_eq!(m.update(2.0, 125_010), Some(1_000_000));
+        // A long pause is not averaged in.
+        assert_eq!(m.update(60.0, 200_000_000), None);
+        assert_eq!(m.update(60.5, 200_062_500), Some(1_000_000));
         // Many samples within one window stay bounded.
         let mut m = WindowMeter::new(1000.0);
         for i in 0..10_000u64 {
@@ -260,6 +268,44 @@ mod tests {
     }
 
     #[test]
+    fn reset_is_not_a_wrap_when_the_link_cannot_carry_it() {
+        // pppoe-wan re-created: the counter falls from 300 MB to 2 MB. Read as a 32-bit wrap
+        // that would be ~4 GB in 5 s; a 20 Mbit/s link (bound 100 Mbit/s) cannot.
+        let mut m = RateMeter::default();
+        m.update_within(0.0, 300_000_000, Some(100_000_000));
+        assert_eq!(m.update_within(5.0, 2_000_000, Some(100_000_000)), None);
+        // Then it measures from the new base.
+        assert_eq!(
+            m.update_within(10.0, 2_000_000 + 12_500_000, Some(100_000_000)),
+            Some(20_000_000)
+        );
+        // Without the bound, the same reset is taken for a wrap: the false spike.
+        let mut m = RateMeter::default();
+        m.update(0.0, 300_000_000);
+        assert!(m.update(5.0, 2_000_000).unwrap() > 1_000_000_000);
+        // A genuine wrap at link speed stays counted.
+        let mut m = RateMeter::default();
+        m.update_within(0.0, u32::MAX as u64 - 999, Some(100_000_000));
+        assert_eq!(
+            m.update_within(1.0, 1000, Some(100_000_000)),
+            Some(2000 * 8)
+        );
+        // A jump upwards beyond the link (another device's counter) is dropped too.
+        let mut m = RateMeter::default();
+        m.update_within(0.0, 1000, Some(100_000_000));
+        assert_eq!(
+            m.update_within(1.0, 10_000_000_000, Some(100_000_000)),
+            None
+        );
+        assert_eq!(
+            m.update_within(2.0, 10_000_000_000 + 125_000, Some(100_000_000)),
+            Some(1_000_000)
+        );
+        m.reset();
+        assert_eq!(m.update_within(3.0, 5, Some(100_000_000)), None);
+    }
+
+    #[test]
     fn reset_of_64_bit_counter() {
         let mut m = RateMeter::default();
         m.update(0.0, 10_000_000_000);
@@ -277,50 +323,13 @@ mod tests {
         let e = read_tx_bytes(&root, "nope").unwrap_err();
         assert!(e.to_string().contains("nope"));
         assert!(read_tx_bytes(&root, "../x").is_err());
+        fs::write(root.join("class/net/wan0/ifindex"), "7\n").unwrap();
+        assert_eq!(read_ifindex(&root, "wan0"), Some(7));
+        assert_eq!(read_ifindex(&root, "nope"), None);
+        assert_eq!(read_ifindex(&root, ".."), None);
         fs::write(dir.join("tx_bytes"), "garbage").unwrap();
         assert!(read_tx_bytes(&root, "wan0").is_err());
         fs::remove_dir_all(&root).unwrap();
-    }
-
-    /// A stuck ubus (ubusd hung, or the call never answered) must not stop the daemon: the call
-    /// has a deadline. A script that sleeps stands in for it.
-    #[test]
-    fn a_stuck_ubus_is_killed_at_the_deadline() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("jd-ubus-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let fake = dir.join("ubus");
-        fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
-        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
-        let t0 = std::time::Instant::now();
-        let r = resolve_interface_with(
-            fake.to_str().unwrap(),
-            "wan",
-            std::time::Duration::from_millis(300),
-        );
-        let _ = fs::remove_dir_all(&dir);
-        let e = r.unwrap_err();
-        assert!(e.contains("ubus") && e.contains("wan"), "{e}");
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(5),
-            "{:?}",
-            t0.elapsed()
-        );
-    }
-
-    #[test]
-    fn ubus_status_device() {
-        assert_eq!(
-            parse_ubus_status(br#"{"up":true,"l3_device":"pppoe-wan","device":"eth1"}"#),
-            Some("pppoe-wan".into())
-        );
-        assert_eq!(
-            parse_ubus_status(br#"{"up":true,"device":"eth1"}"#),
-            Some("eth1".into())
-        );
-        assert_eq!(parse_ubus_status(br#"{"up":false}"#), None);
-        assert_eq!(parse_ubus_status(b"garbage"), None);
     }
 
     #[test]

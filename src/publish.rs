@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::Secret;
 use crate::status::{Status, StreamStatus};
+use crate::tlsclient::{self, TlsClient};
 
 static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -262,7 +263,10 @@ pub fn render_table(st: &Status) -> String {
 
     let wol = &st.wol;
     let wake = if !wol.enabled {
-        "off".to_string()
+        match wol.server_awake {
+            Some(false) => "off, server asleep".to_string(),
+            _ => "off".to_string(),
+        }
     } else {
         let last = match wol.last_wake {
             Some(t) => format!(
@@ -285,11 +289,9 @@ pub fn render_table(st: &Status) -> String {
         };
         format!("{last}, {} wakes{awake}", wol.wakes)
     };
-    let wake = match (
-        wol.server_state.as_deref(),
-        wol.last_wake,
-        wol.awake_after_s,
-    ) {
+    // The story of a wake is told only where Wake-on-LAN is on.
+    let story = wol.server_state.as_deref().filter(|_| wol.enabled);
+    let wake = match (story, wol.last_wake, wol.awake_after_s) {
         // The story of a wake from sleep, in the order it happens.
         (Some("asleep"), _, _) => format!("{wake}; asleep, not woken yet"),
         (Some("waking"), Some(t), _) => format!(
@@ -808,36 +810,27 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// A webhook posting to `url` (http only: TLS is not built in), each POST bounded by
-    /// `timeout`. Starts the sending thread.
+    /// A webhook posting to `url`, each POST bounded by `timeout`. `http://` goes through the
+    /// daemon's own client; `https://` through the router's TLS client (curl or uclient-fetch,
+    /// see [`crate::tlsclient`]), refused here when there is none. Starts the sending thread.
     pub fn new(url: &str, timeout: Duration) -> io::Result<Webhook> {
-        let url = url.trim();
-        let lower = url.to_ascii_lowercase();
-        if lower.starts_with("https://") {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "publish.webhook_url: https is not supported (TLS is not built in); use an \
-                 http:// relay on the LAN",
-            ));
-        }
-        if !lower.starts_with("http://") || lower.len() <= "http://".len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "publish.webhook_url must be an http:// URL",
-            ));
-        }
-        let target = crate::http::Url::parse(url).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("publish.webhook_url: {e}"),
-            )
-        })?;
+        Self::with_tls_client(url, timeout, TlsClient::find())
+    }
+
+    /// [`Webhook::new`] with the TLS client given (or none).
+    pub fn with_tls_client(
+        url: &str,
+        timeout: Duration,
+        tls: Option<TlsClient>,
+    ) -> io::Result<Webhook> {
+        let poster = poster_for(url, timeout, tls)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let (tx, rx) = sync_channel::<Vec<u8>>(WEBHOOK_QUEUE);
         let shared = Arc::new(Shared::default());
         let worker_shared = shared.clone();
         std::thread::Builder::new()
             .name("webhook".into())
-            .spawn(move || send_loop(&target, timeout, &rx, &worker_shared))?;
+            .spawn(move || send_loop(&poster, &rx, &worker_shared))?;
         Ok(Webhook {
             tx,
             bucket: TokenBucket::new(WEBHOOK_BURST, WEBHOOK_REFILL),
@@ -909,23 +902,77 @@ impl Webhook {
 /// Largest answer body read from the receiver (it is not used; 2xx is all that counts).
 const WEBHOOK_ANSWER_LIMIT: u64 = 64 * 1024;
 
-fn send_loop(url: &crate::http::Url, timeout: Duration, rx: &Receiver<Vec<u8>>, shared: &Shared) {
+/// How one event reaches the receiver.
+enum Poster {
+    Http(crate::http::Endpoint),
+    Tls {
+        client: TlsClient,
+        url: String,
+        timeout: Duration,
+    },
+}
+
+/// The URL's path is the receiver's secret: no message here repeats the URL.
+fn poster_for(url: &str, timeout: Duration, tls: Option<TlsClient>) -> Result<Poster, String> {
+    let url = url.trim();
+    let lower = url.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("https://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if host.is_empty() || host.contains('@') || !url.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "publish.webhook_url: missing host, or spaces or control characters".into(),
+            );
+        }
+        let client = tls.ok_or(
+            "publish.webhook_url: https needs the router's TLS client, and neither curl nor \
+             uclient-fetch was found (install uclient-fetch with a libustream TLS library and \
+             ca-bundle, or curl)",
+        )?;
+        return Ok(Poster::Tls {
+            client,
+            url: url.to_string(),
+            timeout,
+        });
+    }
+    if !lower.starts_with("http://") {
+        return Err("publish.webhook_url must be an http:// or https:// URL".into());
+    }
+    let target = crate::http::Url::parse(url).map_err(|e| format!("publish.webhook_url: {e}"))?;
+    Ok(Poster::Http(crate::http::Endpoint::new(target, timeout)))
+}
+
+impl Poster {
+    /// The receiver's status, or why there is none.
+    fn post(&self, body: &[u8]) -> Result<u16, String> {
+        match self {
+            Poster::Http(ep) => ep
+                .request(
+                    "POST",
+                    "",
+                    &[("Content-Type", "application/json")],
+                    Some(body),
+                    WEBHOOK_ANSWER_LIMIT,
+                )
+                .map(|r| r.status)
+                .map_err(|e| e.to_string()),
+            Poster::Tls {
+                client,
+                url,
+                timeout,
+            } => match client.post(url, body, *timeout) {
+                tlsclient::Outcome::Status(s) => Ok(s),
+                tlsclient::Outcome::Failed(why) => Err(format!("{why} ({})", client.name())),
+            },
+        }
+    }
+}
+
+fn send_loop(poster: &Poster, rx: &Receiver<Vec<u8>>, shared: &Shared) {
     let mut was_ok = true;
     // Ends when the Webhook (the sender) is dropped.
     while let Ok(body) = rx.recv() {
-        let res = crate::http::request(
-            url,
-            "POST",
-            "",
-            &[("Content-Type", "application/json")],
-            Some(&body),
-            timeout,
-            WEBHOOK_ANSWER_LIMIT,
-        );
-        let ok = match &res {
-            Ok(r) => (200..300).contains(&r.status),
-            Err(_) => false,
-        };
+        let res = poster.post(&body);
+        let ok = matches!(res, Ok(s) if (200..300).contains(&s));
         if ok {
             shared.sent.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -935,7 +982,7 @@ fn send_loop(url: &crate::http::Url, timeout: Duration, rx: &Receiver<Vec<u8>>, 
         if ok != was_ok {
             match res {
                 Ok(_) if ok => log::info!("webhook: delivering again"),
-                Ok(r) => log::warn!("webhook: receiver answered HTTP {}", r.status),
+                Ok(s) => log::warn!("webhook: receiver answered HTTP {s}"),
                 Err(e) => log::warn!("webhook: not delivered: {e}"),
             }
             was_ok = ok;

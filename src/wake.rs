@@ -116,6 +116,29 @@ impl Presence {
         self.asleep_since.is_some()
     }
 
+    /// True when a packet sent at unix second `sent` belongs to the current sleep (sent
+    /// during it, or up to a minute before it was noticed: the packet may beat the tick that
+    /// found the silence).
+    pub fn woken_by(&self, sent: u64) -> bool {
+        self.slept_since
+            .is_some_and(|since| sent.saturating_add(60) >= since)
+    }
+
+    /// The state for the status: "asleep", "waking" (a packet left for this sleep), "booting"
+    /// (the host answers, Jellyfin not yet, no packet of ours), "awake"; None while unknown.
+    pub fn state(&self, last_wake: Option<u64>) -> Option<&'static str> {
+        if !self.known {
+            return None;
+        }
+        let woken = last_wake.is_some_and(|t| self.woken_by(t));
+        Some(match (self.asleep(), self.slept_since.is_some(), woken) {
+            (_, true, true) => "waking",
+            (true, _, false) => "asleep",
+            (false, true, false) => "booting",
+            _ => "awake",
+        })
+    }
+
     /// True while the host is back from a sleep and Jellyfin may still be starting (at most
     /// [`BOOT_GRACE_S`]): a refused call then is the boot, not a fault worth a warning.
     pub fn booting(&self, now: u64) -> bool {
@@ -497,6 +520,26 @@ mod tests {
             p.answered(112, sent + Duration::from_secs(12), Some(sent)),
             Change::Woke(Some(12.0))
         );
+    }
+
+    #[test]
+    fn states_for_the_status() {
+        let mut p = Presence::default();
+        assert_eq!(p.state(None), None, "unknown before any answer or probe");
+        p.probed(1000, Liveness::Awake);
+        assert_eq!(p.state(None), Some("awake"));
+        // A packet long before the sleep is not this sleep's wake.
+        p.probed(2000, Liveness::Asleep);
+        assert_eq!(p.state(Some(1000)), Some("asleep"));
+        // Sent just before the silence was noticed, or during it: waking.
+        assert_eq!(p.state(Some(1950)), Some("waking"));
+        assert_eq!(p.state(Some(2005)), Some("waking"));
+        // The host answers probes; Jellyfin not yet.
+        p.probed(2010, Liveness::Awake);
+        assert_eq!(p.state(Some(2005)), Some("waking"));
+        assert_eq!(p.state(None), Some("booting"));
+        p.answered(2012, Instant::now(), None);
+        assert_eq!(p.state(Some(2005)), Some("awake"));
     }
 
     #[test]

@@ -498,3 +498,72 @@ fn printing_verbs_exit_cleanly_when_stdout_is_closed() {
         assert!(!err.contains("panicked"), "{verb:?}: {err}");
     }
 }
+
+/// The API key in its own file (the layout the package ships): the daemon authenticates with it,
+/// `config` prints the settings file alone and finds nothing missing, `--effective` names where
+/// the key came from without showing it, and a key left in the settings file is warned about.
+#[test]
+fn secrets_file_beside_the_config() {
+    let d = tempdir();
+    let emu = emulator();
+    let cfg = config(&d.0, &emu.url(), "");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(
+        &cfg,
+        text.replace(&format!("\toption api_key '{KEY}'\n"), ""),
+    )
+    .unwrap();
+    let secrets = d.0.join("jellydemon_secrets");
+    fs::write(
+        &secrets,
+        format!("config jellyfin 'jellyfin'\n\toption api_key '{KEY}'\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = Command::new(exe())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--once", "--dry-run", "--stderr"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("api_key") && !err.contains("secret"),
+        "no complaint about the key: {err}"
+    );
+    let st = status(&d.0).expect("status.json");
+    assert_eq!(
+        st["jellyfin"]["reachable"], true,
+        "authenticated with the key"
+    );
+
+    let (code, show, err) = jd(&cfg, &["config"]);
+    assert_eq!(code, 0);
+    assert!(!show.contains("api_key") && !show.contains(KEY), "{show}");
+    assert!(
+        !err.contains("api_key") && !err.contains("secret"),
+        "nothing missing: the key is in the secrets file: {err}"
+    );
+    let (code, eff, _) = jd(&cfg, &["config", "--effective"]);
+    assert_eq!(code, 0);
+    assert!(
+        eff.contains("jellyfin.api_key = <set>  (jellydemon_secrets line 2)"),
+        "{eff}"
+    );
+    assert!(!eff.contains(KEY));
+
+    // The old place still works, with a warning naming the move (never the key).
+    fs::write(&cfg, &text).unwrap();
+    fs::remove_file(&secrets).unwrap();
+    let (code, _, err) = jd(&cfg, &["config"]);
+    assert_eq!(code, 0);
+    assert!(
+        err.contains("jellydemon.jellyfin.api_key: a secret in the main file")
+            && err.contains("move it to jellydemon_secrets.jellyfin.api_key"),
+        "{err}"
+    );
+    assert!(!err.contains(KEY), "{err}");
+}

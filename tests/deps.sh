@@ -17,6 +17,9 @@ have npm || need+=(npm)
 have shellcheck || need+=(shellcheck)
 have busybox || need+=(busybox)
 have file || need+=(file)
+# publish tests: an https webhook through curl to a receiver with its own CA (openssl)
+have curl || need+=(curl)
+have openssl || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq

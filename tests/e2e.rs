@@ -120,6 +120,21 @@ struct Home {
     daemon: Option<Child>,
     viewers: Vec<Child>,
     log: PathBuf,
+    /// The router as OpenWrt: the daemon runs under `homenet router-exec` with the netifd
+    /// stand-in answering from this file, and `dir/etc` over `/etc`.
+    netifd: Option<PathBuf>,
+}
+
+/// The emulated router's interfaces as netifd would have them (see tests/support/openwrt.rs):
+/// the LAN with its part of the delegated prefix, a DHCP WAN on `wan_dev`, and `wan6` holding
+/// the ISP's delegation (2001:db8:2::/56, of which the LAN has 2001:db8:2::/64).
+fn netifd_file(wan_dev: &str) -> String {
+    serde_json::json!({"interfaces": {
+        "lan": {"device": "br-lan", "proto": "static", "ip6assign": 64},
+        "wan": {"device": wan_dev, "proto": if wan_dev == "wan" { "dhcp" } else { "pppoe" }},
+        "wan6": {"device": wan_dev, "proto": "dhcpv6", "prefix": ["2001:db8:2::/56"]}
+    }})
+    .to_string()
 }
 
 impl Drop for Home {
@@ -148,8 +163,52 @@ impl Home {
         Home::with_timing(1, 2, extra)
     }
 
+    /// As `new`, with another emulator world.
+    fn with_world(extra: &str, world_json: &str) -> Home {
+        Home::build(
+            1,
+            2,
+            "config network 'network'\n\toption wan_device 'wan'\n\toption lan_device 'br-lan'\n",
+            extra,
+            None,
+            world_json,
+        )
+    }
+
     /// Like [`Home::new`] with the tick `interval` and the Jellyfin `timeout` (seconds).
     fn with_timing(interval: u32, timeout: u32, extra: &str) -> Home {
+        Home::build(
+            interval,
+            timeout,
+            "config network 'network'\n\toption wan_device 'wan'\n\toption lan_device 'br-lan'\n",
+            extra,
+            None,
+            &world(),
+        )
+    }
+
+    /// A home whose router is configured as OpenWrt ships it: the network section left at
+    /// its defaults (WAN and LAN devices and the local networks from netifd), the media
+    /// server's IPv6 address set (`server_ip6`) or left for the daemon to learn.
+    fn openwrt(extra: &str, server_ip6: bool) -> Home {
+        Home::build(
+            1,
+            2,
+            &format!("config network 'network'\n{extra}"),
+            "",
+            Some(server_ip6),
+            &world(),
+        )
+    }
+
+    fn build(
+        interval: u32,
+        timeout: u32,
+        network: &str,
+        extra: &str,
+        openwrt: Option<bool>,
+        world_json: &str,
+    ) -> Home {
         let net = HomeNet::up(&Options {
             viewers: 3,
             ..Options::default()
@@ -162,15 +221,20 @@ impl Home {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("world.json"), world()).unwrap();
+        fs::write(dir.join("world.json"), world_json).unwrap();
         let cfg = dir.join("jellydemon");
         fs::write(
             &cfg,
             format!(
                 "config jellydemon 'main'\n\toption enabled '1'\n\toption interval '{interval}'\n\toption state_dir '{d}/state'\n\toption run_dir '{d}/run'\n\
-                 config jellyfin 'jellyfin'\n\toption url 'http://192.168.1.2:8096'\n\toption api_key '{KEY}'\n\toption timeout '{timeout}'\n\toption notify_viewer '1'\n\
-                 config network 'network'\n\toption wan_device 'wan'\n\toption lan_device 'br-lan'\n\
+                 config jellyfin 'jellyfin'\n\toption url 'http://192.168.1.2:8096'\n\toption api_key '{KEY}'\n\toption timeout '{timeout}'\n\toption notify_viewer '1'\n{ip6}\
+                 {network}\
                  config bandwidth 'bandwidth'\n\toption upload_mbps '20'\n{extra}",
+                ip6 = if openwrt == Some(true) {
+                    format!("\toption server_ip6 '{}'\n", topology::JF_V6)
+                } else {
+                    String::new()
+                },
                 d = dir.display()
             ),
         )
@@ -183,8 +247,12 @@ impl Home {
                 &[
                     exe.to_str().unwrap(),
                     "jellyfin",
+                    // IPv4 on every address; IPv6 on the server's own (a `[::]` listener
+                    // would be dual-stack and collide with the IPv4 one).
                     "--listen",
                     "0.0.0.0:8096",
+                    "--listen",
+                    &format!("[{}]:8096", topology::JF_V6),
                     "--world",
                     world.to_str().unwrap(),
                 ],
@@ -193,6 +261,12 @@ impl Home {
             )
             .expect("emulator");
         let log = dir.join("daemon.log");
+        let netifd = openwrt.is_some().then(|| {
+            let f = dir.join("netifd.json");
+            fs::write(&f, netifd_file("wan")).unwrap();
+            fs::create_dir_all(dir.join("etc/config")).unwrap();
+            f
+        });
         let home = Home {
             net,
             dir,
@@ -201,6 +275,7 @@ impl Home {
             daemon: None,
             viewers: Vec::new(),
             log,
+            netifd,
         };
         let router = home.net.router.clone();
         wait_for(Duration::from_secs(10), "the emulator", || {
@@ -216,6 +291,26 @@ impl Home {
         home
     }
 
+    /// `homenet router-exec ... --` when the router is OpenWrt-like, else nothing.
+    fn router_exec(&self) -> Vec<String> {
+        let Some(f) = &self.netifd else {
+            return Vec::new();
+        };
+        let exe = topology::homenet_exe().unwrap();
+        [
+            exe.to_str().unwrap(),
+            "router-exec",
+            "--netifd",
+            f.to_str().unwrap(),
+            "--etc",
+            self.dir.join("etc").to_str().unwrap(),
+            "--",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     fn start_daemon(&mut self, args: &[&str]) {
         self.spawn_daemon(args);
         wait_for(Duration::from_secs(20), "a first status", || self.status());
@@ -225,13 +320,15 @@ impl Home {
     fn spawn_daemon(&mut self, args: &[&str]) {
         let log = fs::File::create(&self.log).unwrap();
         let exe = daemon_exe();
-        let mut argv = vec![
+        let wrap = self.router_exec();
+        let mut argv: Vec<&str> = wrap.iter().map(String::as_str).collect();
+        argv.extend([
             exe.to_str().unwrap(),
             "--config",
             self.cfg.to_str().unwrap(),
             "run",
             "--stderr",
-        ];
+        ]);
         argv.extend_from_slice(args);
         let child = self
             .net
@@ -246,15 +343,14 @@ impl Home {
 
     fn jd(&self, args: &[&str]) -> (i32, String) {
         let exe = daemon_exe();
-        let mut argv = vec![
-            "ip",
-            "netns",
-            "exec",
-            &self.net.router,
+        let wrap = self.router_exec();
+        let mut argv = vec!["ip", "netns", "exec", &self.net.router];
+        argv.extend(wrap.iter().map(String::as_str));
+        argv.extend([
             exe.to_str().unwrap(),
             "--config",
             self.cfg.to_str().unwrap(),
-        ];
+        ]);
         argv.extend_from_slice(args);
         let out = std::process::Command::new(argv[0])
             .args(&argv[1..])
@@ -287,11 +383,15 @@ impl Home {
     }
 
     fn fault(&self, mode: &str, delay_ms: u64) {
+        self.fault_in(mode, delay_ms, "api");
+    }
+
+    fn fault_in(&self, mode: &str, delay_ms: u64, scope: &str) {
         let (s, _) = ns_http(
             &self.net.router,
             "POST",
             "http://192.168.1.2:8096/_emu/fault",
-            Some(serde_json::json!({"mode": mode, "delay_ms": delay_ms})),
+            Some(serde_json::json!({"mode": mode, "delay_ms": delay_ms, "scope": scope})),
         )
         .expect("fault");
         assert!(s < 300);
@@ -946,11 +1046,17 @@ fn wake_a_sleeping_server(interval: u32, timeout: u32) {
     assert_eq!(st["wol"]["wakes"], 1, "one packet, then the cooldown");
     let (_, table) = h.jd(&["status"]);
     assert!(table.contains("awake after"), "{table}");
-    // Quiet while asleep: no error or warning about Jellyfin, one line saying it sleeps.
+    // Quiet while asleep: once running (start-up notes about the configuration aside), no
+    // error or warning, and one line saying it sleeps.
     let log = h.log_text();
     let noisy: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("Jellyfin unavailable") || l.starts_with("error: "))
+        .skip_while(|l| !l.contains("watching new connections"))
+        .filter(|l| {
+            l.contains("Jellyfin unavailable")
+                || l.contains(": error: ")
+                || l.contains(": warning: ")
+        })
         .collect();
     assert!(
         noisy.is_empty(),
@@ -958,6 +1064,56 @@ fn wake_a_sleeping_server(interval: u32, timeout: u32) {
     );
     assert_eq!(log.matches("is asleep").count(), 1, "{log}");
     assert!(h.daemon_alive());
+}
+
+/// IPv6 is routed, not NATed (real-world.md, Home networks): a remote viewer connects to the
+/// server's global address directly. That SYN wakes the sleeping server as well.
+#[test]
+fn an_ipv6_syn_to_the_sleeping_server_wakes_it() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::with_timing(
+        2,
+        2,
+        &format!(
+            "config wol 'wol'\n\toption enabled '1'\n\toption mac '{}'\n\toption interface 'br-lan'\n\toption on_connect '1'\n\toption on_session '0'\n",
+            topology::mac_text(topology::JF_MAC)
+        ),
+    );
+    let sleeper = h
+        .net
+        .sleep_server(Duration::from_secs(1))
+        .expect("the server sleeps");
+    h.spawn_daemon(&[]);
+    wait_for(Duration::from_secs(10), "the wake thread", || {
+        h.log_text()
+            .contains("watching new connections")
+            .then_some(())
+    });
+    let viewer = h.net.viewers[1].clone();
+    let t0 = in_ns(&viewer, || {
+        let t = Instant::now();
+        let to = std::net::SocketAddr::new(IpAddr::V6(topology::JF_V6), topology::JF_PORT);
+        let e = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(300))
+            .expect_err("a sleeping server does not answer");
+        assert_ne!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "silent: {e}"
+        );
+        t
+    });
+    let magic = match sleeper.next(Duration::from_secs(3)) {
+        Some(topology::SleepEvent::Magic { at, .. }) => at,
+        other => panic!("no magic packet reached the server: {other:?}"),
+    };
+    let took = magic.saturating_duration_since(t0);
+    assert!(took < Duration::from_secs(1), "wake took {took:?}");
+    assert!(matches!(
+        sleeper.next(Duration::from_secs(5)),
+        Some(topology::SleepEvent::Awake { .. })
+    ));
 }
 
 #[test]
@@ -1026,7 +1182,7 @@ fn limits_kept_while_the_server_sleeps_and_sigterm_does_not_wait_for_it() {
     assert!(
         later
             .iter()
-            .all(|l| !l.starts_with("warning: ") && !l.starts_with("error: ")),
+            .all(|l| !l.contains(": warning: ") && !l.contains(": error: ")),
         "quiet while asleep: {later:?}"
     );
     assert_eq!(log.matches("is asleep").count(), 1, "{log}");
@@ -1293,4 +1449,723 @@ fn webhook_receives_the_events_of_a_stream() {
             .unwrap_or_else(|_| panic!("events so far: {seen:?}"));
         seen.push(v["event"].as_str().unwrap_or_default().to_string());
     }
+}
+
+/// The world of `world()` with `n` more accounts. A user object is ~2 KB on a real server
+/// and in the emulator: with 1,000 accounts `/Users` is 1.96 MB, above the daemon's 1 MiB
+/// answer limit, so a daemon that reads the whole list never limits anyone.
+fn world_with_accounts(n: usize) -> String {
+    let mut w: Value = serde_json::from_str(&world()).unwrap();
+    let users = w["users"].as_array_mut().unwrap();
+    for i in 0..n {
+        users.push(serde_json::json!({
+            "name": format!("account{i:04}"),
+            "id": format!("{:032x}", 0xacc0_0000_u64 + i as u64),
+            "remote_client_bitrate_limit": (i % 7) as i64 * 1_000_000,
+        }));
+    }
+    w.to_string()
+}
+
+/// The daemon's own requests in the emulator's log (method and path).
+fn daemon_requests(state: &Value) -> Vec<(u64, String)> {
+    state["requests"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|r| {
+                    r["caller"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("apikey:"))
+                })
+                .map(|r| {
+                    (
+                        r["t_ms"].as_u64().unwrap_or(0),
+                        format!(
+                            "{} {}",
+                            r["method"].as_str().unwrap_or(""),
+                            r["path"].as_str().unwrap_or("")
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn thousand_accounts_external_viewer_limited_within_one_tick_one_request_per_tick() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::with_world("", &world_with_accounts(1000));
+    h.start_daemon(&[]);
+    h.remote_viewer(0, "alice", ITEM6, "transcode");
+    let seen = wait_for(Duration::from_secs(15), "alice's session", || {
+        let st = h.emu_state();
+        st["sessions"]
+            .as_array()?
+            .iter()
+            .any(|s| s["user_name"] == "alice" && s["now_playing_item_id"].is_string())
+            .then(Instant::now)
+    });
+    let limited = wait_for(Duration::from_secs(10), "alice's limit", || {
+        (h.limit(ALICE) > 0).then(Instant::now)
+    });
+    assert!(
+        limited.duration_since(seen) <= Duration::from_millis(2500),
+        "limit took {:?}",
+        limited.duration_since(seen)
+    );
+    // Steady state: the limit holds, and each tick asks Jellyfin one thing, /Sessions.
+    let t0 = daemon_requests(&h.emu_state())
+        .last()
+        .map(|r| r.0)
+        .unwrap_or(0);
+    let until = Instant::now() + Duration::from_secs(4);
+    wait_for(Duration::from_secs(10), "four steady ticks", || {
+        (Instant::now() >= until).then_some(())
+    });
+    let all = daemon_requests(&h.emu_state());
+    assert!(
+        !all.iter().any(|(_, r)| r == "GET /Users"),
+        "the whole user list is never read: {all:?}"
+    );
+    let steady: Vec<&String> = all.iter().filter(|r| r.0 > t0).map(|r| &r.1).collect();
+    assert!(steady.len() >= 3, "{steady:?}");
+    assert!(
+        steady.iter().all(|r| r.as_str() == "GET /Sessions"),
+        "one request per steady tick: {steady:?}"
+    );
+    let st = h.status().unwrap();
+    assert!(
+        st["errors"].as_array().is_some_and(|e| e.is_empty()),
+        "{st:#}"
+    );
+}
+
+/// A tiny deterministic generator (xorshift64*), so a failing run can be repeated with its
+/// seed (`JD_CHAOS_SEED`).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Crash consistency: `kill -9` at random moments while viewers come and go and limits change,
+/// also while Jellyfin is slow or applies writes and answers after the daemon's timeout
+/// (reference/real-world.md). After each kill the backup must hold only true originals, and
+/// either `restore` or a new start follows; at the end every original must be back. The short
+/// run (10 kills) is part of `cargo test`; `make chaos` runs `JD_CHAOS_KILLS=100` or more.
+#[test]
+fn chaos_kill_9_at_random_moments_loses_no_original() {
+    if !need_root() {
+        return;
+    }
+    let kills: usize = std::env::var("JD_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("JD_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    eprintln!("chaos: {kills} kills, JD_CHAOS_SEED={seed}");
+    let mut rng = Rng(seed);
+    // The world's originals (world()): bob has his own 12 Mbit/s.
+    let originals = [
+        (ALICE, "alice", 0i64),
+        (BOB, "bob", 12_000_000),
+        (CAROL, "carol", 0),
+    ];
+    let mut h = Home::new("");
+    h.start_daemon(&[]);
+    let mut playing: [Option<u32>; 3] = [None; 3];
+    let items = [ITEM6, ITEM2, ITEM12];
+    let (mut restores, mut restarts, mut late_kills) = (0, 0, 0);
+    let backup = h.dir.join("state/original-limits.json");
+    for k in 0..kills {
+        // The server: fine, slow to answer (under and over jellyfin.timeout = 2 s), or
+        // applying writes at once and answering after the timeout — for everything, or for
+        // writes only (then the next ticks read the late-applied value back).
+        let (mode, delay, scope) = match rng.below(8) {
+            0 | 1 => ("none", 0, "api"),
+            2..=4 => ("late", 2500, "writes"),
+            5 => ("late", 2500, "api"),
+            6 => ("late", 1200, "api"),
+            _ => ("slow", 2500, "api"),
+        };
+        h.fault_in(mode, delay, scope);
+        // Viewers come and go (each change of who watches changes everyone's limit).
+        for _ in 0..=rng.below(2) {
+            let slot = rng.below(3) as usize;
+            match playing[slot].take() {
+                Some(pid) => {
+                    if let Some(i) = h.viewers.iter().position(|c| c.id() == pid) {
+                        let mut c = h.viewers.remove(i);
+                        HomeNet::stop(&mut c, Duration::from_secs(5));
+                    }
+                }
+                None => {
+                    let (_, user, _) = originals[slot];
+                    h.remote_viewer(slot, user, items[rng.below(3) as usize], "transcode");
+                    playing[slot] = h.viewers.last().map(|c| c.id());
+                }
+            }
+        }
+        // Long enough, at times, for a change, its timed-out write and the ticks after it.
+        std::thread::sleep(Duration::from_millis(rng.below(6000)));
+        let mut d = h.daemon.take().expect("daemon running");
+        d.kill().unwrap();
+        d.wait().unwrap();
+        if mode != "none" {
+            late_kills += 1;
+            // Requests of the killed process still in the emulator land within its delay.
+            std::thread::sleep(Duration::from_millis(delay + 200));
+        }
+        // The backup holds nothing but true originals.
+        if let Ok(text) = fs::read_to_string(&backup) {
+            let v: Value = serde_json::from_str(&text).expect("backup is valid JSON");
+            for (uid, e) in v["users"].as_object().into_iter().flatten() {
+                let want = originals.iter().find(|o| o.0 == uid).map(|o| o.2);
+                assert_eq!(
+                    e["original"].as_i64(),
+                    want,
+                    "kill {k}: {uid}'s original in the backup: {text}"
+                );
+            }
+        }
+        h.fault("none", 0);
+        if rng.below(2) == 0 {
+            restores += 1;
+            let (code, out) = h.jd(&["restore"]);
+            assert_eq!(code, 0, "kill {k}: {out}");
+            for (uid, name, orig) in originals {
+                assert_eq!(
+                    h.limit(uid),
+                    orig,
+                    "kill {k}: {name}'s original after restore: {out}"
+                );
+            }
+        } else {
+            restarts += 1;
+            if rng.below(2) == 0 {
+                // Recovery itself meets writes applied and answered after the timeout.
+                h.fault_in("late", 2500, "writes");
+            }
+        }
+        h.start_daemon(&[]);
+    }
+    // SIGTERM's time bound against a slow server is another test's subject.
+    h.fault("none", 0);
+    let posts = daemon_requests(&h.emu_state())
+        .iter()
+        .filter(|r| r.1.ends_with("/Policy"))
+        .count();
+    for mut v in h.viewers.drain(..) {
+        HomeNet::stop(&mut v, Duration::from_secs(5));
+    }
+    let mut d = h.daemon.take().unwrap();
+    assert!(
+        HomeNet::stop(&mut d, Duration::from_secs(5)),
+        "exit on SIGTERM"
+    );
+    for (uid, name, orig) in originals {
+        assert_eq!(h.limit(uid), orig, "{name}'s original at the end");
+    }
+    eprintln!(
+        "chaos: {kills} kills ({late_kills} during slow or late answers), {restores} followed by restore, \
+         {restarts} by a new start; policy writes in the last log window: {posts}; 0 lost originals"
+    );
+}
+
+#[test]
+fn reload_moves_the_backup_and_restores_when_limits_are_no_longer_managed() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::new("");
+    h.start_daemon(&[]);
+    h.remote_viewer(0, "bob", ITEM2, "transcode");
+    let limited = |h: &Home| h.limit(BOB) != 12_000_000 && h.limit(BOB) > 0;
+    wait_for(Duration::from_secs(20), "bob limited", || {
+        limited(&h).then_some(())
+    });
+    let base = fs::read_to_string(&h.cfg).unwrap();
+    let pid = nix::unistd::Pid::from_raw(h.daemon.as_ref().unwrap().id() as i32);
+    let reload = |h: &Home, text: String| {
+        fs::write(&h.cfg, text).unwrap();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    };
+    let backup = |dir: &str| h.dir.join(dir).join("original-limits.json");
+
+    // A new state_dir: the backup goes along.
+    let moved = base.replace("/state'", "/state2'");
+    reload(&h, moved.clone());
+    wait_for(
+        Duration::from_secs(10),
+        "the backup in the new state_dir",
+        || {
+            let text = fs::read_to_string(backup("state2")).ok()?;
+            (text.contains("12000000") && !backup("state").exists()).then_some(())
+        },
+    );
+    assert!(limited(&h), "still managed");
+
+    // manage_limits off: bob's original back at once, not at exit.
+    reload(
+        &h,
+        moved.replace(
+            "option timeout '2'",
+            "option timeout '2'\n\toption manage_limits '0'",
+        ),
+    );
+    wait_for(Duration::from_secs(10), "bob's original back", || {
+        (h.limit(BOB) == 12_000_000).then_some(())
+    });
+    reload(&h, moved.clone());
+    wait_for(Duration::from_secs(20), "bob limited again", || {
+        limited(&h).then_some(())
+    });
+
+    // Dry run switched on by a reload: the same.
+    reload(
+        &h,
+        moved.replace(
+            "option interval '1'",
+            "option interval '1'\n\toption dry_run '1'",
+        ),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "bob's original back in dry run",
+        || (h.limit(BOB) == 12_000_000).then_some(()),
+    );
+    assert!(h.daemon_alive());
+}
+
+/// Bytes sent through the classes of `tc -s class show` whose line matches `select`.
+fn class_sent(tc_s_class_show: &str, select: impl Fn(&str) -> bool) -> u64 {
+    let mut total = 0;
+    let mut take = false;
+    for l in tc_s_class_show.lines() {
+        if l.starts_with("class ") {
+            take = select(l);
+        } else if take {
+            if let Some(rest) = l.trim_start().strip_prefix("Sent ") {
+                total += rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+                take = false;
+            }
+        }
+    }
+    total
+}
+
+/// Waits until the daemon has written `n` more status files (ticks), whatever they say.
+fn wait_ticks(h: &Home, n: u64) {
+    let start = h.status().and_then(|s| s["updated"].as_u64()).unwrap_or(0);
+    wait_for(Duration::from_secs(n * 2 + 5), "ticks", || {
+        let now = h.status()?["updated"].as_u64()?;
+        (now >= start + n).then_some(())
+    });
+}
+
+#[test]
+fn lan_viewer_on_the_global_ipv6_prefix_is_local_remote_ipv6_viewer_is_managed() {
+    if !need_root() {
+        return;
+    }
+    // The server's IPv6 address is not configured: the daemon learns it from the neighbour
+    // table (the server's MAC from ARP), once the first IPv6 packet reaches it.
+    let mut h = Home::openwrt("", false);
+    h.start_daemon(&[]);
+    let server6 = format!("[{}]:8096", topology::JF_V6);
+    let v0 = h.net.viewers[0].clone();
+    h.viewer_in(&v0, &server6, "alice", ITEM6, "transcode", "dev-alice-v6");
+    let lan = h.net.lan.clone();
+    h.viewer_in(&lan, &server6, "carol", ITEM6, "transcode", "dev-carol-v6");
+    let st = wait_for(
+        Duration::from_secs(20),
+        "both streams in the status",
+        || {
+            let st = h.status()?;
+            (stream(&st, "alice").is_some() && stream(&st, "carol").is_some()).then_some(st)
+        },
+    );
+    let (alice, carol) = (stream(&st, "alice").unwrap(), stream(&st, "carol").unwrap());
+    assert_eq!(alice["remote_ip"], topology::viewer_v6(0).to_string());
+    assert_eq!(carol["remote_ip"], topology::LAN_V6.to_string());
+    assert_eq!(alice["external"], true);
+    assert_eq!(carol["external"], false, "the LAN's global prefix is local");
+    // The local networks came from netifd: the LAN's subnet and the delegated prefix.
+    let internal: Vec<&str> = st["network"]["internal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(internal.contains(&"192.168.1.0/24"), "{internal:?}");
+    assert!(internal.contains(&"2001:db8:2::/56"), "{internal:?}");
+    assert!(
+        !internal.contains(&"10.0.0.0/8"),
+        "no fallback: {internal:?}"
+    );
+    assert_eq!(st["network"]["internal_fallback"], false);
+    assert_eq!(st["network"]["lan_device"], "br-lan");
+    assert_eq!(st["wan"]["device"], "wan");
+    // The remote IPv6 viewer is limited, and its class carries the server's IPv6 packets.
+    wait_for(Duration::from_secs(10), "alice's limit", || {
+        (h.limit(ALICE) > 0).then_some(())
+    });
+    wait_for(Duration::from_secs(15), "alice's class counting", || {
+        let out = h.router_tc(&["-s", "class", "show", "dev", "jdshape0"]);
+        (class_sent(&out, |l| {
+            l.contains("parent 4a44:a") && !l.contains("4a44:e ")
+        }) > 100_000)
+            .then_some(())
+    });
+    assert_eq!(
+        h.status().unwrap()["network"]["server_ip6"],
+        topology::JF_V6.to_string()
+    );
+    // The LAN viewer, over several ticks: never limited, restarted or shaped.
+    wait_ticks(&h, 4);
+    assert_eq!(h.limit(CAROL), 0, "a local viewer is never limited");
+    let emu = h.emu_state();
+    let carol_restarts: u64 = emu["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["user_name"] == "carol")
+        .map(|s| s["restarts"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(carol_restarts, 0, "a local viewer is never restarted");
+    let classes = h.router_tc(&["class", "show", "dev", "jdshape0"]);
+    assert_eq!(viewer_classes(&classes), 1, "alice's class only: {classes}");
+    let st = h.status().unwrap();
+    let carol = stream(&st, "carol").unwrap();
+    assert_eq!(carol["shaped_bps"], 0);
+    assert_eq!(carol["limit_bps"], 0);
+    assert!(h.daemon_alive());
+}
+
+#[test]
+fn a_lan_service_on_the_jellyfin_port_that_is_not_the_server_is_untouched() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::openwrt("", true);
+    // The household host serves something on 8096 over IPv6, opened to the internet like
+    // the media server (a firewall rule, no DNAT).
+    let r = h.net.router.clone();
+    h.net
+        .exec(
+            &r,
+            &[
+                "nft",
+                "add",
+                "rule",
+                "inet",
+                "homenet",
+                "forward",
+                "ip6",
+                "daddr",
+                &topology::LAN_V6.to_string(),
+                "tcp",
+                "dport",
+                "8096",
+                "accept",
+            ],
+        )
+        .unwrap();
+    let exe = topology::homenet_exe().unwrap();
+    let lan = h.net.lan.clone();
+    let service = format!("[{}]:8096", topology::LAN_V6);
+    let src = h
+        .net
+        .spawn_io(
+            &lan,
+            &[
+                exe.to_str().unwrap(),
+                "source",
+                "--listen",
+                &service,
+                "--rate-mbps",
+                "4",
+            ],
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .unwrap();
+    h.viewers.push(src);
+    h.start_daemon(&[]);
+    // The daemon's redirect is in place for the server, IPv4 and IPv6.
+    wait_for(Duration::from_secs(15), "shaping on", || {
+        let f = h.router_tc(&["filter", "show", "dev", "br-lan", "ingress"]);
+        (f.contains("jdshape0") && f.contains("ipv6")).then_some(())
+    });
+    let v1 = h.net.viewers[1].clone();
+    wait_for(Duration::from_secs(10), "the LAN service", || {
+        h.net
+            .exec(&v1, &[exe.to_str().unwrap(), "probe", "--to", &service])
+            .ok()
+    });
+    let root = |h: &Home| {
+        class_sent(
+            &h.router_tc(&["-s", "class", "show", "dev", "jdshape0"]),
+            |l| l.contains("4a44:1 ") && l.contains("root"),
+        )
+    };
+    let before = root(&h);
+    let out = h
+        .net
+        .exec(
+            &v1,
+            &[
+                exe.to_str().unwrap(),
+                "download",
+                "--from",
+                &service,
+                "--seconds",
+                "3",
+            ],
+        )
+        .unwrap();
+    let got: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let bytes = got["download"]["bytes"].as_u64().unwrap();
+    assert!(bytes > 1_000_000, "the download ran: {out}");
+    let through_shaper = root(&h) - before;
+    assert!(
+        through_shaper < 100_000,
+        "{through_shaper} bytes of another host's port-8096 service went through the shaper"
+    );
+    assert!(h.daemon_alive());
+}
+
+#[test]
+fn flow_offloading_is_reported_by_check_and_status() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::openwrt("", true);
+    fs::write(
+        h.dir.join("etc/config/firewall"),
+        "config defaults\n\toption input 'REJECT'\n\toption forward 'REJECT'\n\toption flow_offloading '1'\n\toption flow_offloading_hw '1'\n",
+    )
+    .unwrap();
+    h.start_daemon(&[]);
+    let st = wait_for(Duration::from_secs(10), "the status", || h.status());
+    assert_eq!(st["network"]["flow_offloading"], "hardware");
+    let errors = st["errors"].to_string();
+    assert!(
+        errors.contains("hardware flow offloading is on"),
+        "{errors}"
+    );
+    assert!(errors.contains("flow_offloading=0"), "{errors}");
+    let (_, out) = h.jd(&["check"]);
+    assert!(out.contains("hardware flow offloading is on"), "{out}");
+    assert!(out.contains("flow_offloading=0"), "{out}");
+    // check reads netifd too: the LAN device and the local networks.
+    assert!(out.contains("LAN device br-lan found"), "{out}");
+    assert!(
+        out.contains("local networks") && out.contains("2001:db8:2::/56"),
+        "{out}"
+    );
+    // Without offloading, nothing is said.
+    fs::write(
+        h.dir.join("etc/config/firewall"),
+        "config defaults\n\toption flow_offloading '0'\n\toption flow_offloading_hw '1'\n",
+    )
+    .unwrap();
+    let (_, out) = h.jd(&["check"]);
+    assert!(!out.contains("offloading is on"), "{out}");
+}
+
+#[test]
+fn wan_down_and_up_as_a_new_device_keeps_measuring_without_a_false_spike() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::openwrt("", true);
+    let exe = topology::homenet_exe().unwrap();
+    let sink = format!("{}:9000", topology::INET_V4);
+    let inet = h.net.inet.clone();
+    let s = h
+        .net
+        .spawn_io(
+            &inet,
+            &[exe.to_str().unwrap(), "sink", "--listen", &sink],
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .unwrap();
+    h.viewers.push(s);
+    let lan = h.net.lan.clone();
+    wait_for(Duration::from_secs(10), "the sink", || {
+        h.net
+            .exec(&lan, &[exe.to_str().unwrap(), "probe", "--to", &sink])
+            .ok()
+    });
+    // The household uploads 8 Mbit/s to the internet, again after each reconnect.
+    let upload = |h: &mut Home| {
+        let c = h
+            .net
+            .spawn_io(
+                &lan,
+                &[
+                    exe.to_str().unwrap(),
+                    "upload",
+                    "--to",
+                    &sink,
+                    "--rate-mbps",
+                    "8",
+                ],
+                Stdio::null(),
+                Stdio::null(),
+            )
+            .unwrap();
+        h.viewers.push(c);
+    };
+    upload(&mut h);
+    h.start_daemon(&[]);
+    wait_for(
+        Duration::from_secs(15),
+        "the upload measured on wan",
+        || {
+            let st = h.status()?;
+            (st["wan"]["device"] == "wan" && st["wan"]["tx_bps"].as_u64()? > 5_000_000)
+                .then_some(())
+        },
+    );
+    // Every status the daemon writes from here on, read as it comes.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (seen, stop, path) = (seen.clone(), stop.clone(), h.dir.join("run/status.json"));
+        std::thread::spawn(move || {
+            let mut last = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(t) = fs::read_to_string(&path) {
+                    if t != last {
+                        if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                            let dev = v["wan"]["device"].as_str().unwrap_or("").to_string();
+                            seen.lock()
+                                .unwrap()
+                                .push((dev, v["wan"]["tx_bps"].as_u64().unwrap_or(0)));
+                        }
+                        last = t;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // A PPPoE WAN: the first session on a renamed device, down long enough for the daemon
+    // to see it gone; then a quick reconnect under the same name, between two ticks. Each
+    // time the device is new and its counters start from zero.
+    for (old, new, slow) in [
+        ("wan", "pppoe-wan", true),
+        ("pppoe-wan", "pppoe-wan", false),
+    ] {
+        for mut c in h.viewers.drain(1..) {
+            HomeNet::stop(&mut c, Duration::from_secs(2));
+        }
+        h.net.wan_down(old).unwrap();
+        fs::write(h.netifd.as_ref().unwrap(), netifd_file(new)).unwrap();
+        if slow {
+            wait_for(
+                Duration::from_secs(10),
+                "the daemon noticing the WAN gone",
+                || {
+                    let st = h.status()?;
+                    let e = st["errors"].to_string();
+                    (e.contains("has no device") || e.contains("not readable")).then_some(())
+                },
+            );
+        }
+        h.net.wan_up(new).unwrap();
+        let back = Instant::now();
+        upload(&mut h);
+        wait_for(Duration::from_secs(10), "measuring the new device", || {
+            let st = h.status()?;
+            (st["wan"]["device"] == new && st["wan"]["tx_bps"].as_u64()? > 1_000_000).then_some(())
+        });
+        // Two ticks of 1 s, plus the phase of the tick and the upload's first second.
+        assert!(
+            back.elapsed() <= Duration::from_millis(3500),
+            "measuring {new} took {:?}",
+            back.elapsed()
+        );
+    }
+    wait_ticks(&h, 2);
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().any(|(d, _)| d == "pppoe-wan"));
+    let max = seen.iter().map(|(_, b)| *b).max().unwrap_or(0);
+    // The modem carries 20 Mbit/s; a reset read as a 32-bit wrap would show gigabits.
+    assert!(max <= 25_000_000, "false spike: {max} bit/s in {seen:?}");
+    assert!(h.daemon_alive());
+}
+
+#[test]
+fn a_new_lan_prefix_is_followed_without_a_restart() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::openwrt("", true);
+    h.start_daemon(&[]);
+    let has = |h: &Home, net: &str| {
+        let st = h.status()?;
+        st["network"]["internal"]
+            .as_array()?
+            .iter()
+            .any(|n| n == net)
+            .then_some(())
+    };
+    wait_for(Duration::from_secs(10), "the LAN's subnet", || {
+        has(&h, "192.168.1.0/24")
+    });
+    assert!(has(&h, "2001:db8:7::/64").is_none());
+    // The provider delegates another prefix: netifd assigns a /64 of it to the LAN (here: the
+    // address appears on br-lan, which the kernel announces and the stand-in reports).
+    let r = h.net.router.clone();
+    h.net
+        .exec(
+            &r,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "2001:db8:7::1/64",
+                "dev",
+                "br-lan",
+                "nodad",
+            ],
+        )
+        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the new prefix in the local networks",
+        || has(&h, "2001:db8:7::/64"),
+    );
+    assert!(h.daemon_alive());
 }

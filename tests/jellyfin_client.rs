@@ -740,3 +740,24 @@ fn announced_length_is_refused_unread() {
     assert_eq!(e, Error::TooLarge);
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
+
+/// The shutdown shortens the timeout of the running client (keeping the address it looked up,
+/// see src/http.rs): later calls end at the new timeout, not at the configured one.
+#[test]
+fn a_shortened_timeout_applies_to_later_calls() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut c = client_for(&format!("http://localhost:{port}"), Duration::from_secs(30));
+    // A silent server: each call lasts exactly as long as its timeout allows.
+    c.set_timeout(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(c.sessions().unwrap_err(), Error::Timeout);
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    c.set_timeout(Duration::from_millis(200));
+    let t = Instant::now();
+    assert_eq!(c.users().unwrap_err(), Error::Timeout);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(listener);
+}

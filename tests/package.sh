@@ -41,22 +41,85 @@ VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
 # static analysis of every shell script we ship or run
 # ---------------------------------------------------------------------------------------------
 command -v shellcheck >/dev/null || { echo "shellcheck missing: run tests/deps.sh" >&2; exit 1; }
-for f in files/jellydemon.init openwrt/cross.sh openwrt/musl-gcc.sh openwrt/ipk.sh \
-	openwrt/sizes.sh tests/package.sh; do
+FEED=$ROOT/net/jellydemon
+for f in net/jellydemon/files/jellydemon.init openwrt/cross.sh openwrt/musl-gcc.sh \
+	openwrt/ipk.sh openwrt/sizes.sh openwrt/release.sh tests/package.sh tests/luci/i18n-scan.sh; do
 	check "shellcheck $f" shellcheck -x "$ROOT/$f"
 done
+# run with `sh test.sh NAME VERSION` on the target (busybox ash) by the feed's CI
+check "shellcheck net/jellydemon/test.sh" shellcheck -s sh "$FEED/test.sh"
+
+# a world for the Jellyfin emulator and a config for the daemon (dry run: it changes nothing)
+API_KEY=4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a
+EMU_VERSION=10.11.4
+write_world() {
+	cat >"$TMP/world.json" <<EOF
+{ "version": "$EMU_VERSION",
+  "api_keys": [ { "name": "jellydemon", "token": "$API_KEY" } ],
+  "users": [ { "name": "alice", "id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9" } ],
+  "items": [ { "id": "1f2e3d4c5b6a79880796a5b4c3d2e1f0", "name": "Smoke Test", "bitrate": 4000000 } ] }
+EOF
+}
+# write_config URL DIR: a config for the daemon (dry run: it changes nothing) in DIR/jellydemon,
+# its secrets in DIR/jellydemon_secrets, state and runtime directories below DIR
+write_config() {
+	mkdir -p "$2/state" "$2/run"
+	cat >"$2/jellydemon" <<EOF
+config jellydemon 'main'
+	option enabled '1'
+	option interval '1'
+	option dry_run '1'
+	option state_dir '$2/state'
+	option run_dir '$2/run'
+
+config jellyfin 'jellyfin'
+	option url '$1'
+
+config network 'network'
+	option wan_device 'lo'
+	option lan_device 'lo'
+
+config bandwidth 'bandwidth'
+	option upload_mbps '20'
+
+config shaping 'shaping'
+	option enabled '0'
+EOF
+	printf "config jellyfin 'jellyfin'\n\toption api_key '%s'\n" "$API_KEY" >"$2/jellydemon_secrets"
+	chmod 600 "$2/jellydemon_secrets"
+}
 
 # ---------------------------------------------------------------------------------------------
 # init script against a mock of procd. procd/ubus/rc.common cannot run here, so the functions
 # rc.common and /lib/functions.sh provide are stubbed: each records its arguments, one line per
 # call with fields separated by '|', in $CALLS. The script runs under busybox ash (OpenWrt's
 # shell) when available, else dash.
+#
+# With PROCD_DIR set, the stubs also model what procd does with a service (a STAND-IN for procd,
+# written from its source, openwrt/procd 2c1834a, and from rc.common/procd.sh in openwrt/openwrt):
+# - rc.common (USE_PROCD): `start` = procd_open_service; start_service; procd_close_service, and
+#   procd_close_service runs service_triggers, then `ubus call service set`; `reload` runs
+#   reload_service when the script defines one, else `start`.
+# - `service set` (service/service.c service_update -> instance_update in service/instance.c):
+#   an instance that is not running is started; a running one whose config changed
+#   (instance_config_changed: the command, or the md5 of any `file`, computed by
+#   instance_file_update, or reload_signal) gets instance_restart, which with a reload_signal
+#   is kill(pid, reload_signal) and nothing else; an unchanged one is left alone; an instance
+#   not in the new set is stopped (SIGTERM).
+# - procd_send_signal NAME INSTANCE SIG (`ubus call service signal`): kill(pid, SIG).
+# Every signal the model delivers is also written to $PROCD_DIR/signals, one line each.
 # ---------------------------------------------------------------------------------------------
 INIT_SH=(dash)
 command -v busybox >/dev/null && INIT_SH=(busybox sh)
 cat >"$TMP/mock.sh" <<'EOF'
 rec() { local IFS='|'; printf '%s\n' "$*" >>"$CALLS"; }
 config_load() { rec config_load "$@"; }
+# like /lib/functions.sh: the value of MOCK_<section>_<option>, else the default
+config_get() {
+	local _v
+	eval "_v=\${MOCK_${2}_${3}-\$4}"
+	eval "$1=\$_v"
+}
 # like /lib/functions.sh: 1|on|true|yes|enabled -> 1, 0|off|false|no|disabled -> 0, else default
 config_get_bool() {
 	local _v
@@ -68,13 +131,94 @@ config_get_bool() {
 	esac
 	eval "$1=\$_v"
 }
-procd_open_instance() { rec procd_open_instance "$@"; }
-procd_set_param() { rec procd_set_param "$@"; }
-procd_close_instance() { rec procd_close_instance "$@"; }
+pd() { [ -n "${PROCD_DIR:-}" ]; }
+pd_signal() {
+	local pid
+	pid=$(cat "$PROCD_DIR/cur.$1.pid" 2>/dev/null) || return 0
+	kill -"$2" "$pid" 2>/dev/null || return 0
+	printf '%s\n' "$2" >>"$PROCD_DIR/signals"
+}
+procd_open_service() { rec procd_open_service "$@"; if pd; then : >"$PROCD_DIR/new.instances"; fi; }
+procd_open_instance() {
+	rec procd_open_instance "$@"
+	pd || return 0
+	PD_INST=$1
+	: >"$PROCD_DIR/new.$1.cmd"
+	: >"$PROCD_DIR/new.$1.file"
+	: >"$PROCD_DIR/new.$1.sig"
+}
+procd_set_param() {
+	rec procd_set_param "$@"
+	pd || return 0
+	local type=$1 f
+	shift
+	case $type in
+	command) printf '%s\n' "$@" >"$PROCD_DIR/new.$PD_INST.cmd" ;;
+	# instance_file_update: the md5 of the file's content; all zero when it cannot be opened
+	file) for f in "$@"; do
+		printf '%s %s\n' "$(md5sum <"$f" 2>/dev/null | cut -d' ' -f1)" "$f"
+	done >"$PROCD_DIR/new.$PD_INST.file" ;;
+	reload_signal) printf '%s\n' "$1" >"$PROCD_DIR/new.$PD_INST.sig" ;;
+	esac
+}
+procd_close_instance() { rec procd_close_instance "$@"; if pd; then printf '%s\n' "$PD_INST" >>"$PROCD_DIR/new.instances"; fi; }
+procd_close_service() {
+	rec procd_close_service "$@"
+	service_triggers
+	pd || return 0
+	local i pid x changed
+	for i in $(cat "$PROCD_DIR/new.instances"); do
+		pid=$(cat "$PROCD_DIR/cur.$i.pid" 2>/dev/null)
+		if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+			set --
+			while IFS= read -r x; do set -- "$@" "$x"; done <"$PROCD_DIR/new.$i.cmd"
+			"$@" >>"$PROCD_DIR/daemon.log" 2>&1 &
+			printf '%s\n' "$!" >"$PROCD_DIR/cur.$i.pid"
+		else
+			changed=0
+			for x in cmd file sig; do
+				cmp -s "$PROCD_DIR/new.$i.$x" "$PROCD_DIR/cur.$i.$x" || changed=1
+			done
+			if [ "$changed" = 1 ]; then
+				if [ -s "$PROCD_DIR/new.$i.sig" ]; then
+					pd_signal "$i" "$(cat "$PROCD_DIR/new.$i.sig")"
+				else
+					pd_signal "$i" TERM
+					rm -f "$PROCD_DIR/cur.$i.pid"
+				fi
+			fi
+		fi
+		for x in cmd file sig; do mv "$PROCD_DIR/new.$i.$x" "$PROCD_DIR/cur.$i.$x"; done
+	done
+	for x in "$PROCD_DIR"/cur.*.pid; do
+		[ -f "$x" ] || continue
+		i=${x#"$PROCD_DIR"/cur.}
+		i=${i%.pid}
+		grep -qx "$i" "$PROCD_DIR/new.instances" || { pd_signal "$i" TERM; rm -f "$x"; }
+	done
+}
+procd_open_trigger() { rec procd_open_trigger "$@"; }
+procd_close_trigger() { rec procd_close_trigger "$@"; }
 procd_add_reload_trigger() { rec procd_add_reload_trigger "$@"; }
+procd_add_interface_trigger() { rec procd_add_interface_trigger "$@"; }
 procd_add_reload_interface_trigger() { rec procd_add_reload_interface_trigger "$@"; }
-procd_send_signal() { rec procd_send_signal "$@"; }
-start() { rec start "$@"; }
+procd_send_signal() {
+	rec procd_send_signal "$@"
+	pd || return 0
+	local x i
+	for x in "$PROCD_DIR"/cur.*.pid; do
+		[ -f "$x" ] || continue
+		i=${x#"$PROCD_DIR"/cur.}
+		i=${i%.pid}
+		case $2 in '' | '*' | "$i") pd_signal "$i" "$3" ;; esac
+	done
+}
+# rc.common's procd variants of start and reload
+rc_procd() { procd_open_service jellydemon /etc/init.d/jellydemon; "$@"; procd_close_service; }
+start() { rec start "$@"; rc_procd start_service "$@"; }
+reload() {
+	if type reload_service >/dev/null 2>&1; then reload_service "$@"; else start; fi
+}
 procd_kill() { rec procd_kill "$@"; }
 # rc.common's stop for USE_PROCD services (OpenWrt 23.05 and later)
 rc_stop() {
@@ -98,7 +242,7 @@ init_run() {
 	CALLS="$TMP/calls.$name"
 	: >"$CALLS"
 	env CALLS="$CALLS" FAKE="$TMP/fake-daemon" "$@" timeout 30 "${INIT_SH[@]}" -c \
-		". '$TMP/mock.sh'; . '$ROOT/files/jellydemon.init'; $code" >"$TMP/out.$name" 2>&1
+		". '$TMP/mock.sh'; . '$FEED/files/jellydemon.init'; $code" >"$TMP/out.$name" 2>&1
 }
 
 t_init_enabled() {
@@ -108,17 +252,19 @@ t_init_enabled() {
 		'config_load|jellydemon' \
 		'procd_open_instance|jellydemon' \
 		'procd_set_param|command|/usr/sbin/jellydemon|--config|/etc/config/jellydemon|run' \
-		'procd_set_param|file|/etc/config/jellydemon' \
+		'procd_set_param|file|/etc/config/jellydemon|/etc/config/jellydemon_secrets' \
 		'procd_set_param|reload_signal|HUP' \
 		'procd_set_param|term_timeout|10' \
 		'procd_set_param|respawn|3600|5|5' \
 		'procd_set_param|stdout|1' \
 		'procd_set_param|stderr|1' \
 		'procd_close_instance' \
-		'procd_add_reload_trigger|jellydemon' \
+		'procd_add_reload_trigger|jellydemon|jellydemon_secrets' \
 		'config_load|jellydemon' \
-		'procd_add_reload_interface_trigger|wan' \
-		'procd_add_reload_interface_trigger|lan')
+		'procd_open_trigger' \
+		'procd_add_interface_trigger|interface.*|wan|/etc/init.d/jellydemon|netchange' \
+		'procd_add_interface_trigger|interface.*|lan|/etc/init.d/jellydemon|netchange' \
+		'procd_close_trigger')
 	eq "$(cat "$TMP/calls.enabled")" "$want"
 }
 check "init: enabled=1 starts one instance with the documented parameters" t_init_enabled
@@ -138,9 +284,20 @@ check "init: enabled=0 (or absent) refuses to start and logs why" t_init_refuses
 
 t_init_triggers_disabled() {
 	init_run trigoff 'service_triggers' MOCK_main_enabled=0 || return 1
-	eq "$(cat "$TMP/calls.trigoff")" "$(printf '%s\n' 'procd_add_reload_trigger|jellydemon' 'config_load|jellydemon')"
+	eq "$(cat "$TMP/calls.trigoff")" "$(printf '%s\n' 'procd_add_reload_trigger|jellydemon|jellydemon_secrets' 'config_load|jellydemon')"
 }
 check "init: disabled, only the config trigger (enabling in LuCI starts it)" t_init_triggers_disabled
+
+t_init_triggers_configured() {
+	init_run trigif 'service_triggers' MOCK_main_enabled=1 MOCK_network_wan_interface=wwan \
+		MOCK_network_lan_interface=guest || return 1
+	eq "$(grep interface "$TMP/calls.trigif")" "$(printf '%s\n' \
+		'procd_add_interface_trigger|interface.*|wwan|/etc/init.d/jellydemon|netchange' \
+		'procd_add_interface_trigger|interface.*|guest|/etc/init.d/jellydemon|netchange')" || return 1
+	init_run trigsame 'service_triggers' MOCK_main_enabled=1 MOCK_network_wan_interface=lan || return 1
+	eq "$(grep -c interface_trigger "$TMP/calls.trigsame")" 1
+}
+check "init: interface triggers follow network.wan_interface / lan_interface" t_init_triggers_configured
 
 t_init_no_secret() {
 	local c
@@ -150,10 +307,81 @@ t_init_no_secret() {
 check "init: no secret on the command line" t_init_no_secret
 
 t_init_reload() {
-	init_run reload 'reload_service' || return 1
-	eq "$(cat "$TMP/calls.reload")" "$(printf '%s\n' start 'procd_send_signal|jellydemon|*|HUP')"
+	init_run reload 'if type reload_service >/dev/null 2>&1; then echo "reload_service defined"; fi' || return 1
+	[ ! -s "$TMP/out.reload" ] || { cat "$TMP/out.reload"; return 1; }
+	init_run netchange 'netchange' || return 1
+	eq "$(cat "$TMP/calls.netchange")" 'procd_send_signal|jellydemon|jellydemon|HUP'
 }
-check "init: reload re-evaluates and sends HUP" t_init_reload
+check "init: no reload_service (procd signals on a changed file); netchange sends one HUP" t_init_reload
+
+# The init script, the procd model above and the real daemon together: a `uci commit` (the file
+# rewritten) followed by `reload` (what procd's config.change trigger and LuCI's Save & Apply
+# run) must reach the daemon as exactly one SIGHUP, i.e. one "configuration reloaded" line.
+DAEMON_BIN=${JELLYDEMON_BIN:-}
+for b in "$CROSS_OUT/x86_64-unknown-linux-musl/jellydemon" "$ROOT/target/debug/jellydemon" \
+	"$ROOT/target/release/jellydemon"; do
+	[ -z "$DAEMON_BIN" ] && [ -x "$b" ] && DAEMON_BIN=$b
+done
+# await_count FILE TEXT N: FILE has N lines containing TEXT, awaited as they are written (bounded;
+# tail is left to its timeout so that nothing waits for it)
+await_count() {
+	local n=0 line
+	while IFS= read -r line; do
+		case $line in *"$2"*) n=$((n + 1)) && [ "$n" -ge "$3" ] && return 0 ;; esac
+	done < <(timeout 20 tail -n +1 -f "$1")
+	return 1
+}
+await_reloads() { await_count "$PD/daemon.log" 'configuration reloaded' "$1"; }
+pd_run() {
+	local name=$1 code=$2
+	init_run "$name" "CONF='$PD/jellydemon'; SECRETS='$PD/jellydemon_secrets'; PROG='$DAEMON_BIN'; $code" \
+		PROCD_DIR="$PD" MOCK_main_enabled=1
+}
+t_procd_one_reload() {
+	PD=$TMP/procd
+	write_config http://127.0.0.1:9 "$PD"
+	pd_run pdstart start || return 1
+	PIDS+=("$(cat "$PD/cur.jellydemon.pid")")
+	# the signal handlers are installed before the daemon says it is starting
+	await_count "$PD/daemon.log" ' starting' 1 ||
+		{ echo "daemon did not start: $(cat "$PD/daemon.log")"; return 1; }
+	# `uci set jellydemon.main.interval=2; uci commit jellydemon`, then the trigger's reload
+	sed -i "s/option interval '1'/option interval '2'/" "$PD/jellydemon"
+	pd_run pdreload reload || return 1
+	eq "$(cat "$PD/signals")" HUP || return 1
+	await_reloads 1 || { echo "no reload logged: $(cat "$PD/daemon.log")"; return 1; }
+	# a reload without a change (a second trigger for the same commit) signals nothing
+	pd_run pdreload2 reload || return 1
+	eq "$(cat "$PD/signals")" HUP || return 1
+	# a change of the secrets file alone is a change too
+	printf "config jellyfin 'jellyfin'\n\toption api_key '%s0'\n" "$API_KEY" >"$PD/jellydemon_secrets"
+	pd_run pdreload3 reload || return 1
+	eq "$(cat "$PD/signals")" "$(printf 'HUP\nHUP')" || return 1
+	await_reloads 2 || { echo "second reload not logged: $(cat "$PD/daemon.log")"; return 1; }
+	# an interface event: one more; by now any extra SIGHUP of the commits would have shown
+	pd_run pdnet netchange || return 1
+	await_reloads 3 || { echo "netchange reload not logged: $(cat "$PD/daemon.log")"; return 1; }
+	eq "$(grep -c 'configuration reloaded' "$PD/daemon.log")" 3 || return 1
+	case $(cat "$PD/daemon.log") in *"$API_KEY"*) echo "API key in the log"; return 1 ;; esac
+	kill "$(cat "$PD/cur.jellydemon.pid")"
+}
+t_procd_double_detected() {
+	# the model tells a script that also signals in reload_service (the old one) apart
+	PD=$TMP/procd-double
+	mkdir -p "$PD"
+	printf 'a\n' >"$PD/jellydemon"
+	pd_run dblstart "PROG=sleep; start_service() { procd_open_instance jellydemon; procd_set_param command sleep 30; procd_set_param file \"\$CONF\"; procd_set_param reload_signal HUP; procd_close_instance; }; start" || return 1
+	PIDS+=("$(cat "$PD/cur.jellydemon.pid")")
+	printf 'b\n' >"$PD/jellydemon"
+	pd_run dblreload "start_service() { procd_open_instance jellydemon; procd_set_param command sleep 30; procd_set_param file \"\$CONF\"; procd_set_param reload_signal HUP; procd_close_instance; }; reload_service() { start; procd_send_signal jellydemon '*' HUP; }; reload" || return 1
+	eq "$(cat "$PD/signals")" "$(printf 'HUP\nHUP')"
+}
+if [ -n "$DAEMON_BIN" ]; then
+	check "init + procd model + daemon: uci commit then reload = exactly one SIGHUP, one reload" t_procd_one_reload
+else
+	skip "init + procd model + daemon: one reload per change" "no jellydemon binary (cargo build)"
+fi
+check "procd model: a reload_service that signals again counts as two SIGHUPs" t_procd_double_detected
 
 t_init_stop_dead() {
 	init_run stopdead 'PROG=$FAKE; rc_stop' || return 1
@@ -192,17 +420,30 @@ check "init: stop with a daemon that outlives SIGTERM restores after it is gone"
 # feed Makefile: the fields the product contract fixes
 # ---------------------------------------------------------------------------------------------
 t_feed_makefile() {
-	local mk="$ROOT/openwrt/Makefile" l
-	for l in 'include $(TOPDIR)/rules.mk' 'PKG_BUILD_DEPENDS:=rust/host' 'PKG_SOURCE_PROTO:=git' \
-		'PKG_SOURCE_VERSION:=$(JELLYDEMON_COMMIT)' "PKG_VERSION:=$VERSION" \
+	local mk="$FEED/Makefile" l
+	for l in 'include $(TOPDIR)/rules.mk' 'PKG_BUILD_DEPENDS:=rust/host' "PKG_VERSION:=$VERSION" \
+		'PKG_RELEASE:=1' 'PKG_SOURCE:=$(PKG_NAME)-$(PKG_VERSION).tar.gz' \
+		'PKG_SOURCE_URL:=https://github.com/jellydemon/jellydemon/releases/download/v$(PKG_VERSION)/' \
+		'PKG_LICENSE:=GPL-2.0-only' 'PKG_LICENSE_FILES:=LICENSE' \
 		'include $(INCLUDE_DIR)/package.mk' \
-		'include $(TOPDIR)/feeds/packages/lang/rust/rust-package.mk' \
+		'include ../../lang/rust/rust-package.mk' \
 		'  DEPENDS:=$(RUST_ARCH_DEPENDS) +tc +kmod-ifb +kmod-sched-core' \
-		'/etc/config/jellydemon' \
+		'/etc/config/jellydemon' '/etc/config/jellydemon_secrets' \
 		'	$(INSTALL_BIN) $(PKG_INSTALL_DIR)/bin/jellydemon $(1)/usr/sbin/jellydemon' \
 		'$(eval $(call RustBinPackage,jellydemon))' '$(eval $(call BuildPackage,jellydemon))'; do
 		grep -qxF -- "$l" "$mk" || { echo "missing line: $l"; return 1; }
 	done
+	# feed rules: a fixed hash (not skip, not a placeholder), a maintainer with an address,
+	# relative includes only, no git source
+	grep -qE '^PKG_HASH:=[0-9a-f]{64}$' "$mk" || { echo "PKG_HASH is not a sha256"; return 1; }
+	if grep -qE '^PKG_HASH:=0{64}$' "$mk"; then echo "PKG_HASH is a placeholder"; return 1; fi
+	grep -qE '^PKG_MAINTAINER:=.+ <[^ @]+@[^ >]+>$' "$mk" || { echo "PKG_MAINTAINER needs 'Name <address>'"; return 1; }
+	if grep -nE 'TOPDIR\)/feeds|PKG_MIRROR_HASH|PKG_SOURCE_PROTO|skip' "$mk"; then return 1; fi
+	# every ./files/... the install section uses exists
+	local f
+	while IFS= read -r f; do
+		[ -f "$FEED/files/$f" ] || { echo "missing files/$f"; return 1; }
+	done < <(sed -n 's|.*\./files/\([^ ]*\) .*|\1|p' "$mk")
 	# the install section must be defined before RustBinPackage, or it installs to /usr/bin
 	local i r
 	i=$(grep -n '^define Package/jellydemon/install' "$mk" | cut -d: -f1)
@@ -212,8 +453,42 @@ t_feed_makefile() {
 		return 1
 	fi
 	grep -q '^Cargo.lock$' <(git -C "$ROOT" ls-files Cargo.lock) || { echo "Cargo.lock not committed"; return 1; }
+	# the license file is GPL-2.0's full text, as Cargo.toml says
+	grep -qx 'license = "GPL-2.0-only"' "$ROOT/Cargo.toml" || { echo "Cargo.toml license differs"; return 1; }
+	if ! grep -q 'GNU GENERAL PUBLIC LICENSE' "$ROOT/LICENSE" || ! grep -q 'Version 2, June 1991' "$ROOT/LICENSE" ||
+		[ "$(wc -l <"$ROOT/LICENSE")" -lt 300 ]; then
+		echo "LICENSE is not the GPL-2.0 text"
+		return 1
+	fi
+	# sysupgrade keeps the state directory (default state_dir)
+	eq "$(cat "$FEED/files/jellydemon.upgrade")" /etc/jellydemon/
 }
-check "feed Makefile: rust-package.mk, deps, /usr/sbin, conffiles, locked" t_feed_makefile
+check "feed Makefile: feed layout, source + hash, license, maintainer, installs" t_feed_makefile
+
+# PKG_HASH must be the hash of the tarball the tag gives (openwrt/release.sh), so the SDK's
+# download check passes.
+t_feed_hash() {
+	local tag=v$VERSION out want got
+	out=$("$ROOT/openwrt/release.sh" "$tag" "$TMP/release") || return 1
+	got=${out%% *}
+	want=$(sed -n 's/^PKG_HASH:=//p' "$FEED/Makefile")
+	eq "$got" "$want" || return 1
+	# what the SDK unpacks: jellydemon-<version>/ with Cargo.lock and LICENSE, without the
+	# Makefile that holds the hash
+	local list
+	list=$(tar -tzf "$TMP/release/jellydemon-$VERSION.tar.gz")
+	contains "$list" "jellydemon-$VERSION/Cargo.lock" >/dev/null || return 1
+	contains "$list" "jellydemon-$VERSION/LICENSE" >/dev/null || return 1
+	if grep -qx "jellydemon-$VERSION/net/jellydemon/Makefile" <<<"$list"; then echo "Makefile in the tarball"; return 1; fi
+	# byte-identical when made again
+	"$ROOT/openwrt/release.sh" "$tag" "$TMP/release2" >/dev/null &&
+		cmp "$TMP/release/jellydemon-$VERSION.tar.gz" "$TMP/release2/jellydemon-$VERSION.tar.gz"
+}
+if git -C "$ROOT" rev-parse -q --verify "refs/tags/v$VERSION^{commit}" >/dev/null; then
+	check "feed Makefile: PKG_HASH is the sha256 of the v$VERSION tarball (git archive | gzip -n)" t_feed_hash
+else
+	skip "feed Makefile: PKG_HASH against the tag" "no tag v$VERSION in this clone"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # cross builds and qemu smoke tests
@@ -236,43 +511,6 @@ elf_want() {
 	mipsel-*) echo "01 01 0008" ;;
 	mips-*) echo "01 02 0008" ;;
 	esac
-}
-
-# a world for the Jellyfin emulator and a config for the daemon (dry run: it changes nothing)
-API_KEY=4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a
-EMU_VERSION=10.11.4
-write_world() {
-	cat >"$TMP/world.json" <<EOF
-{ "version": "$EMU_VERSION",
-  "api_keys": [ { "name": "jellydemon", "token": "$API_KEY" } ],
-  "users": [ { "name": "alice", "id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9" } ],
-  "items": [ { "id": "1f2e3d4c5b6a79880796a5b4c3d2e1f0", "name": "Smoke Test", "bitrate": 4000000 } ] }
-EOF
-}
-write_config() {
-	mkdir -p "$TMP/state" "$TMP/run"
-	cat >"$TMP/jellydemon.conf" <<EOF
-config jellydemon 'main'
-	option enabled '1'
-	option interval '1'
-	option dry_run '1'
-	option state_dir '$TMP/state'
-	option run_dir '$TMP/run'
-
-config jellyfin 'jellyfin'
-	option url 'http://127.0.0.1:$1'
-	option api_key '$API_KEY'
-
-config network 'network'
-	option wan_device 'lo'
-	option lan_device 'lo'
-
-config bandwidth 'bandwidth'
-	option upload_mbps '20'
-
-config shaping 'shaping'
-	option enabled '0'
-EOF
 }
 
 # the emulator, when this branch has it; prints its port
@@ -361,10 +599,10 @@ for t in $TARGETS; do
 		skip "$triple: run --once against the Jellyfin emulator" "$EMU_WHY"
 		continue
 	fi
-	write_config "$EMU_PORT"
+	write_config "http://127.0.0.1:$EMU_PORT" "$TMP/smoke"
 	t_check() {
 		local out rc
-		out=$(timeout 120 "${run[@]}" --config "$TMP/jellydemon.conf" check 2>&1)
+		out=$(timeout 120 "${run[@]}" --config "$TMP/smoke/jellydemon" check 2>&1)
 		rc=$?
 		# 0 = all good, 1 = something to fix (e.g. no tc here); anything else is a crash
 		[ "$rc" -le 1 ] || { echo "exit $rc: $out"; return 1; }
@@ -373,14 +611,14 @@ for t in $TARGETS; do
 	}
 	check "$triple: check against a config" t_check
 	t_once() {
-		rm -f "$TMP/run/status.json"
+		rm -f "$TMP/smoke/run/status.json"
 		local out
-		out=$(timeout 120 "${run[@]}" --config "$TMP/jellydemon.conf" run --once --stderr 2>&1) ||
+		out=$(timeout 120 "${run[@]}" --config "$TMP/smoke/jellydemon" run --once --stderr 2>&1) ||
 			{ echo "run --once failed: $out"; return 1; }
-		[ -s "$TMP/run/status.json" ] || { echo "no status.json: $out"; return 1; }
+		[ -s "$TMP/smoke/run/status.json" ] || { echo "no status.json: $out"; return 1; }
 		# the binary really talked to the emulator: the version it reports comes from there
 		local st
-		st=$(cat "$TMP/run/status.json")
+		st=$(cat "$TMP/smoke/run/status.json")
 		grep -Eq '"reachable": ?true' <<<"$st" || { echo "Jellyfin not reachable: $st"; return 1; }
 		grep -Eq "\"server_version\": ?\"$EMU_VERSION\"" <<<"$st" || { echo "no server_version $EMU_VERSION: $st"; return 1; }
 		case $st in *"$API_KEY"*) echo "API key in status.json"; return 1 ;; esac
@@ -391,13 +629,13 @@ done
 # ---------------------------------------------------------------------------------------------
 # .ipk: built from the cross binaries, unpacked with plain tar
 # ---------------------------------------------------------------------------------------------
-CONFIG_FILE=$ROOT/files/jellydemon.config
+CONFIG_FILE=$FEED/files/jellydemon.config
 if [ ! -f "$CONFIG_FILE" ]; then
-	# files/jellydemon.config is the default configuration the package ships; until this branch
+	# net/jellydemon/files/jellydemon.config is the default configuration the package ships; until this branch
 	# has it, package a minimal stand-in so the package format is still tested.
 	printf "\nconfig jellydemon 'main'\n\toption enabled '0'\n" >"$TMP/placeholder.config"
 	CONFIG_FILE=$TMP/placeholder.config
-	printf 'note  files/jellydemon.config missing: packaging a minimal stand-in config\n'
+	printf 'note  net/jellydemon/files/jellydemon.config missing: packaging a minimal stand-in config\n'
 fi
 
 LUCI_DIR=$ROOT/luci-app-jellydemon
@@ -452,7 +690,8 @@ for t in $TARGETS; do
 		local want f
 		for f in "Package: jellydemon" "Version: ${VERSION}-1" \
 			"Depends: libc, tc, kmod-ifb, kmod-sched-core" "Section: net" \
-			"License: GPL-2.0-only" "Architecture: $arch"; do
+			"License: GPL-2.0-only" "LicenseFiles: LICENSE" "Architecture: $arch" \
+			"Source: feeds/packages/net/jellydemon"; do
 			grep -qxF "$f" "$c" || { echo "missing '$f' in: $(cat "$c")"; return 1; }
 		done
 		for f in Source Maintainer Description Installed-Size; do
@@ -462,7 +701,7 @@ for t in $TARGETS; do
 		grep -qx "Installed-Size: $want" "$c" || { echo "Installed-Size is not $want"; return 1; }
 		# every line is a field or a continuation line
 		if grep -vqE '^([A-Z][A-Za-z-]*: .*| .+)$' "$c"; then echo "malformed control"; return 1; fi
-		eq "$(cat "$x/control/conffiles")" /etc/config/jellydemon
+		eq "$(cat "$x/control/conffiles")" "$(printf '%s\n' /etc/config/jellydemon /etc/config/jellydemon_secrets)"
 	}
 	check "ipk $arch: control fields and conffiles" t_control
 	t_scripts() {
@@ -479,18 +718,33 @@ for t in $TARGETS; do
 	t_data() {
 		local want got
 		want=$(printf '%s\n' './ 755 0/0' './etc/ 755 0/0' './etc/config/ 755 0/0' \
-			'./etc/config/jellydemon 600 0/0' './etc/init.d/ 755 0/0' \
-			'./etc/init.d/jellydemon 755 0/0' './usr/ 755 0/0' './usr/sbin/ 755 0/0' \
-			'./usr/sbin/jellydemon 755 0/0')
+			'./etc/config/jellydemon 600 0/0' './etc/config/jellydemon_secrets 600 0/0' \
+			'./etc/init.d/ 755 0/0' './etc/init.d/jellydemon 755 0/0' './lib/ 755 0/0' \
+			'./lib/upgrade/ 755 0/0' './lib/upgrade/keep.d/ 755 0/0' \
+			'./lib/upgrade/keep.d/jellydemon 644 0/0' \
+			'./usr/ 755 0/0' './usr/sbin/ 755 0/0' './usr/sbin/jellydemon 755 0/0')
 		got=$(tar -tvzf "$x/outer/data.tar.gz" --numeric-owner |
 			awk '{ m = $1; p = 0; for (i = 2; i <= 10; i++) { c = substr(m, i, 1); if (c != "-") p += 2 ^ (9 - (i - 1)) * 1 } ;
 				printf "%s %o %s\n", $6, p, $2 }' | sort)
 		eq "$got" "$want" || return 1
 		cmp -s "$x/data/usr/sbin/jellydemon" "$CROSS_OUT/$triple/jellydemon" || { echo "binary differs"; return 1; }
-		cmp -s "$x/data/etc/init.d/jellydemon" "$ROOT/files/jellydemon.init" || { echo "init differs"; return 1; }
+		cmp -s "$x/data/etc/init.d/jellydemon" "$FEED/files/jellydemon.init" || { echo "init differs"; return 1; }
+		cmp -s "$x/data/etc/config/jellydemon_secrets" "$FEED/files/jellydemon_secrets.config" || { echo "secrets differ"; return 1; }
 		eq "$(read_elf "$x/data/usr/sbin/jellydemon")" "$(elf_want "$triple")"
 	}
 	check "ipk $arch: data files, modes, owners, binary architecture" t_data
+	# the feed CI's test.sh (test_entrypoint.sh runs `sh test.sh NAME VERSION` after install)
+	t_feed_test() {
+		mkdir -p "$x/bin"
+		if [ "$triple" = x86_64-unknown-linux-musl ]; then
+			ln -sf "$x/data/usr/sbin/jellydemon" "$x/bin/jellydemon"
+		else
+			printf '#!/bin/sh\nexec %s %s "$@"\n' "$("$ROOT/openwrt/cross.sh" qemu "$t")" "$x/data/usr/sbin/jellydemon" >"$x/bin/jellydemon"
+			chmod +x "$x/bin/jellydemon"
+		fi
+		PATH="$x/bin:$PATH" JELLYDEMON_ROOT="$x/data" timeout 120 "${INIT_SH[@]}" "$FEED/test.sh" jellydemon "$VERSION"
+	}
+	check "ipk $arch: the feed's test.sh passes on the unpacked package" t_feed_test
 	t_determinism() {
 		JELLYDEMON_DEFAULT_CONFIG=$CONFIG_FILE "$ROOT/openwrt/ipk.sh" "$arch" "$ipkdir.again" >/dev/null || return 1
 		cmp "$ipk" "$ipkdir.again/jellydemon_${VERSION}-1_${arch}.ipk" &&

@@ -17,6 +17,7 @@ use jellydemon::publish::{render_prometheus, render_table, write_atomic, Event, 
 use jellydemon::status::{
     Averages, JellyfinStatus, ShapingStatus, Status, StreamStatus, WanStatus, WolStatus,
 };
+use jellydemon::tlsclient::{Kind, TlsClient};
 use serde_json::Value;
 use tiny_http::{Response, Server, StatusCode};
 
@@ -186,6 +187,7 @@ fn sample_status() -> Status {
             active: true,
             error: None,
         },
+        network: Default::default(),
         errors: vec!["upload capacity unknown: set bandwidth.upload_mbps".into()],
     }
 }
@@ -247,6 +249,10 @@ fn table_reads_at_a_glance() {
         "{t2}"
     );
     assert!(t2.contains("asleep, not woken yet"), "{t2}");
+    let mut off = asleep.clone();
+    off.wol.enabled = false;
+    let t4 = render_table(&off);
+    assert!(t4.contains("Wake-on-LAN   off, server asleep\n"), "{t4}");
     asleep.wol.server_state = Some("waking".into());
     asleep.wol.last_reason = Some("connect".into());
     let t3 = render_table(&asleep);
@@ -604,13 +610,274 @@ fn an_unreachable_receiver_never_blocks_notify() {
 
 #[test]
 fn webhook_urls_are_checked() {
-    let e = Webhook::new(
-        "https://discord.com/api/webhooks/1/x",
+    // https without a TLS client on the router: refused with what to install.
+    let e = Webhook::with_tls_client(
+        "https://discord.com/api/webhooks/1/SECRET",
         Duration::from_secs(1),
+        None,
     )
     .err()
-    .expect("https refused");
-    assert!(e.to_string().contains("TLS"), "{e}");
-    assert!(Webhook::new("ftp://x", Duration::from_secs(1)).is_err());
-    assert!(Webhook::new("http://", Duration::from_secs(1)).is_err());
+    .expect("https without a TLS client refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("uclient-fetch") && text.contains("curl"),
+        "{text}"
+    );
+    assert!(!text.contains("SECRET"), "{text}");
+    let curl = TlsClient {
+        kind: Kind::Curl,
+        program: "/usr/bin/curl".into(),
+        ca_file: None,
+    };
+    assert!(Webhook::with_tls_client(
+        "https://discord.com/api/webhooks/1/SECRET",
+        Duration::from_secs(1),
+        Some(curl.clone()),
+    )
+    .is_ok());
+    for bad in [
+        "ftp://x",
+        "http://",
+        "https://",
+        "https://a b/SECRET",
+        "https://u@h/SECRET",
+    ] {
+        let e = Webhook::with_tls_client(bad, Duration::from_secs(1), Some(curl.clone()))
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"));
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+    }
+}
+
+/// A real HTTPS receiver (Python's `ssl` + `http.server`) with a certificate from a CA made for
+/// the test. It prints its port, then one JSON line per request, and answers each only when
+/// the test writes a line to its stdin.
+const TLS_RECEIVER: &str = r#"
+import http.server, json, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n).decode()
+        print(json.dumps({"path": self.path, "body": body,
+                          "type": self.headers.get("Content-Type")}), flush=True)
+        sys.stdin.readline()
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (ca.pem, server.pem, server.key).
+fn make_ca(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=jellydemon test CA",
+            ])
+            .args(ec)
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-subj", "/CN=127.0.0.1"])
+            .args(ec)
+            .arg("-keyout")
+            .arg(p("server.key"))
+            .arg("-out")
+            .arg(p("server.csr")),
+    );
+    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2"])
+            .arg("-in")
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-CAcreateserial")
+            .arg("-extfile")
+            .arg(p("ext.cnf"))
+            .arg("-out")
+            .arg(p("server.pem")),
+    );
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+struct TlsReceiver {
+    child: std::process::Child,
+    lines: Receiver<String>,
+    port: u16,
+}
+
+impl TlsReceiver {
+    fn start(cert: &std::path::Path, key: &std::path::Path) -> TlsReceiver {
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(TLS_RECEIVER)
+            .arg(cert)
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 for the HTTPS receiver (tests/deps.sh)");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let port = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the receiver's port")
+            .trim()
+            .parse()
+            .expect("a port number");
+        TlsReceiver { child, lines, port }
+    }
+
+    fn next(&self) -> Value {
+        let l = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the receiver got no request");
+        serde_json::from_str(&l).unwrap()
+    }
+
+    fn answer(&mut self) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for TlsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Command lines of this process's children (read from /proc while they run).
+fn children_cmdlines() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let dir = e.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        // ppid is the second field after the parenthesised command name.
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .nth(1);
+        if ppid == Some(me.as_str()) {
+            if let Ok(c) = std::fs::read(dir.join("cmdline")) {
+                out.push(String::from_utf8_lossy(&c).replace('\0', " "));
+            }
+        }
+    }
+    out
+}
+
+/// The HTTPS path end to end: the daemon's webhook, curl (the client where it exists; the
+/// uclient-fetch command line is a unit test in src/tlsclient.rs, since uclient-fetch is
+/// OpenWrt's and not on Debian), a TLS receiver trusting only its own CA. The secret path never
+/// shows on a command line, and an untrusted certificate is a failure.
+#[test]
+fn https_webhook_reaches_a_tls_receiver_through_curl() {
+    let Some(client) = TlsClient::find().filter(|c| c.kind == Kind::Curl) else {
+        panic!("curl is needed for this test (tests/deps.sh installs it)");
+    };
+    let dir = TempDir::new("tls");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let (ca, cert, key) = make_ca(&dir.0);
+    let mut rx = TlsReceiver::start(&cert, &key);
+    let url = format!(
+        "https://127.0.0.1:{}/api/webhooks/42/SECRET-token?wait=true",
+        rx.port
+    );
+    let trusted = TlsClient {
+        ca_file: Some(ca),
+        ..client.clone()
+    };
+    let mut hook = Webhook::with_tls_client(&url, Duration::from_secs(5), Some(trusted))
+        .unwrap()
+        .with_rate_limit(5, Duration::from_secs(3600));
+    assert!(hook.notify(Event::LimitChanged {
+        user: "alice".into(),
+        old_bps: 8_000_000,
+        new_bps: 3_500_000,
+    }));
+    let got = rx.next();
+    // While the receiver holds its answer, curl runs: its command line has no secret.
+    let running = children_cmdlines();
+    assert!(
+        running.iter().any(|c| c.contains("curl -q --config -")),
+        "no curl child seen: {running:?}"
+    );
+    assert!(!running.iter().any(|c| c.contains("SECRET")), "{running:?}");
+    rx.answer();
+    assert_eq!(got["path"], "/api/webhooks/42/SECRET-token?wait=true");
+    assert_eq!(got["type"], "application/json");
+    let body: Value = serde_json::from_str(got["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["event"], "limit_changed");
+    assert_eq!(
+        body["content"],
+        "jellydemon: alice's remote limit: 8.0 Mbit/s -> 3.5 Mbit/s"
+    );
+    wait_until("the delivery counted", || hook.stats().sent == 1);
+    assert_eq!(hook.stats().failed, 0);
+
+    // The system's CAs do not know the test CA: nothing is delivered.
+    let mut untrusted = Webhook::with_tls_client(&url, Duration::from_secs(5), Some(client))
+        .unwrap()
+        .with_rate_limit(5, Duration::from_secs(3600));
+    assert!(untrusted.notify(Event::JellyfinBack { version: None }));
+    wait_until("the failure counted", || untrusted.stats().failed == 1);
+    assert_eq!(untrusted.stats().sent, 0);
+    assert!(
+        rx.lines.try_recv().is_err(),
+        "an untrusted receiver got the event"
+    );
 }

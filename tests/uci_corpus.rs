@@ -112,7 +112,7 @@ fn generated_files_match_uci_exactly() {
 #[test]
 fn shipped_default_file_shows_like_uci_and_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let file = root.join("files/jellydemon.config");
+    let file = root.join("net/jellydemon/files/jellydemon.config");
     let want = fs::read_to_string(root.join("tests/fixtures/uci/default-config.show"))
         .expect("expected output present");
     let loaded = jellydemon::config::load(&file).expect("default file loads");
@@ -257,6 +257,7 @@ const OPTION_NAMES: &[&str] = &[
     "url",
     "api_key",
     "server_ip",
+    "server_ip6",
     "port",
     "timeout",
     "manage_limits",
@@ -265,6 +266,7 @@ const OPTION_NAMES: &[&str] = &[
     "notify_viewer",
     "wan_interface",
     "wan_device",
+    "lan_interface",
     "lan_device",
     "internal",
     "upload_mbps",

@@ -393,12 +393,9 @@ pub fn desired(spec: &Spec, ifb: &str, leaf: Leaf) -> Result<Desired, String> {
                 push("ipv6", LAN_PRIO_V6, k);
             }
         }
-        // Without the server's IPv6 address, its source port is all there is to go by.
-        None => {
-            for p in &ports {
-                push("ipv6", LAN_PRIO_V6, vec![port_key(*p, V6_SPORT)]);
-            }
-        }
+        // Without the server's IPv6 address nothing tells its packets from another LAN
+        // host's service on the same port: IPv6 is left alone rather than shaped wrongly.
+        None => {}
     }
     Ok(Desired {
         lan_device: spec.lan_device.clone(),

@@ -4,6 +4,7 @@
 mod bench;
 mod emulator;
 mod load;
+mod openwrt;
 mod scenario;
 mod topology;
 mod viewer;
@@ -26,10 +27,20 @@ const USAGE: &str =
   download --from ADDR [--seconds S]                   TCP client counting what it receives
   probe --to ADDR [--timeout-ms MS]                    wait until a TCP port accepts
   bench --daemon PATH [--binary ARCH=PATH]... [--package PATH]...   efficiency figures (make bench)
-  bench-decide --iterations N                          the decision core N times (callgrind)";
+  bench-decide --iterations N                          the decision core N times (callgrind)
+  router-exec [--etc DIR] [--netifd FILE] -- PROG ARGS  PROG as on OpenWrt: a netifd stand-in
+                                                       behind `ubus`, DIR's files over /etc
+  (run as `ubus`: the netifd stand-in itself, see tests/support/openwrt.rs)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = std::env::args().next().unwrap_or_default();
+    if std::path::Path::new(&name)
+        .file_name()
+        .is_some_and(|n| n == "ubus")
+    {
+        return ExitCode::from(openwrt::ubus_main(&args).clamp(0, 255) as u8);
+    }
     let Some((cmd, rest)) = args.split_first() else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
@@ -50,6 +61,7 @@ fn main() -> ExitCode {
         "probe" => load::probe_main(rest),
         "bench" => bench::bench_main(rest),
         "bench-decide" => bench::decide_main(rest),
+        "router-exec" => openwrt::router_exec_main(rest),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -315,6 +315,9 @@ pub fn daemon_config(sc: &Scenario, run_dir: &Path, state_dir: &Path) -> String 
                     format!("http://{}:{}", topology::JF_V4, topology::JF_PORT),
                 ),
                 ("api_key".into(), sc.effective_api_key()),
+                // Remote IPv6 viewers reach the server's global address directly; the
+                // daemon shapes and counts IPv6 only for the server's own address.
+                ("server_ip6".into(), topology::JF_V6.to_string()),
             ],
         ),
         (
@@ -1410,13 +1413,15 @@ pub fn demo_main(args: &[String]) -> Result<(), String> {
         live: true,
         keep_logs: a.get("keep-logs").map(PathBuf::from),
     };
+    // Ctrl-C during the scenario ends the demo there.
+    let interrupted = stop_flag();
     if !a.has("wake-only") {
         let summary = run_scenario(&sc, &opts)?;
         println!();
         print!("{}", render_summary(&summary));
         println!();
     }
-    if a.get("scenario").is_none() {
+    if a.get("scenario").is_none() && !interrupted.load(Ordering::Relaxed) {
         wake_demo(&sc, &opts)?;
     }
     Ok(())
@@ -1823,6 +1828,7 @@ mod tests {
         assert!(c.contains("config jellydemon 'main'\n\toption enabled '1'\n"));
         assert!(c.contains("\toption url 'http://192.168.1.2:8096'\n"));
         assert!(c.contains("\toption api_key 'k'\\''ey'\n"));
+        assert!(c.contains("\toption server_ip6 '2001:db8:2::2'\n"));
         assert!(c.contains("\toption wan_device 'wan'\n\toption lan_device 'br-lan'\n"));
         assert!(c.contains("\toption run_dir '/r'\n"));
         assert!(c.contains("\toption reserve_mbps '3'\n"));

@@ -492,6 +492,11 @@ impl HomeNet {
     }
 
     fn modem(&self) -> Result<()> {
+        self.modem_on(WAN_DEV)
+    }
+
+    /// The modem's uplink bottleneck on the router's WAN device `wan`.
+    fn modem_on(&self, wan: &str) -> Result<()> {
         let rate = format!("{}kbit", self.options.uplink_kbit);
         let limit = fifo_bytes(self.options.uplink_kbit, self.options.buffer_ms).to_string();
         let r = &self.router;
@@ -501,17 +506,37 @@ impl HomeNet {
             self.exec(r, &argv)
         };
         tc(&[
-            "qdisc", "replace", "dev", WAN_DEV, "root", "handle", "1:", "htb", "default", "1",
+            "qdisc", "replace", "dev", wan, "root", "handle", "1:", "htb", "default", "1",
         ])?;
         tc(&[
-            "class", "add", "dev", WAN_DEV, "parent", "1:", "classid", "1:1", "htb", "rate", &rate,
+            "class", "add", "dev", wan, "parent", "1:", "classid", "1:1", "htb", "rate", &rate,
             "ceil", &rate, "quantum", "1514",
         ])?;
         tc(&[
-            "qdisc", "add", "dev", WAN_DEV, "parent", "1:1", "handle", "10:", "bfifo", "limit",
-            &limit,
+            "qdisc", "add", "dev", wan, "parent", "1:1", "handle", "10:", "bfifo", "limit", &limit,
         ])?;
         Ok(())
+    }
+
+    /// A PPPoE reconnect: the WAN device `old` disappears and a new one, `new` (the same name
+    /// or another), comes up with counters from zero, the same addresses, the modem's
+    /// bottleneck, and the firewall rules rewritten for it (as firewall4 reloads on ifup).
+    /// Between the two the router has no WAN: connections through it stall or break.
+    pub fn wan_down(&self, old: &str) -> Result<()> {
+        self.ip(&self.router, &["link", "del", "dev", old])?;
+        Ok(())
+    }
+
+    /// The WAN back as device `new` (see [`HomeNet::wan_down`]).
+    pub fn wan_up(&self, new: &str) -> Result<()> {
+        let r = &self.router;
+        self.veth(r, new, &self.inet, "up0")?;
+        self.ip(&self.inet, &["link", "set", "dev", "up0", "master", "br0"])?;
+        self.addr(r, new, &format!("{ROUTER_WAN_V4}/24"))?;
+        self.addr(r, new, &format!("{ROUTER_WAN_V6}/64"))?;
+        self.exec(r, &["nft", "delete", "table", "inet", "homenet"])?;
+        self.exec_stdin(r, &["nft", "-f", "-"], &nft_ruleset_for(new))?;
+        self.modem_on(new)
     }
 
     /// Runs `argv` inside `ns` (`ip netns exec`), returns its stdout.
@@ -751,11 +776,13 @@ impl HomeNet {
                 }
             }
         });
+        // Dropped on every way out, the sleeper stops the NIC thread.
+        let sleeper = Sleeper { events: rx, stop };
         ready_rx
             .recv_timeout(CMD_TIMEOUT)
             .map_err(|_| "the sleeping NIC did not open".to_string())??;
         self.exec_stdin(&self.jf, &["nft", "-f", "-"], &sleep_ruleset())?;
-        Ok(Sleeper { events: rx, stop })
+        Ok(sleeper)
     }
 }
 
@@ -833,23 +860,28 @@ impl Drop for HomeNet {
 /// The router's nftables ruleset: masquerade LAN→WAN, port forward WAN:8096 → jf (DNAT only,
 /// so the server sees viewers' real addresses), IPv6 routed with only the Jellyfin port open.
 pub fn nft_ruleset() -> String {
+    nft_ruleset_for(WAN_DEV)
+}
+
+/// [`nft_ruleset`] for a WAN device named `wan`.
+pub fn nft_ruleset_for(wan: &str) -> String {
     format!(
         r#"table inet homenet {{
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
-        iifname "{WAN_DEV}" ip daddr {ROUTER_WAN_V4} tcp dport {JF_PORT} dnat ip to {JF_V4}:{JF_PORT}
+        iifname "{wan}" ip daddr {ROUTER_WAN_V4} tcp dport {JF_PORT} dnat ip to {JF_V4}:{JF_PORT}
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "{WAN_DEV}" ip saddr 192.168.1.0/24 masquerade
+        oifname "{wan}" ip saddr 192.168.1.0/24 masquerade
     }}
     chain forward {{
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
         ct state invalid drop
-        iifname "{LAN_DEV}" oifname "{WAN_DEV}" accept
-        iifname "{WAN_DEV}" ct status dnat accept
-        iifname "{WAN_DEV}" ip6 daddr {JF_V6} tcp dport {JF_PORT} accept
+        iifname "{LAN_DEV}" oifname "{wan}" accept
+        iifname "{wan}" ct status dnat accept
+        iifname "{wan}" ip6 daddr {JF_V6} tcp dport {JF_PORT} accept
         meta l4proto ipv6-icmp accept
     }}
 }}

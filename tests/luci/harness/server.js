@@ -6,8 +6,19 @@
  *
  * The app's own menu.d and acl.d files are used: pages resolve through menu.d (with its
  * `depends`), and every ubus call is checked against the acl.d grants plus what luci-base grants
- * every logged-in admin (the `uci` object's methods), so a missing grant fails here as it would
+ * every logged-in user (the `uci` object's methods), so a missing grant fails here as it would
  * on a router.
+ *
+ * Roles, as rpcd builds a session's ACL (rpcd session.c; /etc/config/rpcd `login` sections): a
+ * login lists the ACL groups whose `read` part it gets and those whose `write` part it gets.
+ * `opts.role = { read: [groups], write: [groups] }`; by default every group, both parts (root).
+ * rpcd's checks, read from openwrt/rpcd 4476687 uci.c and file.c:
+ *  - uci get / changes(config) need read access to that config; set/add/delete/rename/order
+ *    need write access only; `changes` without a config lists only readable configs;
+ *  - uci apply needs write access to every config with pending changes, none to read;
+ *  - file exec is allowed when the executable's path, or "path arg1 arg2 ...", matches an
+ *    `exec` grant (rpc_file_exec_run);
+ *  - session access answers whether the session holds (scope, object, function).
  *
  * Run standalone to look at the pages in a browser:  node harness/server.js [port]
  */
@@ -25,10 +36,13 @@ const THEME = path.join(__dirname, 'theme');
 const MENU_DIR = path.join(APP, 'root', 'usr', 'share', 'luci', 'menu.d');
 const ACL_DIR = path.join(APP, 'root', 'usr', 'share', 'rpcd', 'acl.d');
 
-/* What luci-base's own ACL gives every admin session; the app must grant everything else. */
+/*
+ * What luci-base's own ACL group gives a session (its read part: reading uci; its write part:
+ * changing it); the app must grant everything else.
+ */
 const BASE_UBUS = {
-	uci: [ 'get', 'set', 'add', 'delete', 'changes', 'apply', 'confirm', 'revert', 'order', 'rename' ],
-	session: [ 'access' ]
+	read: { uci: [ 'get', 'changes', 'state', 'configs' ], session: [ 'access' ] },
+	write: { uci: [ 'set', 'add', 'delete', 'apply', 'confirm', 'revert', 'order', 'rename' ] }
 };
 
 const RC_ACTIONS = [ 'start', 'stop', 'restart', 'reload', 'enable', 'disable' ];
@@ -48,14 +62,24 @@ function globMatch(pattern, value) {
 }
 
 class Acl {
-	constructor(groups) {
+	/* groups: the acl.d files; role: which groups' read and write parts the session holds */
+	constructor(groups, role) {
 		this.groups = groups;
-		this.ubus = JSON.parse(JSON.stringify(BASE_UBUS));
+		const names = Object.keys(groups);
+		this.role = role || { read: names, write: names };
+		this.ubus = {};
 		this.files = [];
 		this.uciRead = new Set();
 		this.uciWrite = new Set();
-		for (const g of Object.values(groups)) {
+		const add = (grant) => {
+			for (const [obj, methods] of Object.entries(grant))
+				this.ubus[obj] = (this.ubus[obj] || []).concat(methods);
+		};
+		add(BASE_UBUS.read);
+		if (this.role.write.length) add(BASE_UBUS.write);
+		for (const [name, g] of Object.entries(groups)) {
 			for (const level of [ 'read', 'write' ]) {
+				if (!this.role[level].includes(name)) continue;
 				const grant = g[level] || {};
 				for (const [obj, methods] of Object.entries(grant.ubus || {}))
 					this.ubus[obj] = (this.ubus[obj] || []).concat(methods);
@@ -77,6 +101,25 @@ class Acl {
 		return this.files.some((f) => globMatch(f.p, p) && f.perms.includes(perm));
 	}
 
+	/* rpc_file_exec_run: the executable alone, else the command line joined by spaces */
+	execAllowed(command, params) {
+		return this.fileAllowed(command, 'exec') ||
+			(Array.isArray(params) && this.fileAllowed([ command ].concat(params).join(' '), 'exec'));
+	}
+
+	/* the ACL groups the menu's `depends.acl` asks for: any part of the group will do */
+	hasGroup(name) {
+		return this.role.read.includes(name) || this.role.write.includes(name);
+	}
+
+	/* session access (scope, object, function) */
+	access(scope, object, fn) {
+		if (scope == 'uci') return this.uciAllowed(object, fn);
+		if (scope == 'file') return this.fileAllowed(object, fn);
+		if (scope == 'ubus') return this.ubusAllowed(object, fn);
+		return false;
+	}
+
 	uciAllowed(config, level) {
 		return (level == 'read' ? this.uciRead : this.uciWrite).has(config) ||
 			(level == 'read' ? this.uciRead : this.uciWrite).has('*');
@@ -85,11 +128,16 @@ class Acl {
 
 function createState(opts) {
 	return {
-		uci: { jellydemon: new UciPackage('jellydemon', (opts && opts.config) || '') },
+		uci: {
+			jellydemon: new UciPackage('jellydemon', (opts && opts.config) || ''),
+			jellydemon_secrets: new UciPackage('jellydemon_secrets', (opts && opts.secrets) ||
+				"config jellyfin 'jellyfin'\n\nconfig wol 'wol'\n\nconfig publish 'publish'\n")
+		},
 		files: new Map(Object.entries((opts && opts.files) || {})),
 		initScripts: new Set([ 'jellydemon' ]),
 		calls: [],
-		rcCalls: []
+		rcCalls: [],
+		execCalls: []
 	};
 }
 
@@ -130,6 +178,8 @@ function ubusCall(state, acl, object, method, args) {
 			return { result: [ 0, { changes } ] };
 		}
 		case 'apply':
+			for (const [name, p] of Object.entries(state.uci))
+				if (p.changes.length && !acl.uciAllowed(name, 'write')) return { result: [ 6 ] };
 			for (const p of Object.values(state.uci)) p.commit();
 			state.applied = (state.applied || 0) + 1;
 			return { result: [ 0 ] };
@@ -157,8 +207,22 @@ function ubusCall(state, acl, object, method, args) {
 		return { result: [ 0 ] };
 	}
 
+	/* rpcd runs the command; here an init script action is recorded like `rc init` */
+	if (object == 'file' && method == 'exec') {
+		if (typeof args.command != 'string') return { result: [ 2 ] };
+		if (!acl.execAllowed(args.command, args.params)) return { result: [ 6 ] };
+		state.execCalls.push([ args.command ].concat(args.params || []));
+		const m = args.command.match(/^\/etc\/init\.d\/([a-z0-9_-]+)$/);
+		const action = (args.params || [])[0];
+		if (m && state.initScripts.has(m[1]) && RC_ACTIONS.includes(action)) {
+			state.rcCalls.push({ name: m[1], action });
+			if (typeof state.onRcInit == 'function') state.onRcInit(m[1], action);
+		}
+		return { result: [ 0, { code: 0, stdout: '', stderr: '' } ] };
+	}
+
 	if (object == 'session' && method == 'access')
-		return { result: [ 0, { access: true } ] };
+		return { result: [ 0, { access: acl.access(args.scope, args.object, args.function) } ] };
 
 	return { error: { code: -32000, message: 'Object not found' } };
 }
@@ -173,7 +237,7 @@ function menuPage(menu, acl, state, urlPath, query) {
 	for (let i = 1; i <= parts.length; i++) {
 		const dep = (menu[parts.slice(0, i).join('/')] || {}).depends || {};
 		for (const a of dep.acl || [])
-			if (!acl.groups[a]) return { status: 403, body: `ACL group ${a} missing` };
+			if (!acl.groups[a] || !acl.hasGroup(a)) return { status: 403, body: `ACL group ${a} missing` };
 		for (const c of Object.keys(dep.uci || {}))
 			if (!state.uci[c]) return { status: 403, body: `uci package ${c} missing` };
 	}
@@ -238,7 +302,7 @@ function serveFile(res, roots, rel) {
 
 function startServer(opts) {
 	const state = createState(opts);
-	const acl = new Acl(readJsonDir(ACL_DIR));
+	const acl = new Acl(readJsonDir(ACL_DIR), opts && opts.role);
 	const menu = readJsonDir(MENU_DIR);
 
 	const server = http.createServer((req, res) => {

@@ -115,6 +115,10 @@ class UciPackage {
 					this.changes.push([ 'remove', sid, k ]);
 				}
 			}
+			else if (s.opts[k] === String(v)) {
+				/* libuci's uci_set (list.c) returns before recording a delta when an option
+				 * is set to the string it already holds: no change for rpcd to list or apply */
+			}
 			else {
 				s.opts[k] = String(v);
 				this.changes.push([ 'set', sid, k, String(v) ]);

@@ -7,9 +7,9 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { setup, TEST_TIMEOUT } = require('./helpers');
-const { CONFIG, SHIPPED } = require('./fixtures');
+const { CONFIG, CONFIG_SPLIT, SECRETS, SECRET_VALUES, SHIPPED, SHIPPED_SECRETS, STATUS_PATH, status } = require('./fixtures');
 
-const DEFAULT_INTERNAL = [ '192.168.0.0/16', '10.0.0.0/8', '172.16.0.0/12', 'fc00::/7' ];
+const DEFAULT_INTERNAL = [ 'lan' ];
 
 /* Every option of DESIGN.md section 4, as the form must show it for the fixture config. */
 const EXPECTED = {
@@ -20,8 +20,10 @@ const EXPECTED = {
 	'main.state_dir': '/etc/jellydemon',
 	'main.run_dir': '/var/run/jellydemon',
 	'jellyfin.url': 'http://192.168.1.2:8096',
-	'jellyfin.api_key': 'secret-key-0123',
+	/* write-only: never shown, not even the copy an older version left in the readable file */
+	'jellyfin.api_key': '',
 	'jellyfin.server_ip': '',
+	'jellyfin.server_ip6': '',
 	'jellyfin.port': [ '8096' ],
 	'jellyfin.timeout': '5',
 	'jellyfin.manage_limits': '1',
@@ -30,7 +32,8 @@ const EXPECTED = {
 	'jellyfin.notify_viewer': '1',
 	'network.wan_interface': 'wan',
 	'network.wan_device': '',
-	'network.lan_device': 'br-lan',
+	'network.lan_interface': 'lan',
+	'network.lan_device': '',
 	'network.internal': DEFAULT_INTERNAL,
 	'bandwidth.upload_mbps': '40',
 	'bandwidth.reserve_mbps': '2',
@@ -123,6 +126,7 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 			assert.deepEqual(typeof got == 'object' && !Array.isArray(got) ? got.value : got, v, k);
 		}
 		assert.equal(form['jellyfin.api_key'].type, 'password', 'the API key is a password field');
+		assert.ok(!(await t.page.content()).includes('secret-key-0123'), 'the key is nowhere in the page');
 		assert.equal(await t.page.locator('ul.cbi-tabmenu li').count(), 8, 'one tab per section');
 		assert.deepEqual(t.problems, []);
 		await t.shot('settings');
@@ -149,14 +153,14 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 	await s.test('an invalid CIDR shows the datatype message and blocks saving', async () => {
 		await tab(t.page, 'network');
 		const add = field(t.page, 'network.internal');
-		const msg = 'Expecting: One of the following: \n - valid IPv4 or IPv6 CIDR\n - valid IP address';
-		for (const bad of [ '10.0.0.300', '300.1.2.0/24', '10.0.0.0/33', 'fd00::/129', '10.0.0.0/255.0.0.0', 'lan' ]) {
+		const msg = 'Expecting: One of the following: \n - valid IPv4 or IPv6 CIDR\n - valid IP address\n - valid UCI identifier';
+		for (const bad of [ '10.0.0.300', '300.1.2.0/24', '10.0.0.0/33', 'fd00::/129', '10.0.0.0/255.0.0.0', 'lan-1' ]) {
 			await add.fill(bad);
 			await add.press('Tab');
 			assert.equal(await add.getAttribute('data-tooltip'), msg, bad);
 		}
 		await saveExpectingError(t, 'Option "Local networks" contains an invalid input value. ' + msg);
-		for (const good of [ '100.64.0.0/10', '2001:db8::/32', '192.168.7.7' ]) {
+		for (const good of [ '100.64.0.0/10', '2001:db8::/32', '192.168.7.7', 'guest' ]) {
 			await add.fill(good);
 			await add.press('Tab');
 			assert.equal(await add.getAttribute('data-tooltip'), null, good);
@@ -168,14 +172,19 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 	await s.test('URLs, ranges and cross-checks match the daemon', async () => {
 		await tab(t.page, 'jellyfin');
 		const url = field(t.page, 'jellyfin.url');
-		const urlMsg = 'Expecting: an http:// or https:// URL such as http://192.168.1.2:8096';
+		const urlMsg = 'Expecting: an http:// URL such as http://192.168.1.2:8096';
 		for (const bad of [ 'ftp://jf.example.org', 'jellyfin:8096', 'http://host:99999', 'http://a b', 'http://me@host', 'http://host/?x=1' ]) {
 			await url.fill(bad);
 			await url.press('Tab');
 			assert.equal(await url.getAttribute('data-tooltip'), urlMsg, bad);
 		}
 		await saveExpectingError(t, 'Option "Server URL" contains an invalid input value. ' + urlMsg);
-		for (const good of [ 'https://jf.example.org/jellyfin', 'http://[fd00::2]:8096' ]) {
+		/* The daemon's rule (config.rs JELLYFIN_HTTPS_HINT): https refused with the same hint. */
+		const httpsMsg = 'https is not supported for Jellyfin, jellydemon has no TLS: use the server\'s LAN http:// address, e.g. http://192.168.1.2:8096; Jellyfin serves http on port 8096 also when https is enabled';
+		await url.fill('https://jf.example.org/jellyfin');
+		await url.press('Tab');
+		assert.equal(await url.getAttribute('data-tooltip'), httpsMsg);
+		for (const good of [ 'http://jf.example.org/jellyfin', 'http://[fd00::2]:8096' ]) {
 			await url.fill(good);
 			await url.press('Tab');
 			assert.equal(await url.getAttribute('data-tooltip'), null, good);
@@ -200,9 +209,18 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 			[ 'bandwidth', 'bandwidth.min_stream_mbps', '25', 'Expecting: a value not above the maximum per stream' ],
 			[ 'bandwidth', 'bandwidth.max_stream_mbps', '10001', 'Expecting: value smaller or equal to 10000' ],
 			[ 'jellyfin', 'jellyfin.api_key', 'two words', 'Expecting: printable characters without spaces' ],
-			[ 'user', `${userSid}.priority`, '0', 'Expecting: a number above 0' ]
+			[ 'user', `${userSid}.priority`, '0', 'Expecting: a number above 0' ],
+			[ 'publish', 'publish.webhook_url', 'ftp://ntfy.sh/x', 'Expecting: an http:// or https:// URL such as https://ntfy.sh/mytopic' ]
 		];
 		const tabOf = { general: 'main' };
+		/* Webhooks may be https (posted by the router's TLS client), with a query. */
+		await tab(t.page, 'publish');
+		const hook = field(t.page, 'publish.webhook_url');
+		await hook.fill('https://discord.com/api/webhooks/1/token?wait=true');
+		await hook.press('Tab');
+		assert.equal(await hook.getAttribute('data-tooltip'), null);
+		await hook.fill('');
+		await hook.press('Tab');
 		await tab(t.page, 'wol');
 		await t.page.locator('[id="widget.cbid.jellydemon.wol.enabled"]').check();
 		await saveExpectingError(t, 'Option "Server MAC address" contains an invalid input value. Expecting: the server\'s MAC address (needed to wake it)');
@@ -278,6 +296,7 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 
 		await tab(t.page, 'jellyfin');
 		await t.page.locator('[id="widget.cbid.jellydemon.jellyfin.manage_limits"]').uncheck();
+		await field(t.page, 'jellyfin.api_key').fill('new-key-4567');
 		await field(t.page, 'jellyfin.timeout').fill('5');
 
 		await tab(t.page, 'network');
@@ -304,10 +323,9 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 			"jellydemon.main.log_level='debug'",
 			'jellydemon.jellyfin=jellyfin',
 			"jellydemon.jellyfin.url='http://192.168.1.2:8096'",
-			"jellydemon.jellyfin.api_key='secret-key-0123'",
 			"jellydemon.jellyfin.manage_limits='0'",
 			'jellydemon.network=network',
-			"jellydemon.network.internal='192.168.0.0/16' '10.0.0.0/8' '172.16.0.0/12' 'fc00::/7' '100.64.0.0/10'",
+			"jellydemon.network.internal='lan' '100.64.0.0/10'",
 			'jellydemon.bandwidth=bandwidth',
 			'jellydemon.@user[0]=user',
 			"jellydemon.@user[0].name='alice'",
@@ -320,6 +338,15 @@ test('settings page', { timeout: TEST_TIMEOUT }, async (s) => {
 			"jellydemon.@user[1].name='carol'",
 			"jellydemon.@user[1].exempt='1'"
 		]);
+
+		/* The new key went to the secrets file, and the readable copy is gone. */
+		assert.deepEqual(t.server.state.uci.jellydemon_secrets.show(), [
+			'jellydemon_secrets.jellyfin=jellyfin',
+			"jellydemon_secrets.jellyfin.api_key='new-key-4567'",
+			'jellydemon_secrets.wol=wol',
+			'jellydemon_secrets.publish=publish'
+		]);
+		assert.ok(!(await t.page.content()).includes('new-key-4567'), 'not shown after saving either');
 
 		/* Options left at their defaults were never sent at all. */
 		const sent = t.server.state.calls.filter((c) => c.object == 'uci' && c.method == 'set')
@@ -366,27 +393,146 @@ async function saveExpectingErrorLoose(t, expected) {
 }
 
 test('settings page on the file as installed', { timeout: TEST_TIMEOUT }, async (s) => {
-	const t = await setup({ config: SHIPPED });
+	const t = await setup({ config: SHIPPED, secrets: SHIPPED_SECRETS });
 	s.after(() => t.close());
 
-	await s.test('saving it untouched keeps every setting the daemon reads', async () => {
+	await s.test('saving it untouched changes nothing at all', async () => {
 		await t.open('config');
+		await t.page.locator('.cbi-page-actions .cbi-button-save').click();
+		await t.page.waitForFunction(() => window.__LUCI_VIEW_RENDERED__);
+		assert.deepEqual(t.server.state.uci.jellydemon.changes, [], 'no pending change');
+		assert.deepEqual(t.server.state.uci.jellydemon_secrets.changes, []);
+	});
+
+	await s.test('a one-field change is a one-line `uci changes`', async () => {
+		await tab(t.page, 'main');
+		await field(t.page, 'main.interval').fill('10');
+		await t.page.locator('.cbi-page-actions .cbi-button-save').click();
+		await t.page.waitForFunction(() => window.__LUCI_VIEW_RENDERED__);
+		/* what LuCI's "Unsaved changes" counts: rpcd's `uci changes` for this session */
+		const res = await fetch(t.server.url + '/ubus/', {
+			method: 'POST',
+			headers: { 'Content-Type': 'application/json' },
+			body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'call', params: [ 'sid', 'uci', 'changes', {} ] })
+		}).then((r) => r.json());
+		assert.deepEqual(res.result, [ 0, { changes: { jellydemon: [ [ 'set', 'main', 'interval', '10' ] ] } } ]);
+
+		await t.page.locator('.cbi-page-actions .cbi-button-apply').click();
+		await t.page.locator('.alert-message', { hasText: 'Configuration changes applied.' }).waitFor();
+		const shipped = new (require('../harness/ucistate').UciPackage)('jellydemon', SHIPPED).show();
+		const after = t.server.state.uci.jellydemon.show();
+		assert.deepEqual(after.filter((l) => !shipped.includes(l)), [ "jellydemon.main.interval='10'" ]);
+		assert.deepEqual(shipped.filter((l) => !after.includes(l)), []);
+		assert.deepEqual(t.problems, []);
+	});
+});
+
+test('roles: a login that may only read', { timeout: TEST_TIMEOUT }, async (s) => {
+	const now = Math.floor(Date.now() / 1000);
+	const t = await setup({
+		config: CONFIG_SPLIT, secrets: SECRETS,
+		files: { [STATUS_PATH]: JSON.stringify(status(now)) },
+		role: { read: [ 'luci-app-jellydemon' ], write: [] }
+	});
+	s.after(() => t.close());
+
+	await s.test('sees the status and the settings, read-only, and no secret', async () => {
+		await t.open('status');
+		await t.page.locator('[data-card=service]').waitFor();
+		assert.equal(await t.page.locator('#jd-start').count(), 0);
+		const statusHtml = await t.page.content();
+
+		await t.open('config');
+		const form = await readForm(t.page);
+		assert.equal(form['main.enabled'], '1');
+		assert.equal(form['bandwidth.upload_mbps'].value, '40');
+		for (const k of [ 'jellyfin.api_key', 'wol.password', 'publish.webhook_url' ])
+			assert.equal(form[k].value, '', k);
+		assert.equal(await field(t.page, 'main.interval').isDisabled(), true, 'fields are read-only');
+		for (const b of [ 'apply', 'save', 'reset' ])
+			assert.equal(await t.page.locator(`.cbi-page-actions .cbi-button-${b}`).isDisabled(), true, b);
+		await t.shot('settings-read-only');
+
+		const html = statusHtml + await t.page.content();
+		for (const v of SECRET_VALUES)
+			assert.ok(!html.includes(v), `${v} shown`);
+		/* and rpcd would not have given them out: every read of the secrets file was refused */
+		for (const c of t.server.state.calls.filter((c) => c.args && c.args.config == 'jellydemon_secrets'))
+			assert.notEqual(c.method, 'get', 'the views never ask for the secrets');
+		assert.deepEqual(t.problems, []);
+	});
+
+	await s.test('rpcd refuses it the secrets, every change and the service', async () => {
+		const call = (object, method, args) => fetch(t.server.url + '/ubus/', {
+			method: 'POST',
+			headers: { 'Content-Type': 'application/json' },
+			body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'call', params: [ 'sid', object, method, args ] })
+		}).then((r) => r.json()).then((m) => m.error ? m.error.message : m.result);
+		assert.deepEqual(await call('uci', 'get', { config: 'jellydemon_secrets' }), [ 6 ]);
+		assert.equal((await call('uci', 'get', { config: 'jellydemon' }))[0], 0);
+		assert.equal(await call('uci', 'set', { config: 'jellydemon', section: 'main', values: { interval: '9' } }), 'Access denied');
+		assert.deepEqual(await call('file', 'exec', { command: '/etc/init.d/jellydemon', params: [ 'start' ] }), 'Access denied');
+		assert.deepEqual(t.server.state.rcCalls, []);
+	});
+});
+
+test('roles: the full role saves settings and secrets without reading the secrets', { timeout: TEST_TIMEOUT }, async (s) => {
+	const t = await setup({ config: CONFIG_SPLIT, secrets: SECRETS });
+	s.after(() => t.close());
+
+	await s.test('an empty secret field keeps the stored secret; a typed one replaces it', async () => {
+		await t.open('config');
+		const form = await readForm(t.page);
+		for (const k of [ 'jellyfin.api_key', 'wol.password', 'publish.webhook_url' ])
+			assert.equal(form[k].value, '', k);
+		for (const v of SECRET_VALUES)
+			assert.ok(!(await t.page.content()).includes(v), `${v} shown`);
+
+		await tab(t.page, 'bandwidth');
+		await field(t.page, 'bandwidth.upload_mbps').fill('50');
+		await tab(t.page, 'publish');
+		await field(t.page, 'publish.webhook_url').fill('https://example.org/hooks/new-token');
 		await t.page.locator('.cbi-page-actions .cbi-button-apply').click();
 		await t.page.locator('.alert-message', { hasText: 'Configuration changes applied.' }).waitFor();
 
-		/* Absent means default: the effective value of every option must be unchanged. */
-		const effective = {};
-		for (const sec of t.server.state.uci.jellydemon.committed)
-			for (const [k, v] of Object.entries(sec.opts))
-				effective[`${sec.name}.${k}`] = v;
-		for (const [k, v] of Object.entries(EXPECTED)) {
-			if (k.startsWith('USER') || k == 'jellyfin.url' || k == 'jellyfin.api_key' || k == 'bandwidth.upload_mbps')
-				continue;
-			const want = k == 'main.enabled' ? '0' : v;
-			assert.deepEqual(effective[k] != null ? effective[k] : want, want, k);
-		}
-		assert.equal(effective['main.enabled'], '0', 'enabled stays written');
-		assert.equal(effective['jellyfin.url'], 'http://192.168.1.2:8096');
+		assert.ok(t.server.state.uci.jellydemon.show().includes("jellydemon.bandwidth.upload_mbps='50'"));
+		assert.deepEqual(t.server.state.uci.jellydemon_secrets.show(), [
+			'jellydemon_secrets.jellyfin=jellyfin',
+			"jellydemon_secrets.jellyfin.api_key='secret-key-0123'",
+			'jellydemon_secrets.wol=wol',
+			"jellydemon_secrets.wol.password='01:02:03:04:05:06'",
+			'jellydemon_secrets.publish=publish',
+			"jellydemon_secrets.publish.webhook_url='https://example.org/hooks/new-token'"
+		]);
+		/* written, never read */
+		const secretCalls = t.server.state.calls.filter((c) => c.args && c.args.config == 'jellydemon_secrets');
+		assert.deepEqual(secretCalls.map((c) => c.method), [ 'set' ]);
 		assert.deepEqual(t.problems, []);
+	});
+
+	await s.test('the hooks directory, .prom files and clean paths, as the daemon checks them', async () => {
+		const cases = [
+			[ 'wol', 'wol.idle_command', 'ssh nas poweroff', 'Expecting: a program in /etc/jellydemon/hooks/ and its arguments' ],
+			[ 'wol', 'wol.idle_command', '/etc/jellydemon/hooks/../../../bin/sh -c x', 'Expecting: a program in /etc/jellydemon/hooks/ and its arguments' ],
+			[ 'publish', 'publish.prometheus_file', '/etc/shadow', 'Expecting: an absolute file path ending in .prom' ],
+			[ 'main', 'main.state_dir', '/etc/jellydemon/hooks', 'Expecting: an absolute path without "." or ".." parts, outside /etc/jellydemon/hooks/' ],
+			[ 'main', 'main.run_dir', '/var/../etc', 'Expecting: an absolute path without "." or ".." parts, outside /etc/jellydemon/hooks/' ]
+		];
+		for (const [tb, key, bad, msg] of cases) {
+			await tab(t.page, tb);
+			const f = field(t.page, key);
+			await f.fill(bad);
+			await f.press('Tab');
+			assert.equal(await f.getAttribute('data-tooltip'), msg, `${key}=${bad}`);
+			await f.fill('');
+			await f.press('Tab');
+		}
+		await tab(t.page, 'wol');
+		const f = field(t.page, 'wol.idle_command');
+		await f.fill("/etc/jellydemon/hooks/poweroff-nas 'now please'");
+		await f.press('Tab');
+		assert.equal(await f.getAttribute('data-tooltip'), null);
+		await f.fill('');
+		await f.press('Tab');
 	});
 });

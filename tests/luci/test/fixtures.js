@@ -1,9 +1,14 @@
 'use strict';
+const fs = require('node:fs');
+const path = require('node:path');
 /* Test data: a freshly installed /etc/config/jellydemon and a status.json as the daemon writes it. */
 
 const STATUS_PATH = '/var/run/jellydemon/status.json';
 
-/* Only what an install ships plus the two settings a user must give; everything else absent. */
+/*
+ * Only what an install ships plus the settings a user must give; everything else absent. The
+ * API key is in the main file, where versions before the secrets file kept it.
+ */
 const CONFIG = `
 config jellydemon 'main'
 	option enabled '1'
@@ -28,64 +33,24 @@ config wol 'wol'
 config publish 'publish'
 `;
 
-/* The file as the package installs it: every option written out at its default. */
-const SHIPPED = `
-config jellydemon 'main'
-	option enabled '0'
-	option interval '5'
-	option dry_run '0'
-	option log_level 'info'
-	option state_dir '/etc/jellydemon'
-	option run_dir '/var/run/jellydemon'
+/* The files as the package installs them (net/jellydemon/files/). */
+const FILES = path.join(__dirname, '..', '..', '..', 'net', 'jellydemon', 'files');
+const SHIPPED = fs.readFileSync(path.join(FILES, 'jellydemon.config'), 'utf8');
+const SHIPPED_SECRETS = fs.readFileSync(path.join(FILES, 'jellydemon_secrets.config'), 'utf8');
 
+/* A configuration made the current way: settings here, the secrets in their own file. */
+const CONFIG_SPLIT = CONFIG.replace("\toption api_key 'secret-key-0123'\n", '');
+const SECRETS = `
 config jellyfin 'jellyfin'
-	option url 'http://192.168.1.2:8096'
-	option api_key ''
-	option server_ip ''
-	list port '8096'
-	option timeout '5'
-	option manage_limits '1'
-	option restart_playback '1'
-	option restart_min_interval '600'
-	option notify_viewer '1'
-
-config network 'network'
-	option wan_interface 'wan'
-	option wan_device ''
-	option lan_device 'br-lan'
-	list internal '192.168.0.0/16'
-	list internal '10.0.0.0/8'
-	list internal '172.16.0.0/12'
-	list internal 'fc00::/7'
-
-config bandwidth 'bandwidth'
-	option upload_mbps ''
-	option reserve_mbps '2'
-	option target_pct '90'
-	option algorithm 'equal'
-	option min_stream_mbps '1'
-	option max_stream_mbps '20'
-
-config shaping 'shaping'
-	option enabled '1'
-	option burst_pct '115'
+	option api_key 'secret-key-0123'
 
 config wol 'wol'
-	option enabled '0'
-	option mac ''
-	option password ''
-	option interface 'br-lan'
-	option broadcast ''
-	option on_connect '1'
-	option on_session '1'
-	option cooldown '60'
-	option idle_minutes '0'
-	option idle_command ''
+	option password '01:02:03:04:05:06'
 
 config publish 'publish'
-	option prometheus_file ''
-	option webhook_url ''
+	option webhook_url 'https://discord.com/api/webhooks/42/hook-token-789'
 `;
+const SECRET_VALUES = [ 'secret-key-0123', '01:02:03:04:05:06', 'hook-token-789' ];
 
 function status(now, over) {
 	const st = {
@@ -119,4 +84,4 @@ function status(now, over) {
 	return Object.assign(st, over || {});
 }
 
-module.exports = { STATUS_PATH, CONFIG, SHIPPED, status };
+module.exports = { STATUS_PATH, CONFIG, CONFIG_SPLIT, SECRETS, SECRET_VALUES, SHIPPED, SHIPPED_SECRETS, status };

@@ -11,7 +11,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { startServer, readJsonDir, ACL_DIR, MENU_DIR, APP } = require('../harness/server');
 
-test('acl.d grants exactly uci jellydemon, the status file and rc init', () => {
+test('acl.d: read = settings + status file; write = settings, secrets (write-only), two init actions', () => {
 	assert.deepEqual(readJsonDir(ACL_DIR), {
 		'luci-app-jellydemon': {
 			description: 'Grant access to jellydemon status and configuration',
@@ -21,8 +21,12 @@ test('acl.d grants exactly uci jellydemon, the status file and rc init', () => {
 				uci: [ 'jellydemon' ]
 			},
 			write: {
-				ubus: { rc: [ 'init' ] },
-				uci: [ 'jellydemon' ]
+				file: {
+					'/etc/init.d/jellydemon enable': [ 'exec' ],
+					'/etc/init.d/jellydemon start': [ 'exec' ]
+				},
+				ubus: { file: [ 'exec' ] },
+				uci: [ 'jellydemon', 'jellydemon_secrets' ]
 			}
 		}
 	});
@@ -43,13 +47,26 @@ test('menu.d: Services > JellyDemon with Status and Settings views', () => {
 	}
 });
 
-test('the feed Makefile is a luci.mk package depending on jellydemon', () => {
+test('the luci feed Makefile: luci.mk by relative path, depending on jellydemon', () => {
 	const mk = fs.readFileSync(path.join(APP, 'Makefile'), 'utf8');
 	assert.match(mk, /^LUCI_TITLE:=.+/m);
 	assert.match(mk, /^LUCI_DEPENDS:=.*\+luci-base.*\+jellydemon\b/m);
 	assert.match(mk, /^LUCI_PKGARCH:=all$/m);
-	assert.match(mk, /^include .*luci\.mk$/m);
+	assert.match(mk, /^include \.\.\/\.\.\/luci\.mk$/m);
 	assert.match(mk, /# call BuildPackage - OpenWrt buildroot signature/);
+});
+
+/* The luci feed's CI and translators work from po/templates/<name>.pot; it must list every string. */
+test('po/templates/jellydemon.pot is current (tests/luci/i18n-scan.sh)', (t) => {
+	const { spawnSync } = require('node:child_process');
+	if (spawnSync('xgettext', [ '--version' ]).error)
+		return t.skip('xgettext missing (apt-get install gettext)');
+	const scan = spawnSync(path.join(__dirname, '..', 'i18n-scan.sh'), [ '--stdout' ], { encoding: 'utf8' });
+	assert.equal(scan.status, 0, scan.stderr);
+	const pot = fs.readFileSync(path.join(APP, 'po', 'templates', 'jellydemon.pot'), 'utf8');
+	assert.equal(pot, scan.stdout, 'run tests/luci/i18n-scan.sh');
+	for (const id of [ 'JellyDemon', 'Settings', 'API key', 'Grant access to jellydemon status and configuration' ])
+		assert.ok(pot.includes(`msgid "${id}"`), id);
 });
 
 test('the mock rpcd enforces the ACL like rpcd', async (s) => {
@@ -70,11 +87,18 @@ test('the mock rpcd enforces the ACL like rpcd', async (s) => {
 	assert.deepEqual(await call('file', 'read', { path: '/etc/shadow' }), [ 6 ], 'other files are denied');
 	assert.deepEqual(await call('file', 'read', { path: '/var/run/jellydemon/other' }), [ 6 ]);
 	assert.equal(await call('file', 'write', { path: '/tmp/x', data: 'x' }), 'Access denied');
-	assert.equal(await call('file', 'exec', { command: '/bin/sh' }), 'Access denied');
+	assert.deepEqual(await call('file', 'exec', { command: '/bin/sh' }), [ 6 ]);
+	assert.deepEqual(await call('file', 'exec', { command: '/etc/init.d/jellydemon', params: [ 'start' ] }), [ 0, { code: 0, stdout: '', stderr: '' } ]);
+	assert.equal((await call('file', 'exec', { command: '/etc/init.d/jellydemon', params: [ 'enable' ] }))[0], 0);
+	for (const params of [ [ 'stop' ], [ 'disable' ], [ 'start', 'x' ], [], null ])
+		assert.deepEqual(await call('file', 'exec', { command: '/etc/init.d/jellydemon', params }), [ 6 ], JSON.stringify(params));
+	assert.deepEqual(await call('file', 'exec', { command: '/etc/init.d/dropbear', params: [ 'stop' ] }), [ 6 ]);
 	assert.equal(await call('rc', 'list', {}), 'Access denied');
-	assert.deepEqual(await call('rc', 'init', { name: 'jellydemon', action: 'start' }), [ 0 ]);
-	assert.deepEqual(await call('rc', 'init', { name: 'dropbear', action: 'stop' }), [ 4 ]);
-	assert.deepEqual(await call('rc', 'init', { name: 'jellydemon', action: 'rm -rf' }), [ 2 ]);
+	assert.equal(await call('rc', 'init', { name: 'dropbear', action: 'stop' }), 'Access denied', 'no rc init');
+	assert.deepEqual(await call('uci', 'get', { config: 'jellydemon_secrets' }), [ 6 ], 'secrets are write-only');
+	assert.deepEqual(await call('uci', 'set', { config: 'jellydemon_secrets', section: 'jellyfin', values: { api_key: 'k' } }), [ 0 ]);
+	assert.deepEqual(await call('session', 'access', { scope: 'uci', object: 'jellydemon_secrets', function: 'read' }), [ 0, { access: false } ]);
+	assert.deepEqual(await call('session', 'access', { scope: 'uci', object: 'jellydemon', function: 'write' }), [ 0, { access: true } ]);
 	assert.deepEqual(await call('uci', 'get', { config: 'network' }), [ 6 ], 'no other config');
 	assert.deepEqual(await call('uci', 'set', { config: 'network', section: 'lan', values: { proto: 'dhcp' } }), [ 6 ]);
 	assert.equal((await call('uci', 'get', { config: 'jellydemon' }))[0], 0);

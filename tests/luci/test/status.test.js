@@ -64,9 +64,10 @@ test('status page with a running daemon', { timeout: TEST_TIMEOUT }, async (s) =
 			assert.equal(await pointsOf(page, key), 2, `one sample drawn for ${key}`);
 		assert.match(await page.locator('.jd-legend [data-series=tx]').textContent(), /Upload used: 23\.50 Mbit\/s/);
 
-		/* The page reads nothing but the status file and the config. */
+		/* The page reads nothing but the status file and the config (and asks whether it may
+		 * offer Start: session access). */
 		const used = new Set(t.server.state.calls.map((c) => `${c.object}.${c.method}`));
-		assert.deepEqual([ ...used ].sort(), [ 'file.read', 'uci.get' ]);
+		assert.deepEqual([ ...used ].sort(), [ 'file.read', 'session.access', 'uci.get' ]);
 		assert.deepEqual(t.problems, []);
 	});
 
@@ -131,7 +132,7 @@ test('status page with the daemon stopped', { timeout: TEST_TIMEOUT }, async (s)
 	const t = await setup({ config: CONFIG });
 	s.after(() => t.close());
 
-	await s.test('no status file: the message and a Start button that calls rc init', async () => {
+	await s.test('no status file: the message and a Start button that runs the init script', async () => {
 		await t.open('status', '?poll=1');
 		const banner = t.page.locator('#jd-stopped');
 		assert.match(await banner.textContent(), /jellydemon is not running\. Start it/);
@@ -146,6 +147,8 @@ test('status page with the daemon stopped', { timeout: TEST_TIMEOUT }, async (s)
 		await t.page.locator('#jd-start').click();
 		await t.page.locator('#jd-overview').waitFor();
 		assert.deepEqual(t.server.state.rcCalls, [ { name: 'jellydemon', action: 'start' } ]);
+		assert.deepEqual(t.server.state.execCalls, [ [ '/etc/init.d/jellydemon', 'start' ] ]);
+		assert.ok(!t.server.state.calls.some((c) => c.object == 'rc'), 'no rc init');
 		assert.equal(await banner.count(), 0);
 		assert.deepEqual(t.problems, []);
 	});
@@ -182,6 +185,7 @@ test('status page with the daemon disabled', { timeout: TEST_TIMEOUT }, async (s
 			{ name: 'jellydemon', action: 'enable' },
 			{ name: 'jellydemon', action: 'start' }
 		]);
+		assert.deepEqual(t.server.state.execCalls, [ [ '/etc/init.d/jellydemon', 'enable' ], [ '/etc/init.d/jellydemon', 'start' ] ]);
 		assert.ok(t.server.state.uci.jellydemon.show().includes("jellydemon.main.enabled='1'"), 'enabled is committed');
 		assert.deepEqual(t.server.state.uci.jellydemon.changes, [], 'nothing left unapplied');
 		assert.deepEqual(t.problems, []);
@@ -199,6 +203,23 @@ test('status page with a moved runtime directory', { timeout: TEST_TIMEOUT }, as
 			/may read the status only from \/var\/run\/jellydemon, but the runtime directory is set to \/tmp\/jd/);
 		assert.equal(await t.page.locator('#jd-start').count(), 0, 'starting would not help');
 		assert.deepEqual([ ...new Set(t.server.state.calls.filter((c) => c.object == 'file').map((c) => c.args.path)) ], [ '/tmp/jd/status.json' ]);
+	});
+});
+
+test('status page says when flow offloading bypasses shaping', { timeout: TEST_TIMEOUT }, async (s) => {
+	const st = status(now(), {
+		network: { lan_device: 'br-lan', internal: [ '192.168.1.0/24', '2001:db8:2::/56' ],
+			internal_fallback: false, server_ip6: '2001:db8:2::2', flow_offloading: 'hardware' }
+	});
+	const t = await setup({ config: CONFIG, files: { [STATUS_PATH]: JSON.stringify(st) } });
+	s.after(() => t.close());
+
+	await s.test('the shaping card warns and says what to do', async () => {
+		await t.open('status', '?poll=1');
+		const text = await t.page.locator('[data-card=shaping]').textContent();
+		assert.match(text, /Bypassed.*hardware flow offloading is on/);
+		assert.match(text, /Routing\/NAT Offloading/);
+		assert.deepEqual(t.problems, []);
 	});
 });
 

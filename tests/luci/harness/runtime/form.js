@@ -3,6 +3,7 @@
 'require uci';
 'require dom';
 'require baseclass';
+'require rpc';
 
 /*
  * MOCK of LuCI's form.js with LuCI's save semantics, which the app depends on:
@@ -44,6 +45,13 @@ function isEqual(x, y) {
 	}
 	return true;
 }
+
+const callSessionAccess = rpc.declare({
+	object: 'session',
+	method: 'access',
+	params: [ 'scope', 'object', 'function' ],
+	expect: { 'access': false }
+});
 
 const CBIAbstractElement = baseclass.extend({
 	__name__: 'CBI.AbstractElement',
@@ -133,8 +141,17 @@ const CBIMap = CBIAbstractElement.extend({
 		return obj;
 	},
 
+	/* As LuCI's: a map the session may not write (session access uci <config> write) is read-only. */
 	load: function() {
-		return this.data.load(this.parsechain || [ this.config ]).then(L.bind(this.loadChildren, this));
+		const doCheckACL = (this.readonly == null);
+		return Promise.all([
+			doCheckACL ? callSessionAccess('uci', this.config, 'write') : true,
+			this.data.load(this.parsechain || [ this.config ])
+		]).then(L.bind(function(res) {
+			if (res[0] === false)
+				this.readonly = true;
+			return this.loadChildren();
+		}, this));
 	},
 
 	/* Validation normally runs on keyup/blur; run it for every widget once more before saving. */

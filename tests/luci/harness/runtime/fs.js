@@ -3,14 +3,16 @@
 'require baseclass';
 
 /*
- * MOCK of LuCI's fs.js: only `read`, through ubus `file read`, failing with the same error
- * names LuCI uses (NotFoundError, PermissionError, ...).
+ * MOCK of LuCI's fs.js: only `read` and `exec`, through ubus `file read` / `file exec`, failing
+ * with the same error names LuCI uses (NotFoundError, PermissionError, ...). `exec` resolves to
+ * { code, stdout, stderr } as LuCI's does.
  */
 
 const errorNames = [ null, 'InvalidCommandError', 'InvalidArgumentError', 'MethodNotFoundError',
 	'NotFoundError', 'NoDataError', 'PermissionError', 'TimeoutError', 'UnsupportedError' ];
 
 const callFileRead = rpc.declare({ object: 'file', method: 'read', params: [ 'path' ] });
+const callFileExec = rpc.declare({ object: 'file', method: 'exec', params: [ 'command', 'params', 'env' ] });
 
 function handleReply(rc) {
 	if (typeof rc == 'number' && rc != 0) {
@@ -26,6 +28,15 @@ return baseclass.extend({
 
 	read: function(path) {
 		return callFileRead(path).then(handleReply);
+	},
+
+	exec: function(command, params, environ) {
+		return callFileExec(command, Array.isArray(params) ? params : null,
+			(environ != null && typeof environ == 'object') ? environ : null).then(function(rc) {
+			if (typeof rc == 'number' && rc != 0)
+				handleReply(rc);
+			return rc;
+		});
 	},
 
 	trimmed: function(path) {

@@ -324,16 +324,27 @@
 			});
 			return Promise.all(tasks);
 		},
+		/* As LuCI's: the buttons are disabled when every form on the page is read-only. */
 		addFooter: function() {
 			const footer = E([]);
+			let readonly = false;
+			const maps = document.getElementById('view').querySelectorAll('.cbi-map');
+			if (maps.length) {
+				readonly = true;
+				maps.forEach(function(m) {
+					const map = DOM.findClassInstance(m);
+					if (!map || !map.readonly)
+						readonly = false;
+				});
+			}
 			const saveApply = this.handleSaveApply ? L.ui.createHandlerFn(this, 'handleSaveApply', '1') : null;
 			const save = this.handleSave ? L.ui.createHandlerFn(this, 'handleSave') : null;
 			const reset = this.handleReset ? L.ui.createHandlerFn(this, 'handleReset') : null;
 			if (saveApply || save || reset)
 				footer.appendChild(E('div', { 'class': 'cbi-page-actions' }, [
-					saveApply ? E('button', { 'class': 'cbi-button cbi-button-apply', 'click': saveApply }, [ _('Save & Apply') ]) : '', ' ',
-					save ? E('button', { 'class': 'cbi-button cbi-button-save', 'click': save }, [ _('Save') ]) : '', ' ',
-					reset ? E('button', { 'class': 'cbi-button cbi-button-reset', 'click': reset }, [ _('Reset') ]) : ''
+					saveApply ? E('button', { 'class': 'cbi-button cbi-button-apply', 'click': saveApply, 'disabled': readonly || null }, [ _('Save & Apply') ]) : '', ' ',
+					save ? E('button', { 'class': 'cbi-button cbi-button-save', 'click': save, 'disabled': readonly || null }, [ _('Save') ]) : '', ' ',
+					reset ? E('button', { 'class': 'cbi-button cbi-button-reset', 'click': reset, 'disabled': readonly || null }, [ _('Reset') ]) : ''
 				]));
 			return footer;
 		}

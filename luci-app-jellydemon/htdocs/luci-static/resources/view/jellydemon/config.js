@@ -1,6 +1,7 @@
 'use strict';
 'require view';
 'require form';
+'require rpc';
 'require uci';
 
 /*
@@ -19,7 +20,23 @@ const NAMED_SECTIONS = [
 	[ 'publish', 'publish' ]
 ];
 
-const DEFAULT_INTERNAL = [ '192.168.0.0/16', '10.0.0.0/8', '172.16.0.0/12', 'fc00::/7' ];
+/*
+ * jellyfin.api_key, wol.password and publish.webhook_url live in their own file: rpcd grants
+ * uci access per file, so a role that may read these settings must not read that one. This page
+ * writes it and never reads it (the grant is write-only).
+ */
+const SECRETS = 'jellydemon_secrets';
+/* Programs the idle command may run: root puts them there; this page cannot write files. */
+const HOOKS_DIR = '/etc/jellydemon/hooks/';
+
+const callUciSet = rpc.declare({
+	object: 'uci',
+	method: 'set',
+	params: [ 'config', 'section', 'values' ],
+	reject: true
+});
+
+const DEFAULT_INTERNAL = [ 'lan' ];
 
 function sameValue(a, b) {
 	if (Array.isArray(a) || Array.isArray(b)) {
@@ -47,24 +64,78 @@ function dropDefault(o) {
 	return o;
 }
 
-/* What the daemon accepts: http(s)://host[:port][/path]; no user part, no fragment. */
-function urlChecker(allowQuery) {
+/* What the daemon accepts: http(s)://host[:port][/path]; no user part, no fragment. Jellyfin
+ * itself only over http (the daemon has no TLS; the same hint as `jellydemon check`). */
+function urlChecker(allowQuery, allowHttps) {
 	return function(section_id, value) {
 		if (value == null || value === '')
 			return true;
+		if (!allowHttps && /^https:\/\//i.test(String(value)))
+			return _('https is not supported for Jellyfin, jellydemon has no TLS: use the server\'s LAN http:// address, e.g. http://192.168.1.2:8096; Jellyfin serves http on port 8096 also when https is enabled');
 		const m = String(value).match(/^https?:\/\/(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?(\/[^\s?#]*)?(\?[^\s#]*)?$/);
 		if (!m || (m[2] != null && (+m[2] < 1 || +m[2] > 65535)) || (m[4] != null && !allowQuery))
-			return _('Expecting: %s').format(_('an http:// or https:// URL such as http://192.168.1.2:8096'));
+			return _('Expecting: %s').format(allowHttps
+				? _('an http:// or https:// URL such as https://ntfy.sh/mytopic')
+				: _('an http:// URL such as http://192.168.1.2:8096'));
 		return true;
 	};
 }
 
-function validateAbsPath(section_id, value) {
+/* What the daemon accepts: absolute, without '.', '..' or empty parts. */
+function cleanAbsPath(value) {
+	return /^\//.test(value) && value.length > 1 &&
+		value.slice(1).replace(/\/+$/, '').split('/').every(function(c) { return c !== '' && c != '.' && c != '..'; });
+}
+
+function validateDir(section_id, value) {
 	if (value == null || value === '')
 		return true;
-	if (!/^\//.test(value))
-		return _('Expecting: %s').format(_('an absolute path'));
+	if (!cleanAbsPath(value) || (value + '/').indexOf(HOOKS_DIR) == 0)
+		return _('Expecting: %s').format(_('an absolute path without "." or ".." parts, outside %s').format(HOOKS_DIR));
 	return true;
+}
+
+function validatePromFile(section_id, value) {
+	if (value == null || value === '')
+		return true;
+	const name = String(value).slice(String(value).lastIndexOf('/') + 1);
+	if (!cleanAbsPath(value) || name.length <= 5 || name.slice(-5) != '.prom')
+		return _('Expecting: %s').format(_('an absolute file path ending in .prom'));
+	return true;
+}
+
+/* The program is the first word (quotes group words, as the daemon splits them). */
+function validateIdleCommand(section_id, value) {
+	if (value == null || value === '')
+		return true;
+	const v = String(value).trim();
+	const q = v.charAt(0);
+	const prog = (q == '"' || q == '\'') ? v.slice(1, Math.max(v.indexOf(q, 1), 1)) : v.split(/\s+/)[0];
+	if (prog.indexOf(HOOKS_DIR) != 0 || prog.length == HOOKS_DIR.length || !cleanAbsPath(prog) ||
+		prog.charAt(prog.length - 1) == '/')
+		return _('Expecting: %s').format(_('a program in %s and its arguments').format(HOOKS_DIR));
+	return true;
+}
+
+/*
+ * A write-only field for a secret: empty when shown, a value typed is written to the secrets
+ * file (and a copy left in the readable file from older versions is removed); left empty, the
+ * stored secret stays as it is.
+ */
+function addSecret(s, name, title, help) {
+	const o = s.option(form.Value, name, title, help);
+	o.password = true;
+	o.placeholder = _('unchanged');
+	o.load = function() { return null; };
+	o.write = function(section_id, value) {
+		const values = {};
+		values[name] = value;
+		return callUciSet(SECRETS, section_id, values).then(L.bind(function() {
+			this.map.data.unset('jellydemon', section_id, name);
+		}, this));
+	};
+	o.remove = function() {};
+	return o;
 }
 
 /* The daemon wants decimals strictly above zero where LuCI's ufloat would allow 0. */
@@ -129,7 +200,7 @@ return view.extend({
 			'5', 'and(uinteger,range(1,300))');
 
 		addValue(s, form.Flag, 'dry_run', _('Dry run'),
-			_('Measure and decide, log what would be done, but change nothing in Jellyfin or on the router. Useful to try settings safely.'),
+			_('Measure and decide, log what would be done, but change nothing in Jellyfin or on the router (limits jellydemon had set before are put back). Useful to try settings safely.'),
 			'0');
 
 		o = addValue(s, form.ListValue, 'log_level', _('Log level'),
@@ -143,25 +214,24 @@ return view.extend({
 		o = addValue(s, form.Value, 'state_dir', _('State directory'),
 			_('Persistent place (on flash) where the users\' original Jellyfin limits are backed up so they can be restored. Written only when a backup changes.'),
 			'/etc/jellydemon');
-		o.validate = validateAbsPath;
+		o.validate = validateDir;
 
 		o = addValue(s, form.Value, 'run_dir', _('Runtime directory'),
 			_('Temporary place (RAM) for the live status file. Leave the default: this status page may read only /var/run/jellydemon.'),
 			'/var/run/jellydemon');
-		o.validate = validateAbsPath;
+		o.validate = validateDir;
 
 		/* ---- Jellyfin ---- */
 		s = m.section(form.NamedSection, 'jellyfin', 'jellyfin', _('Jellyfin'));
 		s.addremove = false;
 
 		o = addValue(s, form.Value, 'url', _('Server URL'),
-			_('Address of your Jellyfin server as seen from the router, e.g. http://192.168.1.2:8096. Use the server\'s LAN address: it is also where the media traffic is recognised.'));
+			_('Address of your Jellyfin server as seen from the router, e.g. http://192.168.1.2:8096. Use the server\'s LAN address over http (https is not supported here): it is also where the media traffic is recognised.'));
 		o.placeholder = 'http://192.168.1.2:8096';
-		o.validate = urlChecker(false);
+		o.validate = urlChecker(false, false);
 
-		o = addValue(s, form.Value, 'api_key', _('API key'),
-			_('Create one in Jellyfin under Dashboard > API Keys. It is kept secret: never logged and never shown on the status page.'));
-		o.password = true;
+		o = addSecret(s, 'api_key', _('API key'),
+			_('Create one in Jellyfin under Dashboard > API Keys. Stored apart from these settings and never shown again, not even here: leave the field empty to keep the stored key, type a new one to replace it.'));
 		o.validate = function(section_id, value) {
 			if (/^[\x21-\x7e]*$/.test(value))
 				return true;
@@ -173,6 +243,11 @@ return view.extend({
 			null, 'ipaddr("nomask")');
 		o.placeholder = _('host of the server URL');
 
+		o = addValue(s, form.Value, 'server_ip6', _('Server IPv6 address'),
+			_('The server\'s global IPv6 address (its stable one, see "ip -6 addr show scope global" on the server). Remote viewers on IPv6 reach it directly, without port forwarding; their streams are shaped and counted on the router only when this is set. Leave empty to use the server LAN address when that is IPv6, or else the address the router sees the server use (when it has exactly one; with several, the status page asks you to set it). Other devices\' traffic on the same port is never touched.'),
+			null, 'ip6addr("nomask")');
+		o.placeholder = _('learned');
+
 		addValue(s, form.DynamicList, 'port', _('Streaming ports'),
 			_('TCP ports Jellyfin streams from: 8096 (http) and, if you use it, 8920 (https). Traffic from other ports is not counted as Jellyfin\'s.'),
 			[ '8096' ], 'and(uinteger,range(1,65535))');
@@ -182,7 +257,7 @@ return view.extend({
 			'5', 'and(uinteger,range(1,60))');
 
 		addValue(s, form.Flag, 'manage_limits', _('Set viewers\' limits'),
-			_('Set each remote viewer\'s "Internet streaming bitrate limit" in Jellyfin to their share, so Jellyfin transcodes to fit. The original limits are restored when jellydemon stops.'),
+			_('Set each remote viewer\'s "Internet streaming bitrate limit" in Jellyfin to their share, so Jellyfin transcodes to fit. The original limits are restored when jellydemon stops, or at once when this is turned off.'),
 			'1');
 
 		addValue(s, form.Flag, 'restart_playback', _('Restart playback for a new limit'),
@@ -210,13 +285,18 @@ return view.extend({
 			null, 'netdevname');
 		o.placeholder = _('from the WAN interface');
 
-		addValue(s, form.Value, 'lan_device', _('LAN device'),
-			_('The device your Jellyfin server is connected to, usually the LAN bridge br-lan. Remote viewers\' streams are shaped there.'),
-			'br-lan', 'netdevname');
+		addValue(s, form.Value, 'lan_interface', _('LAN interface'),
+			_('The logical network interface your Jellyfin server is on (as in Network > Interfaces), usually "lan". Its device (e.g. the bridge br-lan) is found automatically and followed when it changes; remote viewers\' streams are shaped there.'),
+			'lan', 'uciname');
+
+		o = addValue(s, form.Value, 'lan_device', _('LAN device'),
+			_('Only if the interface cannot be resolved: the Linux device your Jellyfin server is connected to, e.g. br-lan. When set it wins over the LAN interface.'),
+			null, 'netdevname');
+		o.placeholder = _('from the LAN interface');
 
 		addValue(s, form.DynamicList, 'internal', _('Local networks'),
-			_('Viewers with an address in these networks (or equal to a single address listed) are local: they are never limited. Add your VPN ranges here if VPN viewers should count as local.'),
-			DEFAULT_INTERNAL.slice(), 'or(cidr,ipaddr("nomask"))');
+			_('Viewers in these networks are local: they are never limited, restarted or shaped. An interface name (e.g. "lan", "guest") means all of its IPv4 subnets and IPv6 prefixes, including the prefix your provider delegates, followed as they change; you can also list networks (e.g. a VPN range 10.8.0.0/24) or single addresses. When the interfaces report nothing, the private ranges 192.168.0.0/16, 10.0.0.0/8, 172.16.0.0/12 and fc00::/7 are used.'),
+			DEFAULT_INTERNAL.slice(), 'or(cidr,ipaddr("nomask"),uciname)');
 
 		/* ---- Bandwidth ---- */
 		s = m.section(form.NamedSection, 'bandwidth', 'bandwidth', _('Bandwidth'));
@@ -333,9 +413,8 @@ return view.extend({
 			return true;
 		};
 
-		o = addValue(s, form.Value, 'password', _('SecureOn password'),
-			_('Only for network cards that require one: 6 bytes written like a MAC address, or 4 bytes like an IPv4 address. Leave empty otherwise.'));
-		o.password = true;
+		o = addSecret(s, 'password', _('SecureOn password'),
+			_('Only for network cards that require one: 6 bytes written like a MAC address, or 4 bytes like an IPv4 address. Stored apart from these settings and never shown again: leave the field empty to keep what is stored.'));
 		o.datatype = 'or(macaddr(0),macaddr(1),ip4addr("nomask"))';
 
 		addValue(s, form.Value, 'interface', _('Send on device'),
@@ -364,9 +443,10 @@ return view.extend({
 			'0', 'and(uinteger,range(0,525600))');
 
 		o = addValue(s, form.Value, 'idle_command', _('Idle command'),
-			_('Program and arguments to run when idle, e.g. ssh -i /etc/dropbear/id nas \'sudo poweroff\'. Run directly, without a shell: quotes group words, but there are no variables, pipes or redirections.'),
+			_('A program in /etc/jellydemon/hooks/ and its arguments, run when idle, e.g. /etc/jellydemon/hooks/poweroff-nas. Only root can put programs there (e.g. a script running ssh -i /etc/dropbear/id nas poweroff); this page can only choose one. Run directly, without a shell: quotes group words.'),
 			null);
 		o.placeholder = _('none');
+		o.validate = validateIdleCommand;
 
 		/* ---- Publishing ---- */
 		s = m.section(form.NamedSection, 'publish', 'publish', _('Publishing'));
@@ -375,12 +455,11 @@ return view.extend({
 		o = addValue(s, form.Value, 'prometheus_file', _('Prometheus file'),
 			_('Write live figures in Prometheus text format to this file each interval, for node-exporter\'s textfile collector, e.g. /var/prometheus/jellydemon.prom. Empty: off.'));
 		o.placeholder = _('off');
-		o.validate = validateAbsPath;
+		o.validate = validatePromFile;
 
-		o = addValue(s, form.Value, 'webhook_url', _('Webhook URL'),
-			_('POST a short JSON message (with a Discord-compatible "content" field) to this address on events such as a wake or a restart. Empty: off.'));
-		o.placeholder = _('off');
-		o.validate = urlChecker(true);
+		o = addSecret(s, 'webhook_url', _('Webhook URL'),
+			_('POST a short JSON message (with a Discord-compatible "content" field) to this address on events such as a wake or a restart. https:// addresses are posted by the router\'s own TLS client: curl if installed (the address stays hidden), else uclient-fetch with a libustream TLS library and ca-bundle (the address shows in the process list while an event is posted). Its path usually holds a token, so it is stored apart from these settings and never shown again: leave the field empty to keep what is stored.'));
+		o.validate = urlChecker(true, true);
 
 		return m.render();
 	}

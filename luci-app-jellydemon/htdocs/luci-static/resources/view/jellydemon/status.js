@@ -17,10 +17,22 @@ const DEFAULT_RUN_DIR = '/var/run/jellydemon';
 const HISTORY = 60;
 const SVGNS = 'http://www.w3.org/2000/svg';
 
-const callInit = rpc.declare({
-	object: 'rc',
-	method: 'init',
-	params: [ 'name', 'action' ]
+/* The ACL grants exactly these actions of this script (file exec), not rc init of every service. */
+const INIT = '/etc/init.d/jellydemon';
+
+function initAction(action) {
+	return fs.exec(INIT, [ action ]).then(function(res) {
+		if (res && res.code)
+			throw new Error(_('%s %s exited with code %d').format(INIT, action, res.code));
+	});
+}
+
+/* Whether this login may change the service (the ACL's write part), as LuCI forms ask. */
+const callSessionAccess = rpc.declare({
+	object: 'session',
+	method: 'access',
+	params: [ 'scope', 'object', 'function' ],
+	expect: { 'access': false }
 });
 
 const SERIES = [
@@ -229,7 +241,15 @@ function renderCards(st, now) {
 			: _('no WAN device found'),
 		wan.capacity_bps != null ? '' : 'jd-bad'));
 
-	if (st.shaping != null)
+	/* Flow offloading takes established connections past the LAN ingress hook: the classes
+	 * exist but see almost nothing. */
+	const offload = (st.network || {}).flow_offloading;
+	if (st.shaping != null && sh.enabled && (offload == 'software' || offload == 'hardware'))
+		cards.push(card('shaping', _('Bypassed'),
+			(offload == 'hardware' ? _('hardware flow offloading is on') : _('software flow offloading is on')) +
+			': ' + _('established connections skip the router\'s per-viewer classes; Jellyfin limits still apply. Turn it off under Network > Firewall > Routing/NAT Offloading.'),
+			'jd-bad'));
+	else if (st.shaping != null)
 		cards.push(card('shaping', !sh.enabled ? _('Off') : sh.active ? _('Active') : _('Not working'),
 			sh.error || (sh.enabled ? _('one class per remote viewer') : _('Jellyfin limits only')),
 			!sh.enabled ? '' : sh.active ? 'jd-ok' : 'jd-bad'));
@@ -329,7 +349,11 @@ return view.extend({
 	},
 
 	load: function() {
-		return uci.load('jellydemon').catch(function() {}).then(L.bind(function() {
+		return Promise.all([
+			uci.load('jellydemon').catch(function() {}),
+			callSessionAccess('uci', 'jellydemon', 'write')
+		]).then(L.bind(function(res) {
+			this.mayControl = res[1] === true;
 			this.runDir = uci.get('jellydemon', 'main', 'run_dir') || DEFAULT_RUN_DIR;
 			return this.readStatus();
 		}, this));
@@ -367,9 +391,9 @@ return view.extend({
 			uci.set('jellydemon', 'main', 'enabled', '1');
 			steps.push(function() { return uci.save(); });
 			steps.push(function() { return uci.apply(10); });
-			steps.push(function() { return callInit('jellydemon', 'enable'); });
+			steps.push(function() { return initAction('enable'); });
 		}
-		steps.push(function() { return callInit('jellydemon', 'start'); });
+		steps.push(function() { return initAction('start'); });
 
 		return steps.reduce(function(p, step) {
 			return p.then(function(rv) {
@@ -407,7 +431,8 @@ return view.extend({
 		else
 			msg = _('jellydemon is not running. Start it, or see the system log (logread -e jellydemon) if it stops again.');
 
-		const btn = (res.error == 'denied' || res.error == 'toolarge') ? '' : E('button', {
+		/* A login that may only look at the service gets no button it could not use. */
+		const btn = (res.error == 'denied' || res.error == 'toolarge' || !this.mayControl) ? '' : E('button', {
 			'class': 'btn cbi-button cbi-button-apply',
 			'id': 'jd-start',
 			'click': ui.createHandlerFn(this, 'handleStart', disabled)
