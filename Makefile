@@ -93,7 +93,8 @@ chaos: deps
 
 # ---- fuzz: libFuzzer on every parser of outside input (README "Fuzzing") ----
 # 10 million executions per target by default; RUNS=… and MAX_TIME=… (seconds per target)
-# change that, e.g. `make fuzz RUNS=0 MAX_TIME=600`. Stable Rust and a C++ compiler suffice.
+# change that, e.g. `make fuzz RUNS=0 MAX_TIME=600`; FUZZ_TARGETS=… picks targets (uci jellyfin
+# tc netlink conntrack). Stable Rust and a C++ compiler suffice.
 # `make test` replays the seeds and mutations of them (tests/fuzz_replay.rs).
 RUNS ?= 10000000
 MAX_TIME ?= 0

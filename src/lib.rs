@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod capacity;
 pub mod check;
+pub mod child;
 pub mod config;
 pub mod conntrack;
 pub mod daemon;

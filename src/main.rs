@@ -63,7 +63,7 @@ struct StatusCmd {
     /// print the raw status.json
     #[argh(switch)]
     json: bool,
-    /// refresh every N seconds until interrupted
+    /// refresh every N seconds until interrupted (Ctrl-C)
     #[argh(option)]
     watch: Option<u64>,
 }
@@ -79,7 +79,8 @@ struct Restore {}
 struct Wake {}
 
 #[derive(FromArgs)]
-/// Print the configuration as parsed, exactly as `uci show jellydemon` would.
+/// Print the configuration as parsed, exactly as `uci show jellydemon` would, also when a
+/// value is invalid for jellydemon (reported on stderr). Exit 1 only on a parse error.
 #[argh(subcommand, name = "config")]
 struct ConfigCmd {
     /// print every setting the daemon uses, defaults included, with its source
