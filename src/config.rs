@@ -1,4 +1,4 @@
-//! Typed, validated settings (DESIGN.md §4), built from a parsed UCI package.
+//! Typed, validated settings (docs/design.md §4), built from a parsed UCI package.
 //!
 //! Every option has a default except `jellyfin.url` and `jellyfin.api_key`. An absent option
 //! means its default, exactly as LuCI assumes when it drops options equal to their default.
@@ -156,7 +156,7 @@ pub struct Publish {
     pub webhook_url: Option<String>,
 }
 
-/// The whole validated configuration (DESIGN.md §4).
+/// The whole validated configuration (docs/design.md §4).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub main: Main,
@@ -630,7 +630,7 @@ pub fn from_packages(
         if let Some(o) = named(pkg, sec).and_then(|s| s.get(opt)) {
             if o.value.items().iter().any(|v| !v.is_empty()) {
                 warnings.push(format!(
-                    "{}:{}: {PACKAGE}.{sec}.{opt}: a secret in the main file, which every LuCI user allowed to see the settings can read; move it to {SECRETS_PACKAGE}.{sec}.{opt} (README: Secrets)",
+                    "{}:{}: {PACKAGE}.{sec}.{opt}: a secret in the main file, which every LuCI user allowed to see the settings can read; move it to {SECRETS_PACKAGE}.{sec}.{opt} (docs/configuration.md: Secrets)",
                     file.display(),
                     o.line
                 ));
@@ -1283,7 +1283,7 @@ fn valid_uci_name(v: &str) -> bool {
 }
 
 /// Why `jellyfin.url` cannot be https, and what to do instead: the same words in `check`, the
-/// LuCI form and the README. Calling a TLS client program per request would start processes on
+/// LuCI form and docs/how-it-works.md. Calling a TLS client program per request would start processes on
 /// every tick and put the API key on its command line or in its environment.
 pub const JELLYFIN_HTTPS_HINT: &str = "https is not supported for Jellyfin, jellydemon has no \
      TLS: use the server's LAN http:// address, e.g. http://192.168.1.2:8096; Jellyfin serves \
@@ -2434,7 +2434,7 @@ config user
     fn effective_of_the_shipped_file_matches_the_documentation() {
         let l = load_str(SHIPPED).expect("valid");
         let e = effective(&l);
-        let doc = include_str!("../README.md");
+        let doc = include_str!("../docs/configuration.md");
         let mut n = 0;
         for line in doc.lines().filter(|l| {
             l.starts_with("      ")
