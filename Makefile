@@ -42,7 +42,7 @@ demo: deps
 	target/release/examples/homenet down --all
 	target/release/examples/homenet demo --daemon target/release/jellydemon
 
-# ---- outcome: control quality, with and without the daemon (README "Control quality") ----
+# ---- outcome: control quality, with and without the daemon (docs/control.md) ----
 # Every scenario of the matrix is played twice at once in two emulated networks, with and
 # without jellydemon; prints the side-by-side table. Fails when a run with the daemon misses a
 # control goal. About a minute per scenario.
@@ -56,7 +56,7 @@ outcome: deps
 	target/release/examples/homenet down --all
 	target/release/examples/homenet outcome --daemon target/release/jellydemon $(OUTCOME_SCENARIOS)
 
-# ---- bench: efficiency figures and budgets (DESIGN.md §10; README "Efficiency") ----
+# ---- bench: efficiency figures and budgets (docs/design.md §10; docs/efficiency.md) ----
 # Sizes of all five cross builds and packages (bench-size), then, in the emulated router, tick
 # CPU with 65,536 conntrack entries, RSS, reaction times and decide() instruction counts of the
 # shipped static x86_64 build. Exits non-zero when a budget does not hold.
@@ -79,7 +79,7 @@ bench: deps
 	$(MAKE) outcome || status=1; \
 	exit $$status
 
-# ---- chaos: crash consistency (README "Crash consistency") ----
+# ---- chaos: crash consistency (docs/how-it-works.md, "Crash consistency") ----
 # The daemon in the emulated home network is killed with SIGKILL at random moments while
 # viewers come and go and Jellyfin is slow or answers writes after the timeout; each kill is
 # followed by `jellydemon restore` or a new start. Fails on any lost original limit.
@@ -91,7 +91,7 @@ chaos: deps
 	$(CARGO) build --examples
 	JD_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) test --test e2e chaos_kill_9 -- --nocapture
 
-# ---- fuzz: libFuzzer on every parser of outside input (README "Fuzzing") ----
+# ---- fuzz: libFuzzer on every parser of outside input (docs/development.md, "Fuzzing") ----
 # 10 million executions per target by default; RUNS=… and MAX_TIME=… (seconds per target)
 # change that, e.g. `make fuzz RUNS=0 MAX_TIME=600`; FUZZ_TARGETS=… picks targets (uci jellyfin
 # tc netlink conntrack). Stable Rust and a C++ compiler suffice.
@@ -101,7 +101,7 @@ MAX_TIME ?= 0
 fuzz:
 	RUNS=$(RUNS) MAX_TIME=$(MAX_TIME) fuzz/run.sh $(FUZZ_TARGETS)
 
-# ---- packaging: cross builds without the SDK, .ipk, sizes (README "Packaging") ----
+# ---- packaging: cross builds without the SDK, .ipk, sizes (docs/packaging.md) ----
 # Short target names; `make cross-mipsel` builds one. OpenWrt arch names also work for ipk.
 CROSS_TARGETS ?= x86_64 aarch64 armv7 mipsel mips
 ARCH ?= x86_64
@@ -121,7 +121,7 @@ ipk:
 apk:
 	@echo "make apk does not exist: no apk v3 reader (apk-tools) could be run here to verify one." >&2
 	@echo "Build the .apk with an OpenWrt 25.12 SDK from the feed Makefile (net/jellydemon/Makefile):" >&2
-	@echo "see the README, 'Build from the feeds'." >&2
+	@echo "see docs/packaging.md, 'Build from the feeds'." >&2
 	@exit 2
 
 bench-size:

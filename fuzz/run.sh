@@ -1,5 +1,5 @@
 #!/bin/bash
-# Fuzzes every parser of outside input with libFuzzer (README "Fuzzing").
+# Fuzzes every parser of outside input with libFuzzer (docs/development.md, "Fuzzing").
 #
 #   fuzz/run.sh [target...]        all five targets when none is named
 #   RUNS=10000000                  executions per target (libFuzzer -runs)

@@ -192,7 +192,7 @@ impl Estimator {
     }
 }
 
-/// Probe traffic, for the README and `check`: one probe of `size` bytes (IP + ICMP headers
+/// Probe traffic, for the docs and `check`: one probe of `size` bytes (IP + ICMP headers
 /// included) and its echo, every `interval_s` to each of `reflectors`: bytes per minute on the
 /// uplink and the downlink together.
 pub fn probe_bytes_per_minute(size: u64, interval_s: f64, reflectors: u64) -> u64 {

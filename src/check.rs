@@ -448,7 +448,7 @@ mod tests {
         assert_eq!(lines[0].level, Level::Fail);
         assert!(lines[0].what.contains("interval"), "{:?}", lines[0]);
         // The https rule for jellyfin.url fails with the hint the config load, LuCI and the
-        // README give.
+        // docs give.
         std::fs::write(
             &p,
             "config jellyfin 'jellyfin'\n\toption url 'https://nas:8920'\n",

@@ -1,4 +1,4 @@
-//! Conntrack adapters (DESIGN.md §3, §8, §10).
+//! Conntrack adapters (docs/design.md §3, §8, §10).
 //!
 //! 1. Per-viewer Jellyfin bytes without shaping: the reply direction (server → viewer) of the
 //!    flows whose reply source is the server's address and port. A port forward shows up as

@@ -1348,7 +1348,7 @@ impl Daemon {
                 info!("the media server is asleep: the original limits stay in the backup for the next start or `jellydemon restore`");
             }
         } else if self.limits.pending() > 0 {
-            // Everything within SHUTDOWN_BUDGET of SIGTERM (DESIGN.md: 5 s; procd kills at
+            // Everything within SHUTDOWN_BUDGET of SIGTERM (docs/design.md §10: 5 s; procd kills at
             // the init script's term_timeout). The running client keeps the server's address:
             // no name lookup now. Each user takes two calls, so each gets half of what is left.
             // Dry run too: these are originals the daemon changed before.

@@ -886,7 +886,7 @@ pub const MAX_ENTRIES: usize = 2048;
 /// about 60, so this is room for hundreds of users, and ~2 MB at most.
 pub const MAX_TREE_NODES: usize = 16 * 1024;
 
-/// Decodes a `/Sessions` answer in memory proportional to the body (DESIGN.md §10).
+/// Decodes a `/Sessions` answer in memory proportional to the body (docs/design.md §10).
 pub fn decode_sessions(body: &[u8]) -> Result<Vec<Session>, Error> {
     lenient::top_list(body, MAX_ENTRIES).map_err(json_error)
 }

@@ -1,6 +1,6 @@
 //! jellydemon: shares a router's uplink between remote Jellyfin viewers and the household.
 //!
-//! The daemon loop is `observe → decide → act` (DESIGN.md §3): adapters observe the kernel and
+//! The daemon loop is `observe → decide → act` (docs/design.md §3): adapters observe the kernel and
 //! the server, a pure core decides, adapters act. Modules are named for those concepts.
 
 pub mod backup;

@@ -1,4 +1,4 @@
-//! `jellydemon [--config PATH] <verb>` (DESIGN.md §5).
+//! `jellydemon [--config PATH] <verb>` (docs/design.md §5).
 
 use argh::FromArgs;
 use jellydemon::config::{self, Config};
@@ -316,7 +316,7 @@ fn config_cmd(path: &Path, c: ConfigCmd) -> u8 {
             }
         };
     }
-    // What `uci show jellydemon` prints for every file uci reads (DESIGN.md §5): only a file
+    // What `uci show jellydemon` prints for every file uci reads (docs/design.md §5): only a file
     // uci itself refuses is an error here; jellydemon's own objections go to stderr.
     let package = match config::read_package(path) {
         Ok((p, _)) => p,

@@ -2,7 +2,7 @@
 //!
 //! The Jellyfin server's packets are taken at the LAN device's ingress hook (where the reply
 //! packets still carry the viewer's real address as destination), redirected to an own ifb
-//! device, and shaped there by an HTB tree. See the README, "Router-side shaping", for the layout and handles.
+//! device, and shaped there by an HTB tree. See docs/shaping.md for the layout and handles.
 //!
 //! [`plan`] is the pure part (desired + parsed actual state → tc commands); [`TcShaper`] is the
 //! thin adapter that reads the kernel state over rtnetlink (so a steady-state tick starts no

@@ -1,4 +1,4 @@
-//! The status file (DESIGN.md §6): what the daemon publishes each tick for the CLI, LuCI and
+//! The status file (docs/design.md §6): what the daemon publishes each tick for the CLI, LuCI and
 //! Prometheus. Field names are a contract; add, never rename.
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! Wake-on-LAN (DESIGN.md §8): the magic packet, a sender that puts it on the LAN twice (UDP
+//! Wake-on-LAN (docs/design.md §8): the magic packet, a sender that puts it on the LAN twice (UDP
 //! broadcast to port 9 and a raw Ethernet frame with ethertype 0x0842), a pure scheduler that
 //! decides when to wake and when to run the idle hook, and the idle hook runner.
 //!

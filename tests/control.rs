@@ -1,6 +1,6 @@
 //! The product's promise, measured: the same scenario (two remote viewers, one ignoring limits,
 //! a household upload midway) run with and without jellydemon in the emulated home network.
-//! With it, every control goal of DESIGN.md §10 holds; without it, the household's latency
+//! With it, every control goal of docs/design.md §10 holds; without it, the household's latency
 //! suffers. Needs root; each run builds its own uniquely named namespaces.
 
 #[path = "support/load.rs"]

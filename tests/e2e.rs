@@ -1,5 +1,5 @@
 //! End-to-end: the real daemon on the emulated router, the Jellyfin emulator on the LAN, real
-//! viewers on the "internet", the kernel's real tc/nftables/conntrack (DESIGN.md §9). Each test
+//! viewers on the "internet", the kernel's real tc/nftables/conntrack (docs/design.md §9). Each test
 //! builds its own home network with unique namespace names and tears it down on drop, so they
 //! run in parallel. Needs root.
 

@@ -1,6 +1,6 @@
 //! The short fuzzing run of `make test`: every parser of outside input (the entry points the
 //! libFuzzer targets in `fuzz/` call) on the seed corpus, on mutations of it and on random
-//! bytes. The long run is `make fuzz` (README "Fuzzing"). A panic anywhere fails the test; in
+//! bytes. The long run is `make fuzz` (docs/development.md, "Fuzzing"). A panic anywhere fails the test; in
 //! debug builds that includes every arithmetic overflow.
 
 use jellydemon::fuzzing;

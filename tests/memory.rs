@@ -1,4 +1,4 @@
-//! Peak heap while decoding hostile Jellyfin answers (DESIGN.md §10: memory for any answer
+//! Peak heap while decoding hostile Jellyfin answers (docs/design.md §10: memory for any answer
 //! stays within 3x its body limit). A counting global allocator measures every byte this test
 //! binary allocates; the body itself is one of the three, so decoding may add at most two.
 //!

@@ -8,7 +8,7 @@
 //! with `IgnoredAny`, lists keep at most a fixed number of elements, and the one part that must
 //! be kept verbatim (a user's policy, which the policy POST replaces whole) is built against a
 //! node budget per answer. serde_json's recursion limit (128) bounds nesting on every path, so
-//! memory stays proportional to the body whatever its shape (DESIGN.md §10).
+//! memory stays proportional to the body whatever its shape (docs/design.md §10).
 
 use std::cell::Cell;
 use std::fmt;

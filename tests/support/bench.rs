@@ -1,6 +1,6 @@
-//! `homenet bench`: the efficiency figures of DESIGN.md §10, measured side by side in one run
+//! `homenet bench`: the efficiency figures of docs/design.md §10, measured side by side in one run
 //! and printed as a table with each budget and PASS/FAIL (test support, never shipped; see
-//! the README, "Efficiency").
+//! docs/efficiency.md).
 //!
 //! The real release daemon runs in the emulated router namespace with two remote viewers
 //! streaming from the Jellyfin emulator and 65,536 real conntrack entries in the router's
@@ -29,7 +29,7 @@ const BOB: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 const BOB_ORIGINAL: i64 = 12_000_000;
 const ITEM6: &str = "60000000000000000000000000000006";
 const ITEM2: &str = "20000000000000000000000000000002";
-/// Conntrack entries the router's table holds during the measurements (DESIGN.md §10).
+/// Conntrack entries the router's table holds during the measurements (docs/design.md §10).
 const ENTRIES: u32 = 65_536;
 /// The daemon's tick in these runs, seconds.
 const INTERVAL_S: u64 = 1;
@@ -210,7 +210,7 @@ fn print_table(rows: &[Row]) {
 fn size_rows(a: &Args) -> Vec<Row> {
     let mut rows = Vec::new();
     for arch in ["mipsel", "aarch64", "x86_64"] {
-        // DESIGN.md §10: 1,000 KB on mips/mipsel (ureq and syslog included), 900 KB on aarch64.
+        // docs/design.md §10: 1,000 KB on mips/mipsel (ureq and syslog included), 900 KB on aarch64.
         let limit_kb = if arch == "mipsel" { 1000.0 } else { 900.0 };
         let budgeted = arch != "x86_64";
         let budget = match (budgeted, arch) {
@@ -1106,7 +1106,7 @@ fn network_rows(a: &Args, daemon_exe: &Path) -> Result<Vec<Row>> {
     rows.push(callgrind_tick_row(&b)?);
     rows.push(Row::new(
         "tick instructions, mipsel under qemu-user",
-        "not measurable here (see README)".into(),
+        "not measurable here (see docs/efficiency.md)".into(),
         "-",
         None,
     ));
@@ -1300,7 +1300,7 @@ fn daemon_requests_after(state: &Value, after_ms: u64) -> Option<u64> {
     )
 }
 
-/// The rows of processes and media-server requests per tick (DESIGN.md §10: none and one).
+/// The rows of processes and media-server requests per tick (docs/design.md §10: none and one).
 fn tick_count_rows(what: &str, t: &Tick, n: u32) -> Vec<Row> {
     let requests = match t.requests {
         Some(r) => Row::new(

@@ -1,5 +1,5 @@
 //! A Jellyfin server emulator for tests and the demo: it answers the parts of the real server's
-//! HTTP contract that jellydemon and its viewers use (see the README, "Jellyfin emulator and viewer"), and streams real TCP
+//! HTTP contract that jellydemon and its viewers use (see docs/homenet.md, "Jellyfin emulator and viewer"), and streams real TCP
 //! bytes at the bitrate negotiated at PlaybackInfo, in bursty segments like a transcoder.
 //!
 //! Usable standalone (`homenet jellyfin`) and from integration tests via

@@ -1,5 +1,5 @@
 //! `homenet`: the emulated home network for `make demo` and the end-to-end tests (test support,
-//! never shipped). The first argument picks the subcommand; see the README (The emulated home network).
+//! never shipped). The first argument picks the subcommand; see docs/homenet.md.
 
 mod bench;
 mod emulator;
@@ -15,7 +15,7 @@ use std::process::ExitCode;
 const USAGE: &str =
     "usage: homenet <up|down|demo|scenario|jellyfin|viewer|sink|upload|echo|ping> [options]
   jellyfin --listen ADDR:PORT [--listen ...] --world FILE   the Jellyfin emulator
-  viewer --server HOST:PORT --user N --item ID ...     a remote viewer (see the README)
+  viewer --server HOST:PORT --user N --item ID ...     a remote viewer (see docs/homenet.md)
   up [--uplink-mbps R] [--buffer-ms MS] [--viewers N]   build the network, print its names, keep it
   down TAG | down --all [--force]                      remove one run, or leftovers of dead runs
   demo --daemon PATH [--scenario FILE] [--keep-logs DIR] [--wake-only]   the real daemon in the emulated network

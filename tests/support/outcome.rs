@@ -2,7 +2,7 @@
 //! twice at the same time in two separate emulated networks, with and without jellydemon, and
 //! the figures a user cares about side by side: the household's latency, the viewers' stalls,
 //! restarts per demand change, how much of the target the uplink used, and the household upload
-//! achieved. The table's columns are explained in the README ("Control quality").
+//! achieved. The table's columns are explained in docs/control.md.
 #![allow(dead_code)]
 
 use super::load::Args;
@@ -86,7 +86,7 @@ fn pair(x: Option<(f64, f64)>) -> String {
     x.map_or("-".into(), |(a, b)| format!("{a:.1}/{b:.1}"))
 }
 
-/// The side-by-side table, one row per scenario and run (markdown, so it goes into the README
+/// The side-by-side table, one row per scenario and run (markdown, so it goes into docs/control.md
 /// as it is).
 pub fn render_table(rows: &[(String, Figures, Figures)]) -> String {
     let mut out = String::new();

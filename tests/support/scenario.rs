@@ -1,7 +1,7 @@
 //! Scenarios: who watches what, when and from where, when the household uploads, for how long.
 //! `homenet scenario FILE` plays one in a fresh emulated network (optionally with the real
 //! daemon in the router) and summarises it; `homenet demo` plays the built-in demo scenario
-//! with live output. The file format is documented in the README (The emulated home network).
+//! with live output. The file format is documented in docs/homenet.md.
 #![allow(dead_code)]
 
 use super::load::{percentile, Args, RttStats};

@@ -11,7 +11,7 @@ const { CONFIG, CONFIG_SPLIT, SECRETS, SECRET_VALUES, SHIPPED, SHIPPED_SECRETS, 
 
 const DEFAULT_INTERNAL = [ 'lan' ];
 
-/* Every option of DESIGN.md section 4, as the form must show it for the fixture config. */
+/* Every option of docs/design.md section 4, as the form must show it for the fixture config. */
 const EXPECTED = {
 	'main.enabled': '1',
 	'main.interval': '5',

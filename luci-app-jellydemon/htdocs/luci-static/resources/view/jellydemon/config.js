@@ -6,7 +6,7 @@
 
 /*
  * Settings for /etc/config/jellydemon. Every default and range here mirrors the daemon's own
- * validation (DESIGN.md section 4): LuCI removes an option that equals its default, so an absent
+ * validation (docs/design.md section 4): LuCI removes an option that equals its default, so an absent
  * option must mean the same value to both sides.
  */
 

@@ -9,7 +9,7 @@
 
 /*
  * Live status of jellydemon, read from the status file the daemon replaces every tick
- * (DESIGN.md section 6). Nothing here talks to the daemon directly: if the file is missing or
+ * (docs/design.md section 6). Nothing here talks to the daemon directly: if the file is missing or
  * stops changing, the daemon is not running.
  */
 
