@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps test test-rust test-luci test-package demo bench fuzz clean
+.PHONY: all build deps test test-rust test-luci test-package demo bench outcome chaos fuzz clean
 
 all: build
 
@@ -42,6 +42,20 @@ demo: deps
 	target/release/examples/homenet down --all
 	target/release/examples/homenet demo --daemon target/release/jellydemon
 
+# ---- outcome: control quality, with and without the daemon (README "Control quality") ----
+# Every scenario of the matrix is played twice at once in two emulated networks, with and
+# without jellydemon; prints the side-by-side table. Fails when a run with the daemon misses a
+# control goal. About a minute per scenario.
+OUTCOME_SCENARIOS ?= tests/scenarios/demo.json tests/scenarios/remote-viewers-household.json \
+	$(sort $(wildcard tests/scenarios/matrix-*.json))
+
+outcome: deps
+	@[ "$$(id -u)" = 0 ] || { echo "make outcome needs root (it builds network namespaces)"; exit 1; }
+	$(CARGO) build --release --example homenet
+	$(CARGO) build --release
+	target/release/examples/homenet down --all
+	target/release/examples/homenet outcome --daemon target/release/jellydemon $(OUTCOME_SCENARIOS)
+
 # ---- bench: efficiency figures and budgets (DESIGN.md §10; README "Efficiency") ----
 # Sizes of all five cross builds and packages (bench-size), then, in the emulated router, tick
 # CPU with 65,536 conntrack entries, RSS, reaction times and decide() instruction counts of the
@@ -62,11 +76,25 @@ bench: deps
 	  --binary aarch64=$$c/aarch64-unknown-linux-musl/jellydemon \
 	  --binary x86_64=$$c/x86_64-unknown-linux-musl/jellydemon \
 	  $$(for p in dist/jellydemon_*.ipk; do echo --package $$p; done) || status=1; \
+	$(MAKE) outcome || status=1; \
 	exit $$status
+
+# ---- chaos: crash consistency (README "Crash consistency") ----
+# The daemon in the emulated home network is killed with SIGKILL at random moments while
+# viewers come and go and Jellyfin is slow or answers writes after the timeout; each kill is
+# followed by `jellydemon restore` or a new start. Fails on any lost original limit.
+# CHAOS_KILLS sets the number of kills; JD_CHAOS_SEED repeats a run.
+CHAOS_KILLS ?= 120
+
+chaos: deps
+	@[ "$$(id -u)" = 0 ] || { echo "make chaos needs root (it builds network namespaces)"; exit 1; }
+	$(CARGO) build --examples
+	JD_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) test --test e2e chaos_kill_9 -- --nocapture
 
 # ---- fuzz: libFuzzer on every parser of outside input (README "Fuzzing") ----
 # 10 million executions per target by default; RUNS=… and MAX_TIME=… (seconds per target)
-# change that, e.g. `make fuzz RUNS=0 MAX_TIME=600`. Stable Rust and a C++ compiler suffice.
+# change that, e.g. `make fuzz RUNS=0 MAX_TIME=600`; FUZZ_TARGETS=… picks targets (uci jellyfin
+# tc netlink conntrack). Stable Rust and a C++ compiler suffice.
 # `make test` replays the seeds and mutations of them (tests/fuzz_replay.rs).
 RUNS ?= 10000000
 MAX_TIME ?= 0

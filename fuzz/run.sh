@@ -25,6 +25,7 @@ status=0
 for t in $TARGETS; do
     mkdir -p "$OUT/corpus/$t" "$OUT/artifacts/$t"
     seeds=(fuzz/seeds/$t)
+    # The UCI corpus of the grammar tests (outputs of OpenWrt's own uci) seeds the UCI target.
     [ "$t" = uci ] && seeds+=(tests/fixtures/uci/good tests/fixtures/uci/bad)
     log=$OUT/$t.log
     if "$OUT/$HOST/release/$t" -runs="$RUNS" -max_total_time="$MAX_TIME" -print_final_stats=1 \

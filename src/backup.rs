@@ -1,6 +1,11 @@
 //! The durable record of users' original Jellyfin limits, so they can be put back on exit, on
 //! `restore`, and after a crash at the next start. Written to flash only when it changes, and
 //! always atomically (temp + fsync + rename): a power cut leaves the old file or the new one.
+//!
+//! Format 2 adds the Jellyfin server's Id (`/System/Info` `Id`): an entry is dropped for a
+//! deleted user only when the server answering is positively the one the backup was taken on.
+//! Format 1 files (no server Id) are read as they are; the Id is filled in once a user of the
+//! backup is found on the server.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,16 +23,53 @@ pub struct Entry {
     pub original: i64,
 }
 
+/// The newest format written.
+pub const FORMAT: u32 = 2;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct FileFormat {
     version: u32,
+    /// The Id of the Jellyfin server the originals were read from (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_id: Option<String>,
     users: BTreeMap<String, Entry>,
 }
 
 #[derive(Debug)]
 pub struct Backup {
     path: PathBuf,
+    server_id: Option<String>,
     users: BTreeMap<String, Entry>,
+}
+
+fn read_file(path: &Path) -> io::Result<FileFormat> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let f: FileFormat = serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is corrupt ({e}); fix or remove it", path.display()),
+                )
+            })?;
+            if f.version > FORMAT {
+                // A newer daemon's file may hold what this one cannot express: never rewrite it.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is format {} (this version reads up to {FORMAT}); run the newer jellydemon's `restore`",
+                        path.display(),
+                        f.version
+                    ),
+                ));
+            }
+            Ok(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(FileFormat::default()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot read {}: {e}", path.display()),
+        )),
+    }
 }
 
 impl Backup {
@@ -35,25 +77,92 @@ impl Backup {
     /// corrupt one is an error, because guessing would lose someone's original limit.
     pub fn load(state_dir: &Path) -> io::Result<Backup> {
         let path = state_dir.join(FILE_NAME);
-        let users = match fs::read(&path) {
-            Ok(bytes) => {
-                let f: FileFormat = serde_json::from_slice(&bytes).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{} is corrupt ({e}); fix or remove it", path.display()),
-                    )
-                })?;
-                f.users
+        let f = read_file(&path)?;
+        Ok(Backup {
+            path,
+            server_id: f.server_id,
+            users: f.users,
+        })
+    }
+
+    /// Moves the backup to another state directory (a reload changed `state_dir`). Entries
+    /// already in a backup there are kept, this one's win for the same user; the new file is
+    /// written before the old one is removed, so a failure at any point loses nothing.
+    pub fn move_to(&mut self, state_dir: &Path) -> io::Result<()> {
+        let path = state_dir.join(FILE_NAME);
+        if path == self.path {
+            return Ok(());
+        }
+        let there = read_file(&path)?;
+        let server_id = match (&self.server_id, there.server_id) {
+            (Some(mine), Some(theirs)) if !there.users.is_empty() && *mine != theirs => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} holds original limits of another Jellyfin server; not merging",
+                        path.display()
+                    ),
+                ))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            (Some(mine), _) => Some(mine.clone()),
+            (None, theirs) => theirs,
+        };
+        let mut users = there.users;
+        users.extend(self.users.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let moved = Backup {
+            path,
+            server_id,
+            users,
+        };
+        if !moved.users.is_empty() {
+            moved.save()?;
+        }
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("cannot read {}: {e}", path.display()),
+                    format!(
+                        "moved to {}, but cannot remove {}: {e}",
+                        moved.path.display(),
+                        self.path.display()
+                    ),
                 ))
             }
-        };
-        Ok(Backup { path, users })
+        }
+        *self = moved;
+        Ok(())
+    }
+
+    /// The Id of the Jellyfin server the entries belong to, when known.
+    pub fn server_id(&self) -> Option<&str> {
+        self.server_id.as_deref()
+    }
+
+    /// Records which server the entries belong to (persisted when it changes).
+    pub fn set_server_id(&mut self, id: &str) -> io::Result<()> {
+        if self.server_id.as_deref() == Some(id) {
+            return Ok(());
+        }
+        let old = self.server_id.replace(id.to_string());
+        if self.users.is_empty() {
+            // Nothing to protect yet: written with the first entry.
+            return Ok(());
+        }
+        if let Err(e) = self.save() {
+            self.server_id = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn contains(&self, user_id: &str) -> bool {
+        self.users.contains_key(user_id)
     }
 
     pub fn path(&self) -> &Path {
@@ -107,7 +216,8 @@ impl Backup {
 
     fn save(&self) -> io::Result<()> {
         let data = serde_json::to_vec_pretty(&FileFormat {
-            version: 1,
+            version: FORMAT,
+            server_id: self.server_id.clone(),
             users: self.users.clone(),
         })
         .map_err(io::Error::other)?;
@@ -139,6 +249,69 @@ mod tests {
         b.remove("u1").unwrap();
         let b3 = Backup::load(&d).unwrap();
         assert!(b3.get("u1").is_none());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn format_1_is_read_and_rewritten_as_format_2_with_the_server_id() {
+        let d = tempdir("v1");
+        fs::write(
+            d.join(FILE_NAME),
+            br#"{"version":1,"users":{"u1":{"name":"alice","original":7000000}}}"#,
+        )
+        .unwrap();
+        let mut b = Backup::load(&d).unwrap();
+        assert_eq!(b.get("u1").unwrap().original, 7_000_000);
+        assert_eq!(b.server_id(), None);
+        b.set_server_id("e2a9f0c4b1d84f6a9c3e7b5d1f2a4c68").unwrap();
+        let text = fs::read_to_string(d.join(FILE_NAME)).unwrap();
+        assert!(text.contains("\"version\": 2"), "{text}");
+        let b2 = Backup::load(&d).unwrap();
+        assert_eq!(b2.server_id(), Some("e2a9f0c4b1d84f6a9c3e7b5d1f2a4c68"));
+        assert_eq!(b2.get("u1").unwrap().original, 7_000_000);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_not_rewritten() {
+        let d = tempdir("v9");
+        fs::write(d.join(FILE_NAME), br#"{"version":9,"users":{}}"#).unwrap();
+        let err = Backup::load(&d).unwrap_err();
+        assert!(err.to_string().contains("format 9"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn move_to_carries_the_entries_and_removes_the_old_file() {
+        let d = tempdir("move");
+        let (a, b) = (d.join("a"), d.join("b"));
+        let mut bk = Backup::load(&a).unwrap();
+        bk.set_server_id("s1").unwrap();
+        bk.set_original("u1", "alice", 3).unwrap();
+        // The new directory already holds another user's original: kept.
+        let mut other = Backup::load(&b).unwrap();
+        other.set_original("u2", "bob", 4).unwrap();
+        bk.move_to(&b).unwrap();
+        assert!(!a.join(FILE_NAME).exists());
+        let there = Backup::load(&b).unwrap();
+        assert_eq!(there.get("u1").unwrap().original, 3);
+        assert_eq!(there.get("u2").unwrap().original, 4);
+        assert_eq!(there.server_id(), Some("s1"));
+        assert_eq!(bk.path(), b.join(FILE_NAME));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn failed_move_keeps_the_old_file() {
+        let d = tempdir("movefail");
+        let a = d.join("a");
+        let mut bk = Backup::load(&a).unwrap();
+        bk.set_original("u1", "alice", 3).unwrap();
+        // A file where the new directory should be: nothing can be written there.
+        fs::write(d.join("b"), b"x").unwrap();
+        assert!(bk.move_to(&d.join("b")).is_err());
+        assert_eq!(Backup::load(&a).unwrap().get("u1").unwrap().original, 3);
+        assert_eq!(bk.path(), a.join(FILE_NAME));
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -225,14 +225,22 @@ fn check_shaping(cfg: &Config) -> Vec<Line> {
     let caps = crate::shaper::probe("tc");
     let mut out = Vec::new();
     match caps.first_error().map(|e| e.to_string()) {
-        None => out.push(Line::ok(format!(
-            "tc, ifb and htb available{}",
-            if caps.fq_codel {
-                ""
-            } else {
-                " (no fq_codel: plain FIFO leaves)"
+        None => {
+            out.push(Line::ok(format!(
+                "tc, ifb and htb available{}",
+                if caps.fq_codel {
+                    ""
+                } else {
+                    " (no fq_codel: plain FIFO leaves)"
+                }
+            )));
+            if let Some(e) = &caps.netlink_error {
+                out.push(Line::warn(
+                    format!("traffic control not readable over rtnetlink ({e}): every tick runs tc instead"),
+                    "shaping works, at a process per listing; report this with your OpenWrt version",
+                ));
             }
-        ))),
+        }
         Some(p) if cfg.shaping.enabled => out.push(Line::fail(
             format!("shaping unavailable: {p}"),
             "opkg install tc kmod-ifb kmod-sched-core (or set shaping.enabled '0')",

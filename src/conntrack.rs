@@ -546,7 +546,7 @@ pub fn accounting_enabled() -> Result<bool, Error> {
 
 // ---- ctnetlink -------------------------------------------------------------------------------
 
-mod nl {
+pub(crate) mod nl {
     pub const NLMSG_HDRLEN: usize = 16;
     pub const NLMSG_ERROR: u16 = 2;
     pub const NLMSG_DONE: u16 = 3;

@@ -2,12 +2,12 @@
 //! through the adapters. It also owns start-up recovery, reload on SIGHUP and clean-up on
 //! SIGTERM/SIGINT.
 
-use crate::backup::Backup;
 use crate::config::Config;
 use crate::conntrack::{self, ConnectWatch, FlowCounter, FlowSource};
 use crate::decide::{self, Plan};
 use crate::firewall::{self, Offload};
 use crate::jellyfin::{self, MediaServer, Session};
+use crate::limits::{self, Limits};
 use crate::monitor::Monitor;
 use crate::neigh;
 use crate::netifd::{self, LinkWatch};
@@ -18,7 +18,7 @@ use crate::status::{self, Status, StreamStatus};
 use crate::wake::{self, Liveness};
 use crate::wol;
 use log::{debug, error, info, warn};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -32,8 +32,6 @@ pub const SHAPER_DEVICE: &str = "jdshape0";
 pub const SYS_ROOT: &str = "/sys";
 /// sqm-scripts' configuration, the capacity fallback.
 pub const SQM_CONFIG: &str = "/etc/config/sqm";
-/// Jellyfin's limit is an int32 in b/s.
-const MAX_LIMIT: i64 = i32::MAX as i64;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -304,7 +302,10 @@ pub struct Daemon {
     /// When Jellyfin last answered after a sleep.
     woke_at: Option<Instant>,
     webhook: Option<Webhook>,
-    backup: Result<Backup, String>,
+    /// Users' limits and the backup of their originals.
+    limits: Limits,
+    /// Limit errors of the last tick, so each is logged when it appears, not every tick.
+    limit_errors: BTreeSet<String>,
     state: decide::State,
     monitor: Monitor,
     wan_meter: RateMeter,
@@ -330,8 +331,6 @@ pub struct Daemon {
     offload: Offload,
     ticks: u64,
     capacity_bps: Option<u64>,
-    /// user id → the limit this process last wrote.
-    applied: HashMap<String, i64>,
     reachable: Option<bool>,
     server_version: Option<String>,
     last_logged_error: Option<String>,
@@ -360,7 +359,8 @@ impl Daemon {
             presence: wake::Presence::default(),
             woke_at: None,
             webhook: None,
-            backup: Err("not loaded".into()),
+            limits: Limits::load(&cfg.main.state_dir),
+            limit_errors: BTreeSet::new(),
             state: decide::State::default(),
             monitor: Monitor::new(cfg.main.interval),
             wan_meter: RateMeter::default(),
@@ -378,7 +378,6 @@ impl Daemon {
             offload: Offload::Off,
             ticks: 0,
             capacity_bps: None,
-            applied: HashMap::new(),
             reachable: None,
             server_version: None,
             last_logged_error: None,
@@ -433,10 +432,10 @@ impl Daemon {
         let cfg = &self.cfg;
         self.capacity_bps = capacity(cfg, self.wan_dev.as_deref().ok(), Path::new(SQM_CONFIG));
         if self.capacity_bps.is_none() {
-            error!("uplink capacity unknown: set bandwidth.upload_mbps (or configure SQM on the WAN device); limits are not managed");
+            error!("uplink capacity unknown: set bandwidth.upload_mbps (or configure SQM on the WAN device); limits are not managed and remote streams pass unlimited");
         }
-        self.backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string());
-        if let Err(e) = &self.backup {
+        self.limits.reconfigure(&cfg.main.state_dir);
+        if let Some(e) = self.limits.error() {
             error!("{e}; Jellyfin limits are not managed until it is fixed");
         }
         self.webhook = match cfg.publish.webhook_url.as_deref() {
@@ -490,22 +489,23 @@ impl Daemon {
 
     /// After a crash or a kill -9, users may still carry limits from the last run: put every
     /// backed-up original back before managing anything. Limits only matter when playback
-    /// starts, so this costs running streams nothing.
+    /// starts, so this costs running streams nothing. Users that cannot be reached now are
+    /// retried every tick until every original is back.
     pub fn recover(&mut self) {
-        if self.dry() {
+        let pending = self.limits.pending();
+        if pending == 0 {
             return;
         }
-        let pending = match &self.backup {
-            Ok(b) if !b.is_empty() => b.entries(),
-            _ => return,
+        info!("restoring {pending} original limit(s) left by a previous run");
+        let Some(server) = self.server.as_mut() else {
+            warn!("no Jellyfin server configured: the original limits stay in the backup");
+            return;
         };
-        info!(
-            "restoring {} original limit(s) left by a previous run",
-            pending.len()
-        );
-        for (uid, _) in pending {
-            self.restore_user(&uid, true);
+        let problems = self.limits.restore_all(server.as_mut(), true);
+        for p in &problems {
+            warn!("{p}");
         }
+        self.limit_errors = problems.into_iter().collect();
     }
 
     /// One observe → decide → act round.
@@ -585,12 +585,12 @@ impl Daemon {
         }
         if self.capacity_bps.is_none() {
             errors.push(
-                "uplink capacity unknown: set bandwidth.upload_mbps or enable SQM on the WAN device"
+                "uplink capacity unknown: set bandwidth.upload_mbps or enable SQM on the WAN device (until then nothing is limited)"
                     .into(),
             );
         }
-        if let Err(e) = &self.backup {
-            errors.push(e.clone());
+        if let Some(e) = self.limits.error() {
+            errors.push(e.to_string());
         }
         if let Some(e) = &self.shaper_error {
             errors.push(e.clone());
@@ -694,6 +694,8 @@ impl Daemon {
                     if let Ok(info) = s.system_info() {
                         self.server_version = info.version.clone();
                     }
+                    // It may be another server now (restored from a backup, reinstalled).
+                    self.limits.server_changed();
                 }
                 info!(
                     "Jellyfin reachable (version {})",
@@ -792,10 +794,9 @@ impl Daemon {
 
     fn act(&mut self, plan: &Plan, seen: &[Seen], errors: &mut Vec<String>) {
         let dry = self.dry();
-        if plan.managing && self.cfg.jellyfin.manage_limits {
-            if !plan.user_limits.is_empty() || !plan.restore_users.is_empty() {
-                self.apply_limits(plan, errors);
-            }
+        let managing = plan.managing && self.cfg.jellyfin.manage_limits;
+        self.limits_step(plan, managing, errors);
+        if managing {
             for r in &plan.restarts {
                 let Some(s) = seen.iter().find(|s| s.session.id == r.session_id) else {
                     continue;
@@ -814,135 +815,52 @@ impl Daemon {
         self.reconcile_shaper(errors);
     }
 
-    fn apply_limits(&mut self, plan: &Plan, errors: &mut Vec<String>) {
+    /// Jellyfin limits: the plan's when they are managed; and every backed-up original the
+    /// daemon no longer manages goes back — users who stopped long enough ago, entries left by
+    /// a crash, and all of them when limits are not managed any more (dry run, manage_limits
+    /// off, capacity lost).
+    fn limits_step(&mut self, plan: &Plan, managing: bool, errors: &mut Vec<String>) {
         let dry = self.dry();
+        let now = self.now();
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        let users = match server.users() {
-            Ok(u) => u,
-            Err(e) => {
-                errors.push(format!("cannot read Jellyfin users: {e}"));
-                return;
+        let mut errs = Vec::new();
+        let mut managed = BTreeSet::new();
+        if managing {
+            let wants: Vec<limits::Want> = plan
+                .user_limits
+                .iter()
+                .map(|u| limits::Want {
+                    user_id: u.user_id.clone(),
+                    user_name: u.user_name.clone(),
+                    limit_bps: u.limit_bps,
+                })
+                .collect();
+            let changes = self.limits.apply(server.as_mut(), &wants, dry, &mut errs);
+            if !dry {
+                // Users who streamed a moment ago keep their limit until decide lets go.
+                managed.extend(self.state.users_seen.keys().cloned());
+                managed.extend(wants.into_iter().map(|w| w.user_id));
             }
-        };
-        let by_id: HashMap<&str, &jellyfin::User> =
-            users.iter().map(|u| (u.id.as_str(), u)).collect();
-        let Ok(backup) = self.backup.as_mut() else {
-            return;
-        };
-        for want in &plan.user_limits {
-            let Some(user) = by_id.get(want.user_id.as_str()) else {
-                continue;
-            };
-            // Jellyfin stores an int32; `as i64` would turn a huge figure into "no limit".
-            let desired = i64::try_from(want.limit_bps)
-                .unwrap_or(MAX_LIMIT)
-                .min(MAX_LIMIT);
-            let current = user.remote_limit;
-            if dry {
-                if current != desired {
-                    info!(
-                        "[dry run] would set {}'s remote limit to {:.1} Mbit/s (now {})",
-                        user.name,
-                        desired as f64 / 1e6,
-                        fmt_limit(current)
-                    );
-                }
-                continue;
-            }
-            match (backup.get(&want.user_id), self.applied.get(&want.user_id)) {
-                (None, _) => {
-                    // Save the original durably before the first change, or change nothing.
-                    if let Err(e) = backup.set_original(&want.user_id, &user.name, current) {
-                        errors.push(format!("cannot save {}'s original limit: {e}", user.name));
-                        continue;
-                    }
-                }
-                (Some(_), Some(&mine)) if mine != current => {
-                    info!(
-                        "{}'s limit was changed by hand to {}; that is now the original to restore",
-                        user.name,
-                        fmt_limit(current)
-                    );
-                    if let Err(e) = backup.set_original(&want.user_id, &user.name, current) {
-                        errors.push(format!("cannot save {}'s original limit: {e}", user.name));
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-            if current == desired {
-                self.applied.insert(want.user_id.clone(), desired);
-                continue;
-            }
-            match server.set_policy(&want.user_id, &user.policy_with_limit(desired)) {
-                Ok(()) => {
-                    info!(
-                        "{}: remote limit {} -> {:.1} Mbit/s",
-                        user.name,
-                        fmt_limit(current),
-                        desired as f64 / 1e6
-                    );
-                    self.applied.insert(want.user_id.clone(), desired);
-                    if let Some(w) = self.webhook.as_mut() {
-                        w.notify(Event::LimitChanged {
-                            user: user.name.clone(),
-                            old_bps: current.max(0) as u64,
-                            new_bps: desired as u64,
-                        });
-                    }
-                }
-                Err(e) => errors.push(format!("cannot set {}'s limit: {e}", user.name)),
+            for c in changes {
+                self.notify(Event::LimitChanged {
+                    user: c.user,
+                    old_bps: c.old_bps.max(0) as u64,
+                    new_bps: c.new_bps.max(0) as u64,
+                });
             }
         }
-        for uid in &plan.restore_users {
-            self.restore_user(uid, false);
+        if let Some(server) = self.server.as_mut() {
+            self.limits
+                .restore_unmanaged(server.as_mut(), &managed, now, &mut errs);
         }
-    }
-
-    /// Puts one user's original limit back, unless an admin changed it meanwhile (then the
-    /// admin's value stays). Returns false when the server could not be asked.
-    fn restore_user(&mut self, uid: &str, after_crash: bool) -> bool {
-        let Some(server) = self.server.as_mut() else {
-            return false;
-        };
-        let Ok(backup) = self.backup.as_mut() else {
-            return false;
-        };
-        let Some(entry) = backup.get(uid).cloned() else {
-            return true;
-        };
-        let user = match server.user(uid) {
-            Ok(u) => u,
-            Err(jellyfin::Error::NotFound) => {
-                let _ = backup.remove(uid);
-                return true;
-            }
-            Err(e) => {
-                warn!(
-                    "cannot restore {}'s limit now ({e}); will retry",
-                    entry.name
-                );
-                return false;
-            }
-        };
-        let mine = self.applied.get(uid).copied();
-        let ours = after_crash || mine == Some(user.remote_limit) || mine.is_none();
-        if ours && user.remote_limit != entry.original {
-            if let Err(e) = server.set_policy(uid, &user.policy_with_limit(entry.original)) {
-                warn!("cannot restore {}'s limit ({e}); will retry", entry.name);
-                return false;
-            }
-            info!(
-                "{}: original remote limit {} restored",
-                entry.name,
-                fmt_limit(entry.original)
-            );
+        let now_set: BTreeSet<String> = errs.iter().cloned().collect();
+        for e in now_set.difference(&self.limit_errors) {
+            warn!("{e}");
         }
-        let _ = backup.remove(uid);
-        self.applied.remove(uid);
-        true
+        self.limit_errors = now_set;
+        errors.extend(errs);
     }
 
     fn restart(&mut self, s: &Session, limit_bps: u64) {
@@ -1024,7 +942,9 @@ impl Daemon {
             newcomer_bps: (self.cfg.bandwidth.min_stream_mbps * 1e6).round() as u64,
             internal: self.cfg.network.internal.clone(),
             viewers,
-            enforce: self.cfg.shaping.enabled,
+            // Only a plan that divided a known capacity may cap anything: before the first
+            // such plan (capacity unknown, Jellyfin not heard from yet) the classes only count.
+            enforce: self.cfg.shaping.enabled && self.last_plan.managing,
         };
         match sh.reconcile(&spec) {
             Ok(()) => {
@@ -1313,8 +1233,7 @@ impl Daemon {
                     .session
                     .user_id
                     .as_ref()
-                    .and_then(|u| self.applied.get(u))
-                    .copied()
+                    .and_then(|u| self.limits.limit_of(u))
                     .unwrap_or(0)
                     .max(0) as u64;
                 StreamStatus {
@@ -1347,11 +1266,21 @@ impl Daemon {
             })
             .collect();
         streams.sort_by(|a, b| b.external.cmp(&a.external).then(a.user.cmp(&b.user)));
+        let managing_reason = status::unmanaged_reason(
+            self.capacity_bps.is_some(),
+            plan.managing,
+            self.dry(),
+            self.last_logged_error
+                .as_deref()
+                .or(self.server_error.as_deref()),
+        );
         let st = Status {
             version: status::STATUS_VERSION,
             updated: unix_now(),
             interval: self.cfg.main.interval,
             dry_run: self.dry(),
+            managing: managing_reason.is_none(),
+            managing_reason,
             jellyfin: status::JellyfinStatus {
                 reachable: self.reachable == Some(true),
                 server_version: self.server_version.clone(),
@@ -1415,30 +1344,34 @@ impl Daemon {
             }
         }
         if self.presence.asleep() {
-            info!("the media server is asleep: the original limits stay in the backup for the next start or `jellydemon restore`");
-        } else if !self.dry() {
+            if self.limits.pending() > 0 {
+                info!("the media server is asleep: the original limits stay in the backup for the next start or `jellydemon restore`");
+            }
+        } else if self.limits.pending() > 0 {
             // Everything within SHUTDOWN_BUDGET of SIGTERM (DESIGN.md: 5 s; procd kills at
             // the init script's term_timeout). The running client keeps the server's address:
             // no name lookup now. Each user takes two calls, so each gets half of what is left.
+            // Dry run too: these are originals the daemon changed before.
             if self.server.is_none() {
                 self.server = server_for(&self.cfg, Duration::from_secs(2)).ok();
             }
-            let pending = match &self.backup {
-                Ok(b) => b.entries(),
-                Err(_) => Vec::new(),
-            };
-            for (uid, _) in pending {
+            for uid in self.limits.pending_users() {
                 let left = deadline.saturating_duration_since(Instant::now()) / 2;
                 if left < Duration::from_millis(100) {
                     warn!("no time left to restore the remaining original limits: they stay in the backup for `jellydemon restore` or the next start");
                     break;
                 }
-                if let Some(s) = self.server.as_mut() {
-                    s.set_timeout(left.min(Duration::from_secs(2)));
-                }
-                if !self.restore_user(&uid, false) {
-                    warn!("Jellyfin unreachable: the remaining original limits stay in the backup for `jellydemon restore` or the next start");
+                let Some(server) = self.server.as_mut() else {
+                    warn!("no Jellyfin server configured: the original limits stay in the backup");
                     break;
+                };
+                server.set_timeout(left.min(Duration::from_secs(2)));
+                if let Err(e) = self.limits.restore_user(server.as_mut(), &uid) {
+                    warn!("{e}");
+                    if e.server_away {
+                        warn!("Jellyfin unreachable: the remaining original limits stay in the backup for `jellydemon restore` or the next start");
+                        break;
+                    }
                 }
             }
         }
@@ -1647,14 +1580,6 @@ impl Daemon {
     }
 }
 
-fn fmt_limit(bps: i64) -> String {
-    if bps <= 0 {
-        "none".into()
-    } else {
-        format!("{:.1} Mbit/s", bps as f64 / 1e6)
-    }
-}
-
 /// The daemon: runs until SIGTERM/SIGINT (then cleans up), or one tick with `once`.
 ///
 /// Between ticks the loop waits on the signals (and, without a wake thread, on new
@@ -1763,36 +1688,21 @@ pub fn restore_all(cfg: &Config) -> Result<(), String> {
     if let Err(e) = sh.remove() {
         problems.push(format!("shaping state: {e}"));
     }
-    let mut backup = Backup::load(&cfg.main.state_dir).map_err(|e| e.to_string())?;
-    if backup.is_empty() {
+    let mut lim = Limits::load(&cfg.main.state_dir);
+    if let Some(e) = lim.error() {
+        return Err(e.to_string());
+    }
+    let before = lim.pending();
+    if before == 0 {
         crate::say("no backed-up limits to restore\n");
     } else {
         let mut server = server_for(cfg, Duration::from_secs(cfg.jellyfin.timeout as u64))?;
-        for (uid, entry) in backup.entries() {
-            let user = match server.user(&uid) {
-                Ok(u) => u,
-                Err(jellyfin::Error::NotFound) => {
-                    let _ = backup.remove(&uid);
-                    continue;
-                }
-                Err(e) => {
-                    problems.push(format!("{}: {e}", entry.name));
-                    continue;
-                }
-            };
-            if user.remote_limit != entry.original {
-                if let Err(e) = server.set_policy(&uid, &user.policy_with_limit(entry.original)) {
-                    problems.push(format!("{}: {e}", entry.name));
-                    continue;
-                }
-            }
-            crate::say(&format!(
-                "{}: remote limit {} restored\n",
-                entry.name,
-                fmt_limit(entry.original)
-            ));
-            backup.remove(&uid).map_err(|e| e.to_string())?;
-        }
+        // A server that is away would cost one timeout per user: stop at the first.
+        problems.extend(lim.restore_all(server.as_mut(), true));
+        crate::say(&format!(
+            "{} of {before} original limit(s) restored\n",
+            before - lim.pending()
+        ));
     }
     if problems.is_empty() {
         Ok(())

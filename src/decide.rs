@@ -3,7 +3,7 @@
 //! class. No I/O here; everything is plain data so it can be tested exhaustively.
 
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// Limits are rounded down to this step so tiny measurement noise never rewrites a policy.
@@ -12,14 +12,27 @@ pub const LIMIT_STEP_BPS: u64 = 100_000;
 pub const RAISE_MIN_PCT: u64 = 10;
 /// A raise must hold for this many consecutive ticks before it is applied.
 pub const RAISE_HOLD_TICKS: u32 = 3;
-/// A stream whose bitrate exceeds its new limit by more than this renegotiates.
-pub const EXCEED_TOLERANCE_PCT: u64 = 5;
+/// A stream whose bitrate exceeds its new limit by more than this renegotiates. Up to it the
+/// stream still fits its share with headers (a limit is the share less `LIMIT_HEADROOM_PCT`:
+/// 1.08 × 1.06 < 1.15), only with less room to refill: a small cut costs no restart, and the
+/// restart that `restart_min_interval` allows is kept for a change that needs it.
+pub const EXCEED_TOLERANCE_PCT: u64 = 8;
 /// A transcode renegotiates upward only when the limit is this much above its bitrate.
 pub const UPGRADE_FACTOR_PCT: u64 = 150;
 /// An uplink running at this share of its capacity is saturated.
 pub const SATURATED_PCT: u64 = 97;
 /// Users who stopped streaming get their original limit back after this long.
 pub const RESTORE_AFTER_S: f64 = 300.0;
+/// A stream's Jellyfin limit is its share less this much. Shares, classes and the budget
+/// count bytes on the wire; Jellyfin's limit is a media bitrate. The difference carries
+/// TCP/IP and Ethernet headers (about 5 % of a full-size packet) and leaves about 10 % so a
+/// player refills its buffer (the prefill after a start, seek or restart) while the stream
+/// plays on. More room refills faster but lets bigger segment bursts through the class. A stream whose class is exactly its media bitrate receives about 95 % of what it
+/// plays and drains its buffer until it stalls.
+pub const LIMIT_HEADROOM_PCT: u64 = 15;
+/// What a stream needs at the least on the wire, in percent of its media bitrate: the media
+/// plus headers, with no room to refill its buffer.
+pub const CRITICAL_PCT: u64 = 106;
 
 /// How the budget is divided: the configuration's own enum (`bandwidth.algorithm`).
 pub use crate::config::Algorithm;
@@ -101,7 +114,16 @@ pub struct StreamMemory {
     pub negotiated_limit_bps: Option<u64>,
     /// Monotonic second the session was last seen playing.
     pub last_seen: f64,
+    /// Consecutive ticks after a restart that the stream stayed above its new limit.
+    pub over_limit_ticks: u32,
+    /// The client plays above its limit even after a restart (a direct-play client that
+    /// ignores the server's cap): restarting it again only interrupts it.
+    pub ignores_limit: bool,
 }
+
+/// Ticks after a restart a stream may still report its old bitrate before it counts as a
+/// client that ignores limits (the session list can lag the new playback by a tick).
+pub const IGNORES_LIMIT_TICKS: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct State {
@@ -125,6 +147,8 @@ pub struct UserLimit {
     pub limit_bps: u64,
 }
 
+/// One viewer's class. `rate_bps` 0 means counting only: the class must not cap (the plan
+/// then has `managing` false).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewerShare {
     pub ip: IpAddr,
@@ -251,6 +275,77 @@ fn round_down(bps: u64) -> u64 {
     (bps / LIMIT_STEP_BPS) * LIMIT_STEP_BPS
 }
 
+/// Claims of streams that cannot renegotiate now (`needs[i]` > 0: no remote control, a
+/// client that ignores limits, or a restart too recent to repeat) become exactly what their
+/// stream needs: no more (it cannot use more; the rest goes to the others) and, as far as the
+/// budget goes after every other stream's minimum, no less (the router must not starve a
+/// player that cannot be told to slow down).
+///
+/// When the needs do not all fit: if an equal fraction of each extra need still covers every
+/// stream's bare need (media plus headers, `CRITICAL_PCT`), each gets that fraction; otherwise
+/// the smallest needs are met in full first, so as few players as possible run dry.
+pub fn with_floors(budget: u64, base: &[Claim], needs: &[u64]) -> Vec<Claim> {
+    let need = |c: &Claim, n: u64| n.clamp(c.min, c.max.max(c.min));
+    let extra: Vec<u64> = base
+        .iter()
+        .zip(needs)
+        .map(|(c, &n)| if n == 0 { 0 } else { need(c, n) - c.min })
+        .collect();
+    let wanted: u64 = extra.iter().fold(0, |a, e| a.saturating_add(*e));
+    let mins: u64 = base.iter().fold(0, |a, c| a.saturating_add(c.min));
+    let room = budget.saturating_sub(mins);
+    let granted: Vec<u64> = if wanted <= room {
+        extra.clone()
+    } else {
+        let fair: Vec<u64> = extra
+            .iter()
+            .map(|&e| (e as u128 * room as u128 / wanted.max(1) as u128) as u64)
+            .collect();
+        let enough = base.iter().zip(needs).zip(&fair).all(|((c, &n), &f)| {
+            n == 0
+                || pct_ge(
+                    c.min.saturating_add(f),
+                    100 + LIMIT_HEADROOM_PCT,
+                    need(c, n),
+                    CRITICAL_PCT,
+                )
+        });
+        if enough {
+            fair
+        } else {
+            let mut order: Vec<usize> = (0..extra.len()).filter(|&i| extra[i] > 0).collect();
+            order.sort_by_key(|&i| (extra[i], i));
+            let mut left = room;
+            let mut g = vec![0; extra.len()];
+            for i in order {
+                g[i] = extra[i].min(left);
+                left -= g[i];
+            }
+            g
+        }
+    };
+    base.iter()
+        .zip(needs)
+        .zip(&granted)
+        .map(|((c, &n), &g)| {
+            if n == 0 {
+                *c
+            } else {
+                Claim {
+                    weight: c.weight,
+                    min: c.min.saturating_add(g),
+                    max: need(c, n),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The Jellyfin limit (media bitrate) that fits a share (wire rate) with headroom.
+pub fn limit_for_share(share_bps: u64) -> u64 {
+    round_down(share_bps.saturating_mul(100) / (100 + LIMIT_HEADROOM_PCT)).max(LIMIT_STEP_BPS)
+}
+
 /// The decision for one tick. Pure: the same inputs give the same plan and memory.
 pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
     let mut plan = Plan::default();
@@ -295,9 +390,23 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
     next.last_other_bps = Some(other_now);
 
     let Some(capacity) = policy.capacity_bps else {
-        // Without a capacity nothing can be divided; remember users so they are restored.
+        // Without a capacity nothing can be divided, and a guess would throttle viewers for
+        // nothing: every remote viewer gets a counting-only class (rate 0 = no cap), so the
+        // per-viewer figures go on. Users are remembered so they are still restored.
         next.users_seen = prev.users_seen.clone();
         next.last_other_bps = Some(other_now);
+        let ips: BTreeSet<IpAddr> = competing
+            .iter()
+            .filter_map(|s| s.remote_ip.map(canonical))
+            .collect();
+        plan.viewers = ips
+            .into_iter()
+            .map(|ip| ViewerShare {
+                ip,
+                rate_bps: 0,
+                ceil_bps: 0,
+            })
+            .collect();
         return (plan, next);
     };
     plan.managing = true;
@@ -322,7 +431,7 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
     )
     .saturating_sub(exempt_bps);
 
-    let claims: Vec<Claim> = competing
+    let base: Vec<Claim> = competing
         .iter()
         .map(|s| {
             let rule = policy.rule(&s.user_name);
@@ -345,13 +454,43 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             Claim { weight, min, max }
         })
         .collect();
-    let targets = max_min_fair(limit_budget, &claims);
-    let fast = max_min_fair(plan.budget_bps, &claims);
+    // What a stream that cannot renegotiate now needs so it does not drain its player: a
+    // share whose limit is its current bitrate.
+    let needs: Vec<u64> = competing
+        .iter()
+        .map(|s| {
+            let mem = prev.streams.get(&s.session_id);
+            let stuck = !s.paused
+                && (!policy.restart_playback
+                    || !s.supports_remote_control
+                    || mem.is_some_and(|m| {
+                        m.ignores_limit
+                            || m.last_restart
+                                .is_some_and(|t| input.now - t < policy.restart_min_interval_s)
+                    }));
+            match (stuck, s.stream_bps) {
+                (true, Some(bps)) => bps.saturating_mul(100 + LIMIT_HEADROOM_PCT) / 100,
+                _ => 0,
+            }
+        })
+        .collect();
+    let claims = |budget: u64| with_floors(budget, &base, &needs);
+    let claims_limit = claims(limit_budget);
+    let claims_fast = claims(plan.budget_bps);
+    let targets = max_min_fair(limit_budget, &claims_limit);
+    let fast = max_min_fair(plan.budget_bps, &claims_fast);
+    let claims = claims_limit;
 
     let mut per_user: BTreeMap<&str, (String, u64)> = BTreeMap::new();
     let mut per_ip: BTreeMap<IpAddr, u64> = BTreeMap::new();
     let mut fast_share: HashMap<&str, u64> = HashMap::new();
-    for (((s, &target), claim), &fast) in competing.iter().zip(&targets).zip(&claims).zip(&fast) {
+    for ((((s, &target), claim), &fast), fast_claim) in competing
+        .iter()
+        .zip(&targets)
+        .zip(&claims)
+        .zip(&fast)
+        .zip(&claims_fast)
+    {
         let target = round_down(target).max(claim.min).max(LIMIT_STEP_BPS);
         let mut mem = prev.streams.get(&s.session_id).cloned().unwrap_or_default();
         let fresh = mem.applied_bps == 0;
@@ -383,14 +522,26 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         let e = per_user
             .entry(s.user_id.as_str())
             .or_insert((s.user_name.clone(), u64::MAX));
-        e.1 = e.1.min(share);
+        e.1 = e.1.min(limit_for_share(share));
         if let Some(ip) = s.remote_ip {
             // The class never grants more than the Jellyfin share, and drops at once with
             // this tick's budget.
-            let rate = share.min(round_down(fast).max(claim.min));
+            let rate = share.min(round_down(fast).max(fast_claim.min));
             fast_share.insert(s.session_id.as_str(), rate);
+            // Nor more than the stream can use (its bitrate with the limit's headroom): a
+            // transcoder sends segments at whatever its class allows, and a 12 Mbit/s stream
+            // bursting at a 16 Mbit/s share fills the modem's queue the moment the household
+            // sends too. What the class does not take stays free for the household.
+            let class = match s.stream_bps {
+                Some(bps) if !s.paused => rate.min(
+                    bps.saturating_mul(100 + LIMIT_HEADROOM_PCT)
+                        .div_ceil(100)
+                        .max(fast_claim.min),
+                ),
+                _ => rate,
+            };
             let v = per_ip.entry(canonical(ip)).or_insert(0);
-            *v = v.saturating_add(rate);
+            *v = v.saturating_add(class);
         }
         next.streams.insert(s.session_id.clone(), mem);
     }
@@ -434,12 +585,26 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
         if !policy.restart_playback || s.paused || !s.supports_remote_control {
             continue;
         }
+        let Some(rate) = s.stream_bps else { continue };
+        // A client still above the limit it renegotiated for ignores limits: the router holds
+        // it, restarts would only interrupt it.
+        let above = |lim: u64| !pct_ge(lim, 100 + EXCEED_TOLERANCE_PCT, rate, 100);
+        if mem.last_restart.is_some() && mem.negotiated_limit_bps.is_some_and(above) {
+            mem.over_limit_ticks += 1;
+            if mem.over_limit_ticks >= IGNORES_LIMIT_TICKS {
+                mem.ignores_limit = true;
+            }
+        } else {
+            mem.over_limit_ticks = 0;
+        }
+        if mem.ignores_limit {
+            continue;
+        }
         if let Some(last) = mem.last_restart {
             if input.now - last < policy.restart_min_interval_s {
                 continue;
             }
         }
-        let Some(rate) = s.stream_bps else { continue };
         let reason = if !pct_ge(limit, 100 + EXCEED_TOLERANCE_PCT, rate, 100) {
             Some(RestartReason::Exceeds)
         } else if s.transcoding
@@ -459,13 +624,14 @@ pub fn decide(prev: &State, input: &Input, policy: &Policy) -> (Plan, State) {
             // A restart is costly, so renegotiate for where the budget is now, not for where
             // the confirmed figure still lags: a household upload that is still ramping up
             // would otherwise leave the new stream above its class and stalling.
-            let limit = match reason {
-                RestartReason::Exceeds => fast_share
-                    .get(s.session_id.as_str())
-                    .map_or(limit, |f| limit.min(*f)),
-                RestartReason::Upgrade => limit,
+            let fast = fast_share.get(s.session_id.as_str()).copied();
+            let limit = match (reason, fast) {
+                (RestartReason::Exceeds, Some(f)) => limit.min(limit_for_share(f)),
+                _ => limit,
             };
-            mem.applied_bps = mem.applied_bps.min(limit);
+            if let (RestartReason::Exceeds, Some(f)) = (reason, fast) {
+                mem.applied_bps = mem.applied_bps.min(f);
+            }
             mem.last_restart = Some(input.now);
             mem.restarts = mem.restarts.saturating_add(1);
             mem.negotiated_limit_bps = Some(limit);
@@ -507,6 +673,11 @@ mod tests {
     use proptest::prelude::*;
 
     const M: u64 = 1_000_000;
+
+    /// The Jellyfin limit of a share: the share less the headroom, rounded down.
+    fn lim(share: u64) -> u64 {
+        limit_for_share(share)
+    }
 
     /// Ordinary figures, the edges of Jellyfin's int32 and of u64.
     fn extreme() -> impl Strategy<Value = u64> {
@@ -677,9 +848,12 @@ mod tests {
         assert!(plan.managing);
         assert_eq!(plan.budget_bps, 16 * M);
         assert_eq!(plan.user_limits.len(), 1);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         assert_eq!(plan.viewers[0].ip, "203.0.113.7".parse::<IpAddr>().unwrap());
-        assert_eq!(plan.viewers[0].ceil_bps, 16 * M * 115 / 100);
+        // The whole budget is hers to renegotiate for, but her class carries only what her
+        // 4 Mbit/s stream can use (with the limit's headroom): its bursts stay small.
+        assert_eq!(plan.viewers[0].rate_bps, 4_600_000);
+        assert_eq!(plan.viewers[0].ceil_bps, 4_600_000 * 115 / 100);
         assert!(
             plan.restarts.is_empty(),
             "a 4 Mbit stream under a 16 Mbit limit stays"
@@ -719,7 +893,174 @@ mod tests {
             &policy(),
         );
         let limits: Vec<u64> = plan.user_limits.iter().map(|u| u.limit_bps).collect();
-        assert_eq!(limits, vec![8 * M, 8 * M]);
+        assert_eq!(limits, vec![lim(8 * M), lim(8 * M)]);
+    }
+
+    #[test]
+    fn every_limit_leaves_room_for_headers_and_a_refill() {
+        for share in (1..=400).map(|i| i * 250_000) {
+            let l = lim(share);
+            // Headers (~5 %) plus a refill margin (~5 % or more) fit inside the class.
+            assert!(l * 110 <= share * 100, "share {share} limit {l}");
+            // And no more is given away than the headroom and the rounding step.
+            assert!(l * (100 + LIMIT_HEADROOM_PCT) + LIMIT_STEP_BPS * 115 >= share * 100);
+        }
+        assert_eq!(
+            lim(0),
+            LIMIT_STEP_BPS,
+            "a limit is never 0 (0 means none in Jellyfin)"
+        );
+    }
+
+    #[test]
+    fn a_stream_as_fast_as_its_class_renegotiates_to_fit_it() {
+        // Two 8 Mbit/s transcodes, budget 16: classes of 8 each would carry only about 7.6 of
+        // media (headers) and the players would drain. Both renegotiate below their class.
+        let streams = vec![
+            stream("s1", "alice", "203.0.113.7", 8 * M),
+            stream("s2", "bob", "198.51.100.9", 8 * M),
+        ];
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 16 * M, 16 * M, streams),
+            &policy(),
+        );
+        assert_eq!(plan.restarts.len(), 2);
+        for (r, v) in plan.restarts.iter().zip(&plan.viewers) {
+            assert_eq!(r.reason, RestartReason::Exceeds);
+            assert_eq!(v.rate_bps, 8 * M);
+            assert!(r.limit_bps * 110 <= v.rate_bps * 100, "{r:?} in {v:?}");
+        }
+    }
+
+    #[test]
+    fn floors_for_streams_that_cannot_slow_down_fit_the_budget() {
+        let c = Claim {
+            weight: 1.0,
+            min: M,
+            max: 10 * M,
+        };
+        let bounds =
+            |out: Vec<Claim>| -> Vec<(u64, u64)> { out.iter().map(|c| (c.min, c.max)).collect() };
+        // Room for every need: the claims are the needs (within [min, max]); the flexible
+        // stream keeps its own bounds.
+        let out = with_floors(16 * M, &[c, c, c], &[0, 5 * M, 30 * M]);
+        assert_eq!(
+            bounds(out),
+            vec![(M, 10 * M), (5 * M, 5 * M), (10 * M, 10 * M)]
+        );
+        // A little short (needs 8 + 8, room 15 after the flexible minimum): both get the same
+        // fraction, still above their bare need.
+        let out = with_floors(16 * M, &[c, c, c], &[0, 8 * M, 8 * M]);
+        assert_eq!(
+            bounds(out),
+            vec![(M, 10 * M), (7_500_000, 8 * M), (7_500_000, 8 * M)]
+        );
+        // Far short (needs 5 + 10, room 6): the smaller need is met in full, the larger gets
+        // the rest; the flexible stream keeps its minimum.
+        let out = with_floors(9 * M, &[c, c, c], &[0, 5 * M, 30 * M]);
+        assert_eq!(
+            bounds(out),
+            vec![(M, 10 * M), (5 * M, 5 * M), (3 * M, 10 * M)]
+        );
+        // A budget below the minimums adds nothing to the floors.
+        let out = with_floors(2 * M, &[c, c, c], &[0, 5 * M, 9 * M]);
+        assert_eq!(bounds(out), vec![(M, 10 * M), (M, 5 * M), (M, 9 * M)]);
+    }
+
+    #[test]
+    fn a_stream_that_cannot_be_restarted_keeps_a_class_it_fits_in() {
+        // bob's client has no remote control and plays 6 Mbit/s: an equal split of 12 would
+        // give him 6 on the wire, about 5.7 of media: he would drain. He keeps 6.9.
+        let mut bob = stream("s2", "bob", "198.51.100.9", 6 * M);
+        bob.supports_remote_control = false;
+        let streams = vec![stream("s1", "alice", "203.0.113.7", 4 * M), bob];
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 16 * M, 10 * M, streams),
+            &policy(),
+        );
+        // other 6 → budget 12.
+        assert_eq!(plan.budget_bps, 12 * M);
+        let rates: Vec<u64> = plan.viewers.iter().map(|v| v.rate_bps).collect();
+        // Viewers come sorted by address: bob (198.51…) first.
+        // alice's share is the other 5.1; her 4 Mbit/s stream's class is what it uses, 4.6.
+        assert_eq!(plan.shares[0].bps, 12 * M - 6_900_000);
+        assert_eq!(rates, vec![6_900_000, 4_600_000]);
+        assert!(plan.restarts.is_empty());
+    }
+
+    #[test]
+    fn what_a_fixed_stream_cannot_use_goes_to_the_others() {
+        // bob's client (no remote control) plays 4 Mbit/s whatever happens: he needs 4.6 on
+        // the wire, not half the budget. alice gets the other 11.4 and her 8 Mbit/s transcode
+        // fits without a restart.
+        let mut bob = stream("s2", "bob", "198.51.100.9", 4 * M);
+        bob.supports_remote_control = false;
+        let alice = stream("s1", "alice", "203.0.113.7", 8 * M);
+        let (plan, _) = decide(
+            &State::default(),
+            &input(0.0, 12 * M, 12 * M, vec![alice, bob]),
+            &policy(),
+        );
+        assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
+        assert_eq!(plan.shares[0].bps, 11_400_000);
+        // Her class: what her 8 Mbit/s stream uses, with the headroom (9.2 of the 11.4).
+        let rates: Vec<u64> = plan.viewers.iter().map(|v| v.rate_bps).collect();
+        assert_eq!(rates, vec![4_600_000, 9_200_000]);
+    }
+
+    #[test]
+    fn a_restarted_stream_is_not_starved_while_it_may_not_restart_again() {
+        // restart_min_interval 600: alice and bob renegotiated at 6.9 when they met. dave
+        // joins 10 s later: an equal third (5.3) would leave their streams above their classes
+        // for ten minutes. They keep as much of their need (7.9) as the budget allows after
+        // dave's minimum; dave, who can still renegotiate, gets the minimum.
+        let p = policy();
+        let a = stream("s1", "alice", "203.0.113.7", 8 * M);
+        let b = stream("s2", "bob", "198.51.100.9", 8 * M);
+        let (plan, st) = decide(
+            &State::default(),
+            &input(0.0, 16 * M, 16 * M, vec![a.clone(), b.clone()]),
+            &p,
+        );
+        assert_eq!(plan.restarts.len(), 2);
+        let a = stream("s1", "alice", "203.0.113.7", lim(8 * M));
+        let b = stream("s2", "bob", "198.51.100.9", lim(8 * M));
+        let d = stream("s3", "dave", "198.51.100.10", 8 * M);
+        let (plan, _) = decide(&st, &input(10.0, 14 * M, 14 * M, vec![a, b, d]), &p);
+        assert!(plan.restarts.iter().all(|r| r.session_id == "s3"));
+        let rates: BTreeMap<IpAddr, u64> =
+            plan.viewers.iter().map(|v| (v.ip, v.rate_bps)).collect();
+        let rate = |ip: &str| rates[&ip.parse::<IpAddr>().unwrap()];
+        // 16 − 1 for dave = 15, shared by the two equal needs: 7.5 each.
+        assert_eq!(rate("203.0.113.7"), 7_500_000);
+        assert_eq!(rate("198.51.100.9"), 7_500_000);
+        assert_eq!(rate("198.51.100.10"), M);
+        assert!(rates.values().sum::<u64>() <= plan.budget_bps);
+    }
+
+    #[test]
+    fn a_client_that_ignores_limits_is_restarted_once_then_held_by_the_router() {
+        let mut p = policy();
+        p.restart_min_interval_s = 20.0;
+        // A direct-play client of a 12 Mbit/s file with remote control; household at 10.
+        let s = vec![stream("s1", "alice", "203.0.113.7", 12 * M)];
+        let mut st = State::default();
+        let mut restarts = 0;
+        for t in 0..60 {
+            let (plan, n) = decide(&st, &input(t as f64 * 2.0, 22 * M, 12 * M, s.clone()), &p);
+            restarts += plan.restarts.len();
+            st = n;
+        }
+        assert_eq!(restarts, 1, "one restart, then never again");
+        assert!(st.streams["s1"].ignores_limit);
+        // Not restarted, still held: the class is this tick's budget (a saturated uplink: 6),
+        // never above, whatever the stream needs.
+        let (plan, _) = decide(&st, &input(200.0, 22 * M, 12 * M, s), &p);
+        assert_eq!(plan.budget_bps, 6 * M);
+        assert_eq!(plan.viewers[0].rate_bps, 6 * M);
+        assert!(plan.restarts.is_empty());
     }
 
     #[test]
@@ -734,21 +1075,22 @@ mod tests {
             &input(0.0, 8 * M, 8 * M, streams.clone()),
             &p,
         );
-        assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M));
         assert!(plan.restarts.is_empty());
         // The household starts a 10 Mbit/s upload: the router's classes follow at once...
         let (plan, st) = decide(&st, &input(5.0, 18 * M, 8 * M, streams.clone()), &p);
         assert_eq!(plan.budget_bps, 8 * M);
         let rates: Vec<u64> = plan.viewers.iter().map(|v| v.rate_bps).collect();
-        assert_eq!(rates, vec![4 * M, 4 * M]);
+        // bob (198.51…) plays 2 Mbit/s: his class is what he uses, 2.3.
+        assert_eq!(rates, vec![2_300_000, 4 * M]);
         // ...but one tick is not trusted enough to change Jellyfin limits or restart anyone.
-        assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M));
         assert!(plan.restarts.is_empty());
         // ...the second confirms it: budget 18 - 10 = 8, 4 each.
         let (plan, _) = decide(&st, &input(6.0, 18 * M, 8 * M, streams), &p);
         assert_eq!(plan.budget_bps, 8 * M);
         let limits: Vec<u64> = plan.user_limits.iter().map(|u| u.limit_bps).collect();
-        assert_eq!(limits, vec![4 * M, 4 * M]);
+        assert_eq!(limits, vec![lim(4 * M), lim(4 * M)]);
         assert_eq!(plan.restarts.len(), 1);
         assert_eq!(plan.restarts[0].session_id, "s1");
         assert_eq!(plan.restarts[0].reason, RestartReason::Exceeds);
@@ -810,20 +1152,20 @@ mod tests {
         let s = vec![stream("s1", "alice", "203.0.113.7", 3 * M)];
         // other = 10 → budget 8.
         let (plan, st) = decide(&State::default(), &input(0.0, 13 * M, 3 * M, s.clone()), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M));
         // other drops to 0 → budget 16, but it must hold for RAISE_HOLD_TICKS ticks.
         let mut st = st;
         for tick in 1..RAISE_HOLD_TICKS {
             let (plan, n) = decide(&st, &input(tick as f64, 3 * M, 3 * M, s.clone()), &p);
-            assert_eq!(plan.user_limits[0].limit_bps, 8 * M, "tick {tick}");
+            assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M), "tick {tick}");
             st = n;
         }
         let (plan, st) = decide(&st, &input(9.0, 3 * M, 3 * M, s.clone()), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         // A fall applies as soon as it is confirmed by a second sample.
         let (_, st) = decide(&st, &input(10.0, 15 * M, 3 * M, s.clone()), &p);
         let (plan, _) = decide(&st, &input(11.0, 15 * M, 3 * M, s), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 6 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(6 * M));
     }
 
     #[test]
@@ -835,7 +1177,11 @@ mod tests {
         let pattern = [3, 13, 13, 3, 13, 13, 3, 13, 13];
         for (i, w) in pattern.iter().enumerate() {
             let (plan, n) = decide(&st, &input(i as f64 + 1.0, w * M, 3 * M, s.clone()), &p);
-            assert_eq!(plan.user_limits[0].limit_bps, 8 * M, "no flapping at {i}");
+            assert_eq!(
+                plan.user_limits[0].limit_bps,
+                lim(8 * M),
+                "no flapping at {i}"
+            );
             st = n;
         }
     }
@@ -866,21 +1212,21 @@ mod tests {
     #[test]
     fn a_restart_renegotiates_for_the_current_budget() {
         let p = policy();
-        let s = vec![stream("s1", "alice", "203.0.113.7", 14 * M)];
+        let s = vec![stream("s1", "alice", "203.0.113.7", 13 * M)];
         let (_, st) = decide(
             &State::default(),
-            &input(0.0, 14 * M, 14 * M, s.clone()),
+            &input(0.0, 13 * M, 13 * M, s.clone()),
             &p,
         );
         // A household upload ramping up: 6 then 12 Mbit/s of other traffic.
-        let (plan, st) = decide(&st, &input(1.0, 20 * M, 14 * M, s.clone()), &p);
+        let (plan, st) = decide(&st, &input(1.0, 19 * M, 13 * M, s.clone()), &p);
         assert!(plan.restarts.is_empty(), "not confirmed yet");
-        let (plan, _) = decide(&st, &input(2.0, 26 * M, 14 * M, s), &p);
-        // Confirmed other 6 → limit 12 < 14: restart. This tick's other is 12 on a saturated
+        let (plan, _) = decide(&st, &input(2.0, 25 * M, 13 * M, s), &p);
+        // Confirmed other 6 → share 12, limit 10 < 13: restart. This tick's other is 12 on a saturated
         // uplink (+2 headroom) → budget 4, which is what the stream renegotiates for.
         assert_eq!(plan.restarts.len(), 1);
-        assert_eq!(plan.restarts[0].limit_bps, 4 * M);
-        assert_eq!(plan.user_limits[0].limit_bps, 4 * M);
+        assert_eq!(plan.restarts[0].limit_bps, lim(4 * M));
+        assert_eq!(plan.user_limits[0].limit_bps, lim(4 * M));
         assert_eq!(plan.viewers[0].rate_bps, 4 * M);
     }
 
@@ -911,12 +1257,12 @@ mod tests {
         let p = policy();
         let s = vec![stream("s1", "alice", "203.0.113.7", 3 * M)];
         let (plan, st) = decide(&State::default(), &input(0.0, 3 * M, 3 * M, s.clone()), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         // A burst misattributed to "other" for one tick...
         let (plan, st) = decide(&st, &input(1.0, 20 * M, 3 * M, s.clone()), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         let (plan, _) = decide(&st, &input(2.0, 3 * M, 3 * M, s), &p);
-        assert_eq!(plan.user_limits[0].limit_bps, 16 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(16 * M));
         assert!(plan.restarts.is_empty());
     }
 
@@ -928,7 +1274,7 @@ mod tests {
         for i in 1..10 {
             // Budget 8.5 vs applied 8: under 10 %, never applied.
             let (plan, n) = decide(&st, &input(i as f64, 12_500_000, 3 * M, s.clone()), &p);
-            assert_eq!(plan.user_limits[0].limit_bps, 8 * M);
+            assert_eq!(plan.user_limits[0].limit_bps, lim(8 * M));
             st = n;
         }
     }
@@ -946,7 +1292,7 @@ mod tests {
             &p,
         );
         assert_eq!(plan.user_limits.len(), 1);
-        assert_eq!(plan.user_limits[0].limit_bps, 2 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(2 * M));
         assert_eq!(plan.viewers.len(), 1, "one address, one class");
         assert_eq!(plan.viewers[0].rate_bps, 12 * M);
     }
@@ -1036,7 +1382,7 @@ mod tests {
         );
         assert_eq!(plan.user_limits.len(), 1);
         assert_eq!(plan.user_limits[0].user_name, "bob");
-        assert_eq!(plan.user_limits[0].limit_bps, 10 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(10 * M));
     }
 
     #[test]
@@ -1050,7 +1396,60 @@ mod tests {
         );
         assert!(!plan.managing);
         assert!(plan.user_limits.is_empty());
-        assert!(plan.viewers.is_empty());
+        assert!(plan.restarts.is_empty());
+        assert_eq!(plan.budget_bps, 0);
+        // The viewer still gets a class, to count its bytes, but one without a cap.
+        assert_eq!(
+            plan.viewers,
+            vec![ViewerShare {
+                ip: "203.0.113.7".parse().unwrap(),
+                rate_bps: 0,
+                ceil_bps: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_capacity_never_limits_whatever_the_load() {
+        // Two 8 Mbit/s remote streams, a busy uplink, over many ticks: never a limit, a
+        // restart or a capped class while nothing says how big the uplink is.
+        let mut p = policy();
+        p.capacity_bps = None;
+        let streams = vec![
+            stream("s1", "alice", "203.0.113.7", 8 * M),
+            stream("s2", "bob", "::ffff:198.51.100.9", 8 * M),
+            stream("s3", "carol", "192.168.1.20", 8 * M),
+        ];
+        let mut st = State::default();
+        for t in 0..20 {
+            let (plan, n) = decide(
+                &st,
+                &input(t as f64, (16 + t) * M, 16 * M, streams.clone()),
+                &p,
+            );
+            assert!(!plan.managing);
+            assert!(plan.user_limits.is_empty() && plan.restarts.is_empty());
+            assert!(plan.shares.is_empty());
+            assert_eq!(
+                plan.viewers.len(),
+                2,
+                "one counting class per remote viewer"
+            );
+            assert!(plan
+                .viewers
+                .iter()
+                .all(|v| v.rate_bps == 0 && v.ceil_bps == 0));
+            assert!(plan
+                .viewers
+                .iter()
+                .any(|v| v.ip == "198.51.100.9".parse::<IpAddr>().unwrap()));
+            st = n;
+        }
+        // Once the capacity is known, the same streams are managed from the first tick.
+        let (plan, _) = decide(&st, &input(20.0, 16 * M, 16 * M, streams), &policy());
+        assert!(plan.managing);
+        assert_eq!(plan.viewers.len(), 2);
+        assert!(plan.viewers.iter().all(|v| v.rate_bps == 8 * M));
     }
 
     #[test]
@@ -1072,15 +1471,16 @@ mod tests {
     #[test]
     fn upgrade_restart_when_much_more_is_available() {
         let p = policy();
-        let mut s = stream("s1", "alice", "203.0.113.7", 4 * M);
+        // A transcode at what its share's limit allows.
+        let mut s = stream("s1", "alice", "203.0.113.7", lim(4 * M));
         s.source_bps = Some(15 * M);
-        // Congested: budget 4 → limit 4 recorded as negotiated.
+        // Congested: budget 4 → its limit recorded as negotiated.
         let (plan, mut st) = decide(
             &State::default(),
             &input(0.0, 18 * M, 4 * M, vec![s.clone()]),
             &p,
         );
-        assert_eq!(plan.user_limits[0].limit_bps, 4 * M);
+        assert_eq!(plan.user_limits[0].limit_bps, lim(4 * M));
         assert!(plan.restarts.is_empty());
         let mut restarted = 0;
         for t in 1..=5 {

@@ -4,7 +4,9 @@
 //! the server, a pure core decides, adapters act. Modules are named for those concepts.
 
 pub mod backup;
+pub mod capacity;
 pub mod check;
+pub mod child;
 pub mod config;
 pub mod conntrack;
 pub mod daemon;
@@ -13,6 +15,7 @@ pub mod decimal;
 pub mod firewall;
 pub mod http;
 pub mod jellyfin;
+pub mod limits;
 pub mod monitor;
 pub mod neigh;
 pub mod netifd;
@@ -84,11 +87,17 @@ pub mod fuzzing {
         }
     }
 
-    /// Kernel netlink replies: rtnetlink acknowledgements and ctnetlink conntrack messages.
+    /// Kernel netlink replies: rtnetlink acknowledgements, traffic-control dumps (qdiscs,
+    /// classes, filters) and ctnetlink conntrack messages.
     pub fn netlink(data: &[u8]) {
-        let _ = crate::shaper::netlink::find_ack(data, 1);
+        use crate::shaper::netlink as tc;
+        let _ = tc::find_ack(data, 1);
+        let name = |i: u32| format!("if{i}");
         crate::conntrack::for_each_msg(data, |_, _, _, payload| {
             let _ = crate::conntrack::parse_ct_msg(payload);
+            let _ = tc::decode_qdisc(payload, 1);
+            let _ = tc::decode_class(payload);
+            let _ = tc::decode_filter(payload, &name);
         });
         let _ = crate::conntrack::parse_ct_msg(data);
         let _ = crate::neigh::parse_dump(data, &mut Vec::new());

@@ -40,7 +40,7 @@ enum Verb {
 /// original limit and remove all shaping; SIGHUP reloads the configuration.
 #[argh(subcommand, name = "run")]
 struct Run {
-    /// decide and log what would change, change nothing
+    /// decide and log what would change, change nothing (originals left in the backup are put back)
     #[argh(switch)]
     dry_run: bool,
     /// run one tick and exit, leaving what it applied in place (`restore` undoes it)
@@ -63,7 +63,7 @@ struct StatusCmd {
     /// print the raw status.json
     #[argh(switch)]
     json: bool,
-    /// refresh every N seconds until interrupted
+    /// refresh every N seconds until interrupted (Ctrl-C)
     #[argh(option)]
     watch: Option<u64>,
 }
@@ -79,7 +79,8 @@ struct Restore {}
 struct Wake {}
 
 #[derive(FromArgs)]
-/// Print the configuration as parsed, exactly as `uci show jellydemon` would.
+/// Print the configuration as parsed, exactly as `uci show jellydemon` would, also when a
+/// value is invalid for jellydemon (reported on stderr). Exit 1 only on a parse error.
 #[argh(subcommand, name = "config")]
 struct ConfigCmd {
     /// print every setting the daemon uses, defaults included, with its source

@@ -12,7 +12,6 @@
 //! runs in tests without it.
 
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -137,27 +136,40 @@ impl Netifd for Ubus {
         if !valid_name(name) {
             return Err(format!("'{name}' is not a netifd interface name"));
         }
-        // `-t`: ubus's own timeout (30 s by default) would stall the tick on a stuck ubusd.
-        let out = Command::new("ubus")
-            .args([
-                "-t",
-                "3",
-                "call",
-                &format!("network.interface.{name}"),
-                "status",
-            ])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run ubus ({e})"))?;
-        if !out.status.success() {
-            // ubus exits 4 (UBUS_STATUS_NOT_FOUND) for an unknown object.
-            return Ok(None);
-        }
-        parse_status(&out.stdout)
-            .map(Some)
-            .ok_or_else(|| format!("ubus gave no interface status for '{name}'"))
+        status_with("ubus", name, UBUS_DEADLINE)
     }
+}
+
+/// How long the whole `ubus` run may take, whatever hangs (ubusd, the socket, ubus itself):
+/// beyond its own `-t 3`, so a stuck child is killed rather than waited for.
+const UBUS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn status_with(
+    ubus: &str,
+    name: &str,
+    limit: std::time::Duration,
+) -> Result<Option<InterfaceStatus>, String> {
+    // `-t`: ubus's own timeout (30 s by default) would stall the tick on a stuck ubusd.
+    let (ok, stdout, _) = crate::child::run(
+        ubus,
+        &[
+            "-t",
+            "3",
+            "call",
+            &format!("network.interface.{name}"),
+            "status",
+        ],
+        None,
+        limit,
+    )
+    .map_err(|e| format!("cannot run ubus ({e})"))?;
+    if !ok {
+        // ubus exits 4 (UBUS_STATUS_NOT_FOUND) for an unknown object.
+        return Ok(None);
+    }
+    parse_status(stdout.as_bytes())
+        .map(Some)
+        .ok_or_else(|| format!("ubus gave no interface status for '{name}'"))
 }
 
 /// The device behind interface `name`; `setting` names the option that would set it directly
@@ -299,6 +311,33 @@ impl LinkWatch {
 
 #[cfg(test)]
 mod tests {
+    /// A stuck ubus (ubusd hung, or the call never answered) must not stop the daemon: the
+    /// whole run has a deadline. A script that sleeps stands in for it.
+    #[test]
+    fn a_stuck_ubus_is_killed_at_the_deadline() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("jd-ubus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("ubus");
+        std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let t0 = std::time::Instant::now();
+        let r = super::status_with(
+            fake.to_str().unwrap(),
+            "wan",
+            std::time::Duration::from_millis(300),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = r.unwrap_err();
+        assert!(e.contains("ubus"), "{e}");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
     use super::*;
     use std::collections::HashMap;
 

@@ -166,6 +166,12 @@ pub fn render_table(st: &Status) -> String {
         (true, false, None) => "inactive".to_string(),
     };
     let _ = writeln!(out, "Shaping       {shaping}");
+    let control = match (st.managing, &st.managing_reason) {
+        (true, _) => "managing: limits and classes follow the spare upload".to_string(),
+        (false, Some(r)) => format!("NOT managing: {}", clean(r)),
+        (false, None) => "NOT managing".to_string(),
+    };
+    let _ = writeln!(out, "Control       {control}");
 
     let streams = ordered(st);
     let external: Vec<_> = streams.iter().filter(|s| s.external).collect();
@@ -422,6 +428,11 @@ pub fn render_prometheus(st: &Status) -> String {
         "jellydemon_budget_bits_per_second",
         "Upload shared among external streams this tick.",
         st.budget_bps,
+    );
+    p.gauge(
+        "jellydemon_managing",
+        "1 when the daemon divides a known uplink and enforces it; 0 while remote streams pass unlimited.",
+        u64::from(st.managing),
     );
     p.gauge(
         "jellydemon_shaping_active",
@@ -1126,5 +1137,23 @@ mod tests {
             line,
             "  203.0.113.7  transcode  alice  [3.31, 4.11, 4.34 Mbps]  limit 5.0  movie: Name"
         );
+    }
+
+    #[test]
+    fn table_and_metrics_say_whether_the_daemon_manages() {
+        let mut st = Status {
+            managing_reason: Some("uplink capacity unknown: remote streams pass unlimited".into()),
+            ..Default::default()
+        };
+        let t = render_table(&st);
+        assert!(
+            t.contains("Control       NOT managing: uplink capacity unknown"),
+            "{t}"
+        );
+        assert!(render_prometheus(&st).contains("\njellydemon_managing 0\n"));
+        st.managing = true;
+        st.managing_reason = None;
+        assert!(render_table(&st).contains("Control       managing"));
+        assert!(render_prometheus(&st).contains("\njellydemon_managing 1\n"));
     }
 }

@@ -5,7 +5,8 @@
 //! device, and shaped there by an HTB tree. See the README, "Router-side shaping", for the layout and handles.
 //!
 //! [`plan`] is the pure part (desired + parsed actual state → tc commands); [`TcShaper`] is the
-//! thin adapter that reads the kernel state with `tc ... show`, applies the plan with
+//! thin adapter that reads the kernel state over rtnetlink (so a steady-state tick starts no
+//! process; `tc ... show` is the fallback when rtnetlink fails), applies the plan with
 //! `tc -batch -` and manages the ifb device over rtnetlink.
 
 pub(crate) mod netlink;
@@ -14,11 +15,11 @@ pub mod plan;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr};
-use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use parse::{Class, Filter, Qdisc};
 use plan::{Actual, Leaf};
 
 /// One viewer's class: its public address and limits in bit/s.
@@ -137,6 +138,9 @@ pub struct Capabilities {
     pub mirred: bool,
     /// Why tc or the ifb test failed, when it did.
     pub detail: Option<String>,
+    /// Why listing the scratch tree over rtnetlink failed (then every tick runs `tc`); `None`
+    /// when it worked or was not tried.
+    pub netlink_error: Option<String>,
 }
 
 impl Capabilities {
@@ -178,163 +182,15 @@ impl Capabilities {
 const TC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a program with an argument vector (never a shell), feeding `input`, with a time limit.
-fn run(path: &str, args: &[&str], input: Option<&str>) -> std::io::Result<(bool, String, String)> {
-    run_within(path, args, input, TC_TIMEOUT)
-}
-
-/// Most bytes kept of a tc's stdout or stderr (`tc -s class show` of every class is a few KiB).
-const TC_OUTPUT_LIMIT: usize = 4 * 1024 * 1024;
-
-/// [`run`] with a deadline that covers everything: writing the script, reading the output and
-/// the exit. One poll loop on non-blocking pipes, so a tc that stops reading its script or
-/// keeps its output open cannot block the daemon, and no thread has to be started.
-fn run_within(
+/// `started` counts the processes started.
+fn run(
     path: &str,
     args: &[&str],
     input: Option<&str>,
-    limit: Duration,
+    started: &AtomicU32,
 ) -> std::io::Result<(bool, String, String)> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-
-    let deadline = Instant::now() + limit;
-    let mut child = Command::new(path)
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stdin = child.stdin.take();
-    let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
-    let mut stdout = child.stdout.take().map(|p| file(p.into()));
-    let mut stderr = child.stderr.take().map(|p| file(p.into()));
-    let input = input.unwrap_or("").as_bytes();
-    let mut written = 0;
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let timed_out = || {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("{path} did not finish within {} s", limit.as_secs_f32()),
-        )
-    };
-    let set_nonblocking = |fd: std::os::fd::BorrowedFd<'_>| -> std::io::Result<()> {
-        use nix::fcntl::{fcntl, FcntlArg, OFlag};
-        let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-        Ok(())
-    };
-    let setup = (|| {
-        if let Some(p) = &stdin {
-            set_nonblocking(p.as_fd())?;
-        }
-        if let Some(p) = &stdout {
-            set_nonblocking(p.as_fd())?;
-        }
-        if let Some(p) = &stderr {
-            set_nonblocking(p.as_fd())?;
-        }
-        Ok::<(), std::io::Error>(())
-    })();
-    let pumped: std::io::Result<()> = setup.and_then(|()| loop {
-        if written == input.len() {
-            // Closing stdin is tc's end of script.
-            stdin = None;
-        }
-        if stdin.is_none() && stdout.is_none() && stderr.is_none() {
-            break Ok(());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break Err(timed_out());
-        }
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
-        let (w, o, e) = {
-            let mut fds = Vec::with_capacity(3);
-            let mut slot = [None; 3];
-            if let Some(p) = &stdin {
-                slot[0] = Some(fds.len());
-                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLOUT));
-            }
-            if let Some(p) = &stdout {
-                slot[1] = Some(fds.len());
-                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-            }
-            if let Some(p) = &stderr {
-                slot[2] = Some(fds.len());
-                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-            }
-            match poll(
-                &mut fds,
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-            ) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => break Err(e.into()),
-            }
-            let ready = |i: Option<usize>| {
-                i.and_then(|i| fds[i].revents())
-                    .is_some_and(|r| !r.is_empty())
-            };
-            (ready(slot[0]), ready(slot[1]), ready(slot[2]))
-        };
-        if w {
-            if let Some(p) = stdin.as_mut() {
-                match p.write(&input[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    // tc may stop reading at the first failing line; a broken pipe is not our
-                    // error, and the rest of the script is moot.
-                    Err(_) => written = input.len(),
-                }
-            }
-        }
-        for (ready, pipe, buf) in [(o, &mut stdout, &mut out), (e, &mut stderr, &mut err)] {
-            if !ready {
-                continue;
-            }
-            if let Some(p) = pipe.as_mut() {
-                let mut chunk = [0u8; 8192];
-                match p.read(&mut chunk) {
-                    Ok(0) => *pipe = None,
-                    Ok(n) => {
-                        let room = TC_OUTPUT_LIMIT.saturating_sub(buf.len());
-                        buf.extend_from_slice(&chunk[..n.min(room)]);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => *pipe = None,
-                }
-            }
-        }
-    });
-    let status = match pumped {
-        Ok(()) => loop {
-            if let Some(s) = child.try_wait()? {
-                break Ok(s);
-            }
-            if Instant::now() >= deadline {
-                break Err(timed_out());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        },
-        Err(e) => Err(e),
-    };
-    match status {
-        Ok(s) => Ok((
-            s.success(),
-            String::from_utf8_lossy(&out).into_owned(),
-            String::from_utf8_lossy(&err).into_owned(),
-        )),
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(e)
-        }
-    }
+    started.fetch_add(1, Ordering::Relaxed);
+    crate::child::run(path, args, input, TC_TIMEOUT)
 }
 
 fn short(s: &str) -> String {
@@ -355,8 +211,12 @@ fn link_error(what: &str, e: std::io::Error) -> Error {
 
 /// Tests what shaping needs on a scratch ifb device (created and deleted again). Needs root.
 pub fn probe(tc_path: &str) -> Capabilities {
+    probe_counted(tc_path, &AtomicU32::new(0))
+}
+
+fn probe_counted(tc_path: &str, started: &AtomicU32) -> Capabilities {
     let mut caps = Capabilities::default();
-    match run(tc_path, &["-V"], None) {
+    match run(tc_path, &["-V"], None, started) {
         Ok((true, out, _)) => {
             caps.tc = true;
             caps.tc_version = Some(out.trim().to_string());
@@ -382,7 +242,7 @@ pub fn probe(tc_path: &str) -> Capabilities {
         return caps;
     }
     caps.ifb = true;
-    let ok = |args: &[&str]| matches!(run(tc_path, args, None), Ok((true, _, _)));
+    let ok = |args: &[&str]| matches!(run(tc_path, args, None, started), Ok((true, _, _)));
     caps.htb = ok(&["qdisc", "add", "dev", &dev, "root", "handle", "1:", "htb"]);
     if caps.htb {
         caps.fq_codel = ok(&[
@@ -404,23 +264,120 @@ pub fn probe(tc_path: &str) -> Capabilities {
             "u32", "0", "0", "at", "0", "action", "mirred", "egress", "redirect", "dev", &dev,
         ]);
     }
+    // The tree just built (htb, fq_codel, ingress, u32 with mirred) read back over rtnetlink
+    // as each tick reads its own.
+    if caps.htb {
+        let listed = netlink_listing(&dev, Part::Ifb)
+            .and_then(|_| netlink_listing(&dev, Part::LanIngress).map(|_| ()));
+        caps.netlink_error = listed.err().map(|e| e.to_string());
+    }
     let _ = netlink::delete_link(&dev);
     caps
 }
 
-/// The `tc`-driven [`Shaper`].
+/// Where the shaper reads the kernel's traffic-control state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// rtnetlink dumps: no process (the default); `tc` when a dump fails.
+    Netlink,
+    /// `tc ... show`, a process per listing.
+    Tc,
+}
+
+/// Which of a device's objects a listing holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The own ifb: qdiscs, the filters of the root htb, classes with their counters.
+    Ifb,
+    /// The LAN device: qdiscs and, when it has an ingress hook, the hook's filters.
+    LanIngress,
+}
+
+/// One device's traffic-control objects, as `tc ... show` prints them (see [`parse`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub qdiscs: Vec<Qdisc>,
+    pub classes: Vec<Class>,
+    pub filters: Vec<Filter>,
+}
+
+fn has_ingress_hook(qdiscs: &[Qdisc]) -> bool {
+    qdiscs
+        .iter()
+        .any(|q| (q.kind == "ingress" || q.kind == "clsact") && q.handle == "ffff:")
+}
+
+/// The listing over rtnetlink: one socket, one dump per object type.
+fn netlink_listing(dev: &str, part: Part) -> std::io::Result<Listing> {
+    let index = netlink::device_index(dev)?;
+    let mut nl = netlink::Lister::open()?;
+    let qdiscs = nl.qdiscs(index)?;
+    let mut l = Listing::default();
+    match part {
+        Part::Ifb => {
+            l.filters = nl.filters(index, u32::from(plan::ROOT_MAJOR) << 16)?;
+            l.classes = nl.classes(index)?;
+        }
+        Part::LanIngress if has_ingress_hook(&qdiscs) => {
+            l.filters = nl.filters(index, netlink::INGRESS_FILTERS)?;
+        }
+        Part::LanIngress => {}
+    }
+    l.qdiscs = qdiscs;
+    Ok(l)
+}
+
+/// A planned `class change` of an htb class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HtbChange {
+    dev: String,
+    parent: u32,
+    classid: u32,
+    rate_bps: u64,
+    ceil_bps: u64,
+    quantum: u32,
+}
+
+/// Reads a planner command back when it is exactly `class change dev D parent P classid C htb
+/// rate R ceil C quantum Q`; anything else (or any other wording) is left to tc.
+fn htb_change(c: &[String]) -> Option<HtbChange> {
+    let w: Vec<&str> = c.iter().map(String::as_str).collect();
+    let handle =
+        |s: &str| parse::parse_classid(s).map(|(maj, min)| u32::from(maj) << 16 | u32::from(min));
+    match w.as_slice() {
+        ["class", "change", "dev", dev, "parent", parent, "classid", classid, "htb", "rate", rate, "ceil", ceil, "quantum", quantum] => {
+            Some(HtbChange {
+                dev: dev.to_string(),
+                parent: handle(parent)?,
+                classid: handle(classid)?,
+                rate_bps: parse::parse_rate(rate)?,
+                ceil_bps: parse::parse_rate(ceil)?,
+                quantum: quantum.parse().ok()?,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The kernel's traffic control as the [`Shaper`]: read and share changes over rtnetlink,
+/// everything else with `tc`.
 #[derive(Debug)]
 pub struct TcShaper {
     ifb: String,
     tc: String,
+    reader: Reader,
+    /// Processes started so far (all `tc`): 0 per steady-state tick. 32 bits: mips has no
+    /// 64-bit atomics, and a count that wraps after 4 billion runs is still a fine counter.
+    started: AtomicU32,
+    /// A failed rtnetlink listing is logged once, not every tick.
+    netlink_warned: AtomicBool,
     /// Learnt once, on the first reconcile that finds everything needed.
     leaf: Option<Leaf>,
     /// The LAN device of the last reconcile, for `remove`.
     lan_device: Option<String>,
     /// The ifb's qdiscs, classes and filters as `counters` last read them. The reconcile that
-    /// follows in the same tick plans against them instead of running the same three `tc`
-    /// listings again (each `tc` run is a fork and exec: the bulk of a tick's CPU on a router),
-    /// and `jellyfin_bytes` right after `counters` reads its figure from them too.
+    /// follows in the same tick plans against them instead of listing them again, and
+    /// `jellyfin_bytes` right after `counters` reads its figure from them too.
     ifb_read: Option<(Instant, Actual)>,
 }
 
@@ -435,14 +392,80 @@ impl TcShaper {
         TcShaper {
             ifb: ifb_name.to_string(),
             tc: tc_path.to_string(),
+            reader: Reader::Netlink,
+            started: AtomicU32::new(0),
+            netlink_warned: AtomicBool::new(false),
             leaf: None,
             lan_device: None,
             ifb_read: None,
         }
     }
 
+    /// Reads the state with `reader` instead of the default (rtnetlink, tc as fallback).
+    pub fn with_reader(mut self, reader: Reader) -> Self {
+        self.reader = reader;
+        self
+    }
+
+    /// How many processes (`tc` runs) this shaper has started.
+    pub fn processes_started(&self) -> u64 {
+        u64::from(self.started.load(Ordering::Relaxed))
+    }
+
+    /// Lists `dev` with the given reader, without falling back to the other.
+    pub fn listing(&self, reader: Reader, dev: &str, part: Part) -> Result<Listing, Error> {
+        if !plan::valid_device_name(dev) {
+            return Err(Error::InvalidSpec(format!(
+                "invalid device name '{}'",
+                dev.escape_debug()
+            )));
+        }
+        match reader {
+            Reader::Netlink => netlink_listing(dev, part).map_err(|e| Error::Link {
+                what: format!("listing traffic control of {dev} over rtnetlink"),
+                detail: e.to_string(),
+            }),
+            Reader::Tc => self.tc_listing(dev, part),
+        }
+    }
+
+    /// rtnetlink first; `tc` when that fails.
+    fn read(&self, dev: &str, part: Part) -> Result<Listing, Error> {
+        if self.reader == Reader::Netlink {
+            match self.listing(Reader::Netlink, dev, part) {
+                Ok(l) => return Ok(l),
+                Err(e) => self.netlink_failed(&e),
+            }
+        }
+        self.listing(Reader::Tc, dev, part)
+    }
+
+    /// Logged once at warning level, then at debug level: the fallback works, only dearer.
+    fn netlink_failed(&self, e: &dyn fmt::Display) {
+        if self.netlink_warned.swap(true, Ordering::Relaxed) {
+            log::debug!("shaper: {e}; using tc instead");
+        } else {
+            log::warn!("shaper: {e}; using tc instead (each tc run is a process)");
+        }
+    }
+
+    /// Rate changes of existing classes (the common change: shares move) over rtnetlink.
+    fn netlink_changes(&self, changes: &[HtbChange]) -> std::io::Result<()> {
+        let clock = netlink::Psched::read()?;
+        for c in changes {
+            let options = netlink::htb_class_options(c.rate_bps, c.ceil_bps, c.quantum, &clock);
+            netlink::change_htb_class(
+                netlink::device_index(&c.dev)?,
+                c.parent,
+                c.classid,
+                &options,
+            )?;
+        }
+        Ok(())
+    }
+
     fn show(&self, args: &[&str]) -> Result<String, Error> {
-        match run(&self.tc, args, None) {
+        match run(&self.tc, args, None, &self.started) {
             Ok((true, out, _)) => Ok(out),
             Ok((false, out, err)) => Err(self.tc_error(&args.join(" "), &format!("{out}{err}"))),
             Err(e) => Err(self.spawn_error(&args.join(" "), e)),
@@ -472,55 +495,80 @@ impl TcShaper {
         }
     }
 
-    /// Reads the ifb's qdiscs, filters and classes (with statistics) in one `tc` run. The
-    /// classes come last: `Sent` lines of qdiscs and filters then precede every class line
-    /// and are not taken for a class's counter.
+    /// Reads the ifb's qdiscs, filters and classes with their counters.
     fn read_ifb(&self, a: &mut Actual) -> Result<(), Error> {
-        let ifb = self.ifb.as_str();
-        // The name goes into batch text split on whitespace and lines.
-        if !plan::valid_device_name(ifb) {
-            return Err(Error::InvalidSpec(format!(
-                "invalid ifb name '{}'",
-                ifb.escape_debug()
-            )));
-        }
-        let script = format!(
-            "qdisc show dev {ifb}\nfilter show dev {ifb} parent {:x}:\nclass show dev {ifb}\n",
-            plan::ROOT_MAJOR
-        );
-        let text = match run(&self.tc, &["-s", "-batch", "-"], Some(&script)) {
-            Ok((true, out, _)) => out,
-            Ok((false, out, err)) => {
-                return Err(self.tc_error("show (batch)", &format!("{out}{err}")))
-            }
-            Err(e) => return Err(self.spawn_error("show (batch)", e)),
-        };
-        a.ifb_qdiscs = parse::qdiscs(&text);
-        a.ifb_filters = parse::filters(&text);
-        a.ifb_classes = parse::classes(&text);
+        let l = self.read(&self.ifb, Part::Ifb)?;
+        a.ifb_qdiscs = l.qdiscs;
+        a.ifb_filters = l.filters;
+        a.ifb_classes = l.classes;
         Ok(())
     }
 
     fn read_lan(&self, lan: &str, a: &mut Actual) -> Result<(), Error> {
-        a.lan_qdiscs = parse::qdiscs(&self.show(&["qdisc", "show", "dev", lan])?);
-        let hook = a
-            .lan_qdiscs
-            .iter()
-            .any(|q| (q.kind == "ingress" || q.kind == "clsact") && q.handle == "ffff:");
-        a.lan_filters = if hook {
-            parse::filters(&self.show(&["filter", "show", "dev", lan, "ingress"])?)
-        } else {
-            Vec::new()
-        };
+        let l = self.read(lan, Part::LanIngress)?;
+        a.lan_qdiscs = l.qdiscs;
+        a.lan_filters = l.filters;
         Ok(())
     }
 
+    /// The listing with `tc`. The ifb's takes one run: the classes come last, so the `Sent`
+    /// lines of qdiscs and filters precede every class line and are not taken for a class's
+    /// counter.
+    fn tc_listing(&self, dev: &str, part: Part) -> Result<Listing, Error> {
+        let mut l = Listing::default();
+        match part {
+            Part::Ifb => {
+                let script = format!(
+                    "qdisc show dev {dev}\nfilter show dev {dev} parent {:x}:\nclass show dev {dev}\n",
+                    plan::ROOT_MAJOR
+                );
+                let text = match run(
+                    &self.tc,
+                    &["-s", "-batch", "-"],
+                    Some(&script),
+                    &self.started,
+                ) {
+                    Ok((true, out, _)) => out,
+                    Ok((false, out, err)) => {
+                        return Err(self.tc_error("show (batch)", &format!("{out}{err}")))
+                    }
+                    Err(e) => return Err(self.spawn_error("show (batch)", e)),
+                };
+                l.qdiscs = parse::qdiscs(&text);
+                l.filters = parse::filters(&text);
+                l.classes = parse::classes(&text);
+            }
+            Part::LanIngress => {
+                l.qdiscs = parse::qdiscs(&self.show(&["qdisc", "show", "dev", dev])?);
+                if has_ingress_hook(&l.qdiscs) {
+                    l.filters =
+                        parse::filters(&self.show(&["filter", "show", "dev", dev, "ingress"])?);
+                }
+            }
+        }
+        Ok(l)
+    }
+
+    /// Applies the planned commands: over rtnetlink when they are all rate changes of
+    /// existing htb classes, else (and when rtnetlink fails) in one `tc -batch`.
     fn batch(&self, cmds: &[plan::Cmd]) -> Result<(), Error> {
         if cmds.is_empty() {
             return Ok(());
         }
+        if self.reader == Reader::Netlink {
+            if let Some(changes) = cmds
+                .iter()
+                .map(|c| htb_change(c))
+                .collect::<Option<Vec<_>>>()
+            {
+                match self.netlink_changes(&changes) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => self.netlink_failed(&format!("changing classes over rtnetlink: {e}")),
+                }
+            }
+        }
         let text = plan::render(cmds);
-        match run(&self.tc, &["-batch", "-"], Some(&text)) {
+        match run(&self.tc, &["-batch", "-"], Some(&text), &self.started) {
             Ok((true, _, _)) => Ok(()),
             Ok((false, out, err)) => Err(self.tc_error("-batch", &format!("{out}{err}"))),
             Err(e) => Err(self.spawn_error("-batch", e)),
@@ -559,7 +607,7 @@ impl Shaper for TcShaper {
         let leaf = match self.leaf {
             Some(l) => l,
             None => {
-                let caps = probe(&self.tc);
+                let caps = probe_counted(&self.tc, &self.started);
                 if let Some(mut e) = caps.first_error() {
                     if let Error::NoTc { path, .. } = &mut e {
                         *path = self.tc.clone();
@@ -673,3 +721,44 @@ impl TcShaper {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod io_tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn class_changes_are_read_back_and_nothing_else() {
+        let c = htb_change(&words(
+            "class change dev jdshape0 parent 4a44:a classid 4a44:101 htb \
+             rate 3000000bit ceil 3450000bit quantum 37500",
+        ))
+        .expect("change");
+        assert_eq!(
+            c,
+            HtbChange {
+                dev: "jdshape0".into(),
+                parent: 0x4a44_000a,
+                classid: 0x4a44_0101,
+                rate_bps: 3_000_000,
+                ceil_bps: 3_450_000,
+                quantum: 37_500,
+            }
+        );
+        let head = "class change dev jdshape0 parent 4a44:a classid 4a44:101";
+        for other in [
+            "class add dev jdshape0 parent 4a44:a classid 4a44:101 htb rate 3000000bit ceil 3450000bit quantum 37500".to_string(),
+            format!("{head} htb rate 3000000bit ceil 3450000bit quantum 37500 prio 1"),
+            format!("{head} htb rate fast ceil 3450000bit quantum 37500"),
+            format!("{head} hfsc rate 3000000bit ceil 3450000bit quantum 37500"),
+            format!("{head} htb rate 3000000bit ceil 3450000bit quantum -1"),
+            "class del dev jdshape0 classid 4a44:101".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(htb_change(&words(&other)), None, "{other}");
+        }
+    }
+}

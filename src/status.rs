@@ -16,6 +16,11 @@ pub struct Status {
     pub updated: u64,
     pub interval: u32,
     pub dry_run: bool,
+    /// True when the daemon divides a known uplink and enforces the result; false while it
+    /// cannot (then remote streams pass unlimited and `managing_reason` says why).
+    pub managing: bool,
+    /// Why the daemon is not managing, one sentence; `None` while it is.
+    pub managing_reason: Option<String>,
     pub jellyfin: JellyfinStatus,
     pub wan: WanStatus,
     pub budget_bps: u64,
@@ -25,6 +30,34 @@ pub struct Status {
     pub network: NetworkStatus,
     /// Problems that need the user's attention now, one sentence each.
     pub errors: Vec<String>,
+}
+
+/// Why the daemon does not manage the uplink now, or `None` when it does. Pure, so the rule
+/// is tested: no capacity means no division and no cap; no plan yet (Jellyfin never answered)
+/// means nothing to enforce; a dry run changes nothing.
+pub fn unmanaged_reason(
+    capacity_known: bool,
+    decided: bool,
+    dry_run: bool,
+    jellyfin_error: Option<&str>,
+) -> Option<String> {
+    if !capacity_known {
+        return Some(
+            "uplink capacity unknown (set bandwidth.upload_mbps, configure SQM on the WAN device, \
+             or set bandwidth.capacity 'auto'): remote streams pass unlimited"
+                .into(),
+        );
+    }
+    if !decided {
+        return Some(match jellyfin_error {
+            Some(e) => format!("no answer from Jellyfin yet ({e}): remote streams pass unlimited"),
+            None => "waiting for Jellyfin's sessions: remote streams pass unlimited".into(),
+        });
+    }
+    if dry_run {
+        return Some("dry run: decisions are logged, nothing is changed".into());
+    }
+    None
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -141,6 +174,8 @@ impl Status {
             updated: v.at("updated").u64(),
             interval: v.at("interval").u32(),
             dry_run: v.at("dry_run").bool(),
+            managing: v.at("managing").bool(),
+            managing_reason: v.at("managing_reason").opt_string(),
             jellyfin: JellyfinStatus {
                 reachable: jf.at("reachable").bool(),
                 server_version: jf.at("server_version").opt_string(),
@@ -247,6 +282,38 @@ impl<'a> J<'a> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn managing_needs_a_capacity_a_plan_and_no_dry_run() {
+        assert_eq!(unmanaged_reason(true, true, false, None), None);
+        let r = unmanaged_reason(false, true, false, None).unwrap();
+        assert!(
+            r.contains("capacity unknown") && r.contains("unlimited"),
+            "{r}"
+        );
+        // The capacity is the first thing to fix, whatever else is wrong.
+        assert_eq!(unmanaged_reason(false, false, true, Some("x")), Some(r));
+        let r = unmanaged_reason(true, false, false, Some("connection refused")).unwrap();
+        assert!(
+            r.contains("connection refused") && r.contains("unlimited"),
+            "{r}"
+        );
+        assert!(unmanaged_reason(true, false, false, None)
+            .unwrap()
+            .contains("waiting"));
+        assert!(unmanaged_reason(true, true, true, None)
+            .unwrap()
+            .contains("dry run"));
+    }
+
+    #[test]
+    fn old_status_files_still_parse() {
+        // A file from before `managing` existed reads as not managing, with no reason.
+        let st: Status = serde_json::from_str(r#"{"version":1,"budget_bps":5}"#).unwrap();
+        assert!(!st.managing);
+        assert_eq!(st.managing_reason, None);
+        assert_eq!(st.budget_bps, 5);
+    }
+
     /// Every field set to something other than its default: the hand-written reader gives back
     /// exactly what was written. A field added to the status without adding it to `from_json`
     /// makes this fail.
@@ -257,6 +324,8 @@ mod tests {
             updated: 1_795_829_403,
             interval: 5,
             dry_run: true,
+            managing: true,
+            managing_reason: Some("r".into()),
             jellyfin: JellyfinStatus {
                 reachable: true,
                 server_version: Some("10.11.11".into()),

@@ -200,6 +200,10 @@ struct Parser<'a> {
     newlines: u32,
     /// The line buffer; its length is libuci's `bufsz`.
     buf: Vec<u8>,
+    /// libuci's `bufsz`: the size it would have allocated. Only a number here: it decides
+    /// where `fgets` chunks end, while `buf` grows only as far as bytes are written, since a
+    /// NUL byte mid-line doubles `bufsz` once per line (2^lines bytes in libuci).
+    bufsz: usize,
     buf_filled: usize,
     pos: usize,
     /// uci's line counter (newline-terminated reads only).
@@ -252,6 +256,7 @@ impl<'a> Parser<'a> {
             eof: false,
             newlines: 0,
             buf: vec![0; LINEBUF],
+            bufsz: LINEBUF,
             buf_filled: 0,
             pos: 0,
             line: 0,
@@ -296,8 +301,7 @@ impl<'a> Parser<'a> {
     }
 
     fn grow(&mut self) {
-        let n = self.buf.len() * 2;
-        self.buf.resize(n, 0);
+        self.bufsz = self.bufsz.saturating_mul(2);
     }
 
     /// stdio `fgets(&buf[ofs], n, stream)`; false when it returns NULL.
@@ -336,13 +340,13 @@ impl<'a> Parser<'a> {
 
     /// `uci_getln`: reads the next line into the buffer at `offset`.
     fn getln(&mut self, offset: usize) {
-        if offset + 1 >= self.buf.len() {
+        if offset + 1 >= self.bufsz {
             self.grow();
         }
         let mut ofs = offset;
         loop {
             self.set(ofs, 0);
-            let n = self.buf.len() - ofs;
+            let n = self.bufsz - ofs;
             if !self.fgets(ofs, n) || self.ch(ofs) == 0 {
                 return;
             }
@@ -735,6 +739,24 @@ mod tests {
             p.show("p"),
             "p.s=t\np.s.a='\u{fffd}\u{fffd}'\np.s.l='x\u{fffd}' 'it'\\''s'\n"
         );
+    }
+
+    /// libuci doubles its line buffer once per `fgets` chunk that does not end a line, and a
+    /// NUL byte mid-line makes every line such a chunk (`strlen` stops at the NUL): on a file of
+    /// a few hundred such lines uci would ask for 2^hundreds bytes. The size only decides where
+    /// `fgets` chunks end, so it is kept as a number and memory follows what is written.
+    #[test]
+    fn nul_bytes_on_many_lines_keep_memory_bounded() {
+        let mut src = b"config t 'n'\n\toption a \"".to_vec();
+        for _ in 0..300 {
+            src.extend_from_slice(b"x\0y\n");
+        }
+        src.extend_from_slice(b"\"\n");
+        let p = parse(&src).unwrap();
+        assert_eq!(p.show("p"), format!("p.n=t\np.n.a='{}'\n", "x".repeat(300)));
+        let mut p = Parser::new(&src);
+        let _ = p.run();
+        assert!(p.buf.len() <= 2 * src.len() + LINEBUF, "{}", p.buf.len());
     }
 
     fn perr(src: &[u8]) -> String {

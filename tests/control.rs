@@ -21,11 +21,12 @@ fn is_root() -> bool {
 }
 
 fn run(daemon: bool) -> Summary {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/scenarios/remote-viewers-household.json"
-    ))
-    .expect("scenario file");
+    run_file("remote-viewers-household", daemon)
+}
+
+fn run_file(name: &str, daemon: bool) -> Summary {
+    let path = format!("{}/tests/scenarios/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("scenario file");
     let sc = Scenario::parse(&text).expect("scenario");
     let opts = RunOptions {
         homenet: topology::homenet_exe().expect("homenet built (cargo build --examples)"),
@@ -92,4 +93,31 @@ fn jellydemon_keeps_every_control_goal_and_beats_the_baseline() {
         w + 20.0 < b,
         "household p95 with jellydemon {w:.1} ms vs without {b:.1} ms"
     );
+}
+
+/// The shipped configuration (no upload_mbps, no SQM, capacity not 'auto'): the daemon does
+/// not know the uplink and must not throttle. Before this was fixed, its tc tree capped all
+/// remote viewers together at 1 Mbit/s and two 8 Mbit/s streams stalled for most of a run.
+#[test]
+fn unknown_capacity_passes_remote_streams_unthrottled() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let s = run_file("unknown-capacity", true);
+    assert!(s.errors.is_empty(), "errors: {:?}", s.errors);
+    assert_eq!(s.daemon, Some(true), "the daemon ran and left cleanly");
+    assert_eq!(s.viewers.len(), 2);
+    for v in &s.viewers {
+        assert!(v.error.is_none(), "{}: {:?}", v.user, v.error);
+        assert_eq!((v.stalls, v.stall_ms), (0, 0), "{} stalled", v.user);
+        assert_eq!(v.restarts, 0, "{} was restarted", v.user);
+        // 8 Mbit/s of media: received at full rate, not at a guessed cap.
+        assert!(
+            v.avg_bps >= 7_200_000,
+            "{} got {} bit/s of an 8 Mbit/s stream",
+            v.user,
+            v.avg_bps
+        );
+    }
 }

@@ -163,6 +163,18 @@ impl Home {
         Home::with_timing(1, 2, extra)
     }
 
+    /// As `new`, with another emulator world.
+    fn with_world(extra: &str, world_json: &str) -> Home {
+        Home::build(
+            1,
+            2,
+            "config network 'network'\n\toption wan_device 'wan'\n\toption lan_device 'br-lan'\n",
+            extra,
+            None,
+            world_json,
+        )
+    }
+
     /// Like [`Home::new`] with the tick `interval` and the Jellyfin `timeout` (seconds).
     fn with_timing(interval: u32, timeout: u32, extra: &str) -> Home {
         Home::build(
@@ -171,6 +183,7 @@ impl Home {
             "config network 'network'\n\toption wan_device 'wan'\n\toption lan_device 'br-lan'\n",
             extra,
             None,
+            &world(),
         )
     }
 
@@ -184,6 +197,7 @@ impl Home {
             &format!("config network 'network'\n{extra}"),
             "",
             Some(server_ip6),
+            &world(),
         )
     }
 
@@ -193,6 +207,7 @@ impl Home {
         network: &str,
         extra: &str,
         openwrt: Option<bool>,
+        world_json: &str,
     ) -> Home {
         let net = HomeNet::up(&Options {
             viewers: 3,
@@ -206,7 +221,7 @@ impl Home {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("world.json"), world()).unwrap();
+        fs::write(dir.join("world.json"), world_json).unwrap();
         let cfg = dir.join("jellydemon");
         fs::write(
             &cfg,
@@ -368,11 +383,15 @@ impl Home {
     }
 
     fn fault(&self, mode: &str, delay_ms: u64) {
+        self.fault_in(mode, delay_ms, "api");
+    }
+
+    fn fault_in(&self, mode: &str, delay_ms: u64, scope: &str) {
         let (s, _) = ns_http(
             &self.net.router,
             "POST",
             "http://192.168.1.2:8096/_emu/fault",
-            Some(serde_json::json!({"mode": mode, "delay_ms": delay_ms})),
+            Some(serde_json::json!({"mode": mode, "delay_ms": delay_ms, "scope": scope})),
         )
         .expect("fault");
         assert!(s < 300);
@@ -525,9 +544,10 @@ fn external_stream_limited_within_one_tick_local_never() {
         "limit took {:?}",
         limited.duration_since(seen)
     );
-    // One external stream gets the whole budget: 20 × 0.9 − 2 = 16 Mbit/s (minus noise).
+    // One external stream gets the whole budget: 20 × 0.9 − 2 = 16 Mbit/s (minus noise) on
+    // the wire, so a Jellyfin limit 15 % lower (headers and refill room): 13.9.
     let l = h.limit(ALICE) as f64 / M;
-    assert!((14.0..=16.0).contains(&l), "alice limit {l}");
+    assert!((12.5..=14.0).contains(&l), "alice limit {l}");
     let st = wait_for(Duration::from_secs(10), "carol in the status", || {
         let st = h.status()?;
         stream(&st, "carol").is_some().then_some(st)
@@ -1430,6 +1450,312 @@ fn webhook_receives_the_events_of_a_stream() {
             .unwrap_or_else(|_| panic!("events so far: {seen:?}"));
         seen.push(v["event"].as_str().unwrap_or_default().to_string());
     }
+}
+
+/// The world of `world()` with `n` more accounts. A user object is ~2 KB on a real server
+/// and in the emulator: with 1,000 accounts `/Users` is 1.96 MB, above the daemon's 1 MiB
+/// answer limit, so a daemon that reads the whole list never limits anyone.
+fn world_with_accounts(n: usize) -> String {
+    let mut w: Value = serde_json::from_str(&world()).unwrap();
+    let users = w["users"].as_array_mut().unwrap();
+    for i in 0..n {
+        users.push(serde_json::json!({
+            "name": format!("account{i:04}"),
+            "id": format!("{:032x}", 0xacc0_0000_u64 + i as u64),
+            "remote_client_bitrate_limit": (i % 7) as i64 * 1_000_000,
+        }));
+    }
+    w.to_string()
+}
+
+/// The daemon's own requests in the emulator's log (method and path).
+fn daemon_requests(state: &Value) -> Vec<(u64, String)> {
+    state["requests"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|r| {
+                    r["caller"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("apikey:"))
+                })
+                .map(|r| {
+                    (
+                        r["t_ms"].as_u64().unwrap_or(0),
+                        format!(
+                            "{} {}",
+                            r["method"].as_str().unwrap_or(""),
+                            r["path"].as_str().unwrap_or("")
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn thousand_accounts_external_viewer_limited_within_one_tick_one_request_per_tick() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::with_world("", &world_with_accounts(1000));
+    h.start_daemon(&[]);
+    h.remote_viewer(0, "alice", ITEM6, "transcode");
+    let seen = wait_for(Duration::from_secs(15), "alice's session", || {
+        let st = h.emu_state();
+        st["sessions"]
+            .as_array()?
+            .iter()
+            .any(|s| s["user_name"] == "alice" && s["now_playing_item_id"].is_string())
+            .then(Instant::now)
+    });
+    let limited = wait_for(Duration::from_secs(10), "alice's limit", || {
+        (h.limit(ALICE) > 0).then(Instant::now)
+    });
+    assert!(
+        limited.duration_since(seen) <= Duration::from_millis(2500),
+        "limit took {:?}",
+        limited.duration_since(seen)
+    );
+    // Steady state: the limit holds, and each tick asks Jellyfin one thing, /Sessions.
+    let t0 = daemon_requests(&h.emu_state())
+        .last()
+        .map(|r| r.0)
+        .unwrap_or(0);
+    let until = Instant::now() + Duration::from_secs(4);
+    wait_for(Duration::from_secs(10), "four steady ticks", || {
+        (Instant::now() >= until).then_some(())
+    });
+    let all = daemon_requests(&h.emu_state());
+    assert!(
+        !all.iter().any(|(_, r)| r == "GET /Users"),
+        "the whole user list is never read: {all:?}"
+    );
+    let steady: Vec<&String> = all.iter().filter(|r| r.0 > t0).map(|r| &r.1).collect();
+    assert!(steady.len() >= 3, "{steady:?}");
+    assert!(
+        steady.iter().all(|r| r.as_str() == "GET /Sessions"),
+        "one request per steady tick: {steady:?}"
+    );
+    let st = h.status().unwrap();
+    assert!(
+        st["errors"].as_array().is_some_and(|e| e.is_empty()),
+        "{st:#}"
+    );
+}
+
+/// A tiny deterministic generator (xorshift64*), so a failing run can be repeated with its
+/// seed (`JD_CHAOS_SEED`).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Crash consistency: `kill -9` at random moments while viewers come and go and limits change,
+/// also while Jellyfin is slow or applies writes and answers after the daemon's timeout
+/// (reference/real-world.md). After each kill the backup must hold only true originals, and
+/// either `restore` or a new start follows; at the end every original must be back. The short
+/// run (10 kills) is part of `cargo test`; `make chaos` runs `JD_CHAOS_KILLS=100` or more.
+#[test]
+fn chaos_kill_9_at_random_moments_loses_no_original() {
+    if !need_root() {
+        return;
+    }
+    let kills: usize = std::env::var("JD_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("JD_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    eprintln!("chaos: {kills} kills, JD_CHAOS_SEED={seed}");
+    let mut rng = Rng(seed);
+    // The world's originals (world()): bob has his own 12 Mbit/s.
+    let originals = [
+        (ALICE, "alice", 0i64),
+        (BOB, "bob", 12_000_000),
+        (CAROL, "carol", 0),
+    ];
+    let mut h = Home::new("");
+    h.start_daemon(&[]);
+    let mut playing: [Option<u32>; 3] = [None; 3];
+    let items = [ITEM6, ITEM2, ITEM12];
+    let (mut restores, mut restarts, mut late_kills) = (0, 0, 0);
+    let backup = h.dir.join("state/original-limits.json");
+    for k in 0..kills {
+        // The server: fine, slow to answer (under and over jellyfin.timeout = 2 s), or
+        // applying writes at once and answering after the timeout — for everything, or for
+        // writes only (then the next ticks read the late-applied value back).
+        let (mode, delay, scope) = match rng.below(8) {
+            0 | 1 => ("none", 0, "api"),
+            2..=4 => ("late", 2500, "writes"),
+            5 => ("late", 2500, "api"),
+            6 => ("late", 1200, "api"),
+            _ => ("slow", 2500, "api"),
+        };
+        h.fault_in(mode, delay, scope);
+        // Viewers come and go (each change of who watches changes everyone's limit).
+        for _ in 0..=rng.below(2) {
+            let slot = rng.below(3) as usize;
+            match playing[slot].take() {
+                Some(pid) => {
+                    if let Some(i) = h.viewers.iter().position(|c| c.id() == pid) {
+                        let mut c = h.viewers.remove(i);
+                        HomeNet::stop(&mut c, Duration::from_secs(5));
+                    }
+                }
+                None => {
+                    let (_, user, _) = originals[slot];
+                    h.remote_viewer(slot, user, items[rng.below(3) as usize], "transcode");
+                    playing[slot] = h.viewers.last().map(|c| c.id());
+                }
+            }
+        }
+        // Long enough, at times, for a change, its timed-out write and the ticks after it.
+        std::thread::sleep(Duration::from_millis(rng.below(6000)));
+        let mut d = h.daemon.take().expect("daemon running");
+        d.kill().unwrap();
+        d.wait().unwrap();
+        if mode != "none" {
+            late_kills += 1;
+            // Requests of the killed process still in the emulator land within its delay.
+            std::thread::sleep(Duration::from_millis(delay + 200));
+        }
+        // The backup holds nothing but true originals.
+        if let Ok(text) = fs::read_to_string(&backup) {
+            let v: Value = serde_json::from_str(&text).expect("backup is valid JSON");
+            for (uid, e) in v["users"].as_object().into_iter().flatten() {
+                let want = originals.iter().find(|o| o.0 == uid).map(|o| o.2);
+                assert_eq!(
+                    e["original"].as_i64(),
+                    want,
+                    "kill {k}: {uid}'s original in the backup: {text}"
+                );
+            }
+        }
+        h.fault("none", 0);
+        if rng.below(2) == 0 {
+            restores += 1;
+            let (code, out) = h.jd(&["restore"]);
+            assert_eq!(code, 0, "kill {k}: {out}");
+            for (uid, name, orig) in originals {
+                assert_eq!(
+                    h.limit(uid),
+                    orig,
+                    "kill {k}: {name}'s original after restore: {out}"
+                );
+            }
+        } else {
+            restarts += 1;
+            if rng.below(2) == 0 {
+                // Recovery itself meets writes applied and answered after the timeout.
+                h.fault_in("late", 2500, "writes");
+            }
+        }
+        h.start_daemon(&[]);
+    }
+    // SIGTERM's time bound against a slow server is another test's subject.
+    h.fault("none", 0);
+    let posts = daemon_requests(&h.emu_state())
+        .iter()
+        .filter(|r| r.1.ends_with("/Policy"))
+        .count();
+    for mut v in h.viewers.drain(..) {
+        HomeNet::stop(&mut v, Duration::from_secs(5));
+    }
+    let mut d = h.daemon.take().unwrap();
+    assert!(
+        HomeNet::stop(&mut d, Duration::from_secs(5)),
+        "exit on SIGTERM"
+    );
+    for (uid, name, orig) in originals {
+        assert_eq!(h.limit(uid), orig, "{name}'s original at the end");
+    }
+    eprintln!(
+        "chaos: {kills} kills ({late_kills} during slow or late answers), {restores} followed by restore, \
+         {restarts} by a new start; policy writes in the last log window: {posts}; 0 lost originals"
+    );
+}
+
+#[test]
+fn reload_moves_the_backup_and_restores_when_limits_are_no_longer_managed() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::new("");
+    h.start_daemon(&[]);
+    h.remote_viewer(0, "bob", ITEM2, "transcode");
+    let limited = |h: &Home| h.limit(BOB) != 12_000_000 && h.limit(BOB) > 0;
+    wait_for(Duration::from_secs(20), "bob limited", || {
+        limited(&h).then_some(())
+    });
+    let base = fs::read_to_string(&h.cfg).unwrap();
+    let pid = nix::unistd::Pid::from_raw(h.daemon.as_ref().unwrap().id() as i32);
+    let reload = |h: &Home, text: String| {
+        fs::write(&h.cfg, text).unwrap();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    };
+    let backup = |dir: &str| h.dir.join(dir).join("original-limits.json");
+
+    // A new state_dir: the backup goes along.
+    let moved = base.replace("/state'", "/state2'");
+    reload(&h, moved.clone());
+    wait_for(
+        Duration::from_secs(10),
+        "the backup in the new state_dir",
+        || {
+            let text = fs::read_to_string(backup("state2")).ok()?;
+            (text.contains("12000000") && !backup("state").exists()).then_some(())
+        },
+    );
+    assert!(limited(&h), "still managed");
+
+    // manage_limits off: bob's original back at once, not at exit.
+    reload(
+        &h,
+        moved.replace(
+            "option timeout '2'",
+            "option timeout '2'\n\toption manage_limits '0'",
+        ),
+    );
+    wait_for(Duration::from_secs(10), "bob's original back", || {
+        (h.limit(BOB) == 12_000_000).then_some(())
+    });
+    reload(&h, moved.clone());
+    wait_for(Duration::from_secs(20), "bob limited again", || {
+        limited(&h).then_some(())
+    });
+
+    // Dry run switched on by a reload: the same.
+    reload(
+        &h,
+        moved.replace(
+            "option interval '1'",
+            "option interval '1'\n\toption dry_run '1'",
+        ),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "bob's original back in dry run",
+        || (h.limit(BOB) == 12_000_000).then_some(()),
+    );
+    assert!(h.daemon_alive());
 }
 
 /// Bytes sent through the classes of `tc -s class show` whose line matches `select`.

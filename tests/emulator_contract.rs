@@ -1216,6 +1216,37 @@ fn fault_modes_behave_as_documented() {
     assert_eq!(get(&e, "/System/Info").status, 200);
     assert!(t0.elapsed() >= Duration::from_millis(700));
 
+    // "late": the change is made at once, the answer comes after the delay; with scope
+    // "writes", reads stay quick.
+    fault(json!({"mode": "late", "delay_ms": 700, "scope": "writes"}));
+    let mut p = get(&e, &format!("/Users/{BOB}")).json().unwrap()["Policy"].clone();
+    p["RemoteClientBitrateLimit"] = json!(2000000);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let t0 = Instant::now();
+    std::thread::scope(|sc| {
+        let poster = sc.spawn(|| {
+            let r = post(&e, &format!("/Users/{BOB}/Policy"), Some(p));
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r.status
+        });
+        // Applied while the answer is still owed.
+        wait_state(&e, "the late write applied", |s| {
+            s["users"][2]["policy"]["RemoteClientBitrateLimit"] == 2000000
+        });
+        assert!(
+            !done.load(std::sync::atomic::Ordering::SeqCst),
+            "answered before the delay"
+        );
+        let t1 = Instant::now();
+        assert_eq!(get(&e, "/System/Info").status, 200);
+        assert!(
+            t1.elapsed() < Duration::from_millis(500),
+            "reads are not delayed"
+        );
+        assert_eq!(poster.join().unwrap(), 204);
+    });
+    assert!(t0.elapsed() >= Duration::from_millis(700));
+
     fault(json!({"mode": "starting"}));
     let r = get(&e, "/Sessions");
     assert_eq!(r.status, 503);

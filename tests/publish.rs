@@ -140,6 +140,8 @@ fn sample_status() -> Status {
         updated: 1_795_829_403,
         interval: 5,
         dry_run: false,
+        managing: true,
+        managing_reason: None,
         jellyfin: JellyfinStatus {
             reachable: true,
             server_version: Some("10.11.11".into()),

@@ -145,6 +145,21 @@ pub fn parse_rate(s: &str) -> Option<u64> {
     None
 }
 
+/// What tc prints for a rate the kernel holds exactly (bit/s), read back: iproute2's
+/// `print_rate` (tc/tc_util.c) divides by 1000 while the value is at least 1000 and either a
+/// multiple of 1000 or at least 1,000,000, truncating (4,123,456 → "4123Kbit").
+pub fn printed_rate(bps: u64) -> u64 {
+    let (mut r, mut mult) = (bps, 1u64);
+    for _ in 0..4 {
+        if r < 1000 || (r % 1000 != 0 && r < 1_000_000) {
+            break;
+        }
+        r /= 1000;
+        mult *= 1000;
+    }
+    r * mult
+}
+
 /// Parses `tc -s class show dev X`.
 pub fn classes(text: &str) -> Vec<Class> {
     let mut out: Vec<Class> = Vec::new();

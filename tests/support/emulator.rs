@@ -619,12 +619,16 @@ fn coerce(kind: Kind, v: &Value) -> Option<Value> {
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
-    /// none | status500 | garbage | slow | starting | huge
+    /// none | status500 | garbage | slow | late | starting | huge. `slow` waits before
+    /// handling; `late` handles at once (a POST is applied) and answers after `delay_ms`, as a
+    /// busy server does (reference/real-world.md: "a busy Jellyfin may apply a write and
+    /// answer late").
     pub mode: String,
     #[serde(default)]
     /// Delay before answering (any mode).
     pub delay_ms: u64,
-    /// "api" (default): everything but the viewer-side endpoints; "all": every non-/_emu path.
+    /// "api" (default): everything but the viewer-side endpoints; "all": every non-/_emu path;
+    /// "writes": the POSTs of "api" only (a server whose reads are quick and writes slow).
     #[serde(default = "default_scope")]
     pub scope: String,
     /// Body size for "huge".
@@ -1270,6 +1274,9 @@ fn fault_applies(f: &Fault, r: &Req) -> bool {
     if f.scope == "all" {
         return true;
     }
+    if f.scope == "writes" && r.method != "POST" {
+        return false;
+    }
     let p = r.path.to_ascii_lowercase();
     !(p == "/users/authenticatebyname"
         || p.starts_with("/sessions/playing")
@@ -1283,7 +1290,8 @@ fn handle(shared: &Shared, r: &Req) -> (Reply, String) {
         return (emu_control(shared, r), "emu".into());
     }
     let fault = shared.lock().fault.clone();
-    if fault.mode != "none" && fault_applies(&fault, r) {
+    let late = fault.mode == "late" && fault_applies(&fault, r);
+    if fault.mode != "none" && !late && fault_applies(&fault, r) {
         if fault.delay_ms > 0 {
             std::thread::sleep(Duration::from_millis(fault.delay_ms));
         }
@@ -1345,6 +1353,10 @@ fn handle(shared: &Shared, r: &Req) -> (Reply, String) {
         ),
     };
     let reply = route(shared, &mut st, r, &auth);
+    drop(st);
+    if late && fault.delay_ms > 0 {
+        std::thread::sleep(Duration::from_millis(fault.delay_ms));
+    }
     (reply, caller_name)
 }
 
@@ -2541,9 +2553,17 @@ fn emu_control(shared: &Shared, r: &Req) -> Reply {
         }
         ("POST", "/_emu/fault") => match serde_json::from_slice::<Fault>(&r.body) {
             Ok(f)
-                if ["none", "status500", "garbage", "slow", "starting", "huge"]
-                    .contains(&f.mode.as_str())
-                    && ["api", "all"].contains(&f.scope.as_str()) =>
+                if [
+                    "none",
+                    "status500",
+                    "garbage",
+                    "slow",
+                    "late",
+                    "starting",
+                    "huge",
+                ]
+                .contains(&f.mode.as_str())
+                    && ["api", "all", "writes"].contains(&f.scope.as_str()) =>
             {
                 shared.lock().fault = f;
                 Reply::Empty(204)

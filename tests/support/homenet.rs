@@ -5,6 +5,7 @@ mod bench;
 mod emulator;
 mod load;
 mod openwrt;
+mod outcome;
 mod scenario;
 mod topology;
 mod viewer;
@@ -27,6 +28,7 @@ const USAGE: &str =
   download --from ADDR [--seconds S]                   TCP client counting what it receives
   probe --to ADDR [--timeout-ms MS]                    wait until a TCP port accepts
   bench --daemon PATH [--binary ARCH=PATH]... [--package PATH]...   efficiency figures (make bench)
+  outcome --daemon PATH [--logs DIR] SCENARIO.json...   each scenario with and without the daemon (make outcome)
   bench-decide --iterations N                          the decision core N times (callgrind)
   router-exec [--etc DIR] [--netifd FILE] -- PROG ARGS  PROG as on OpenWrt: a netifd stand-in
                                                        behind `ubus`, DIR's files over /etc
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         "download" => load::download_main(rest),
         "probe" => load::probe_main(rest),
         "bench" => bench::bench_main(rest),
+        "outcome" => outcome::outcome_main(rest),
         "bench-decide" => bench::decide_main(rest),
         "router-exec" => openwrt::router_exec_main(rest),
         _ => {

@@ -126,6 +126,22 @@ pub struct ViewerSpec {
     /// Stop; default: the end.
     #[serde(default)]
     pub stop_s: Option<u64>,
+    /// The viewer pauses, at scenario seconds, for a while each.
+    #[serde(default)]
+    pub pauses: Vec<PauseSpec>,
+    /// The viewer seeks two minutes ahead at these scenario seconds.
+    #[serde(default)]
+    pub seeks_s: Vec<u64>,
+}
+
+/// One pause of a viewer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseSpec {
+    /// When, scenario seconds.
+    pub at_s: u64,
+    /// How long, seconds.
+    pub for_s: u64,
 }
 
 fn default_client() -> String {
@@ -240,6 +256,21 @@ impl Scenario {
             }
             if v.user.is_empty() || v.item.is_empty() {
                 return Err("viewer: user and item are required".into());
+            }
+            let inside = |t: u64| v.start_s < t && t < v.stop_s.unwrap_or(self.duration_s);
+            for p in &v.pauses {
+                if !inside(p.at_s) || p.for_s == 0 || !inside(p.at_s + p.for_s) {
+                    return Err(format!(
+                        "viewer {}: a pause must start and end while it watches",
+                        v.user
+                    ));
+                }
+            }
+            if let Some(t) = v.seeks_s.iter().find(|t| !inside(**t)) {
+                return Err(format!(
+                    "viewer {}: seek at {t} s is not while it watches",
+                    v.user
+                ));
             }
         }
         if !self.viewers.is_empty() && self.world.is_none() {
@@ -511,6 +542,14 @@ pub fn demand_changes(sc: &Scenario, viewer: usize) -> u64 {
         if i != viewer {
             events.push(o.start_s);
             events.extend(o.stop_s);
+        }
+        // A pause or a resume changes every viewer's share; a seek is a new start.
+        for p in &o.pauses {
+            events.push(p.at_s);
+            events.push(p.at_s + p.for_s);
+        }
+        if i == viewer {
+            events.extend(&o.seeks_s);
         }
     }
     for u in &sc.household {
@@ -1117,7 +1156,16 @@ fn start_viewer(
         .saturating_add(5)
         .to_string();
     let rc = if v.remote_control { "yes" } else { "no" };
-    let argv = [
+    let mut script: Vec<String> = Vec::new();
+    for p in &v.pauses {
+        script.push("--pause".into());
+        script.push(format!("{}:{}", p.at_s - v.start_s, p.for_s));
+    }
+    for t in &v.seeks_s {
+        script.push("--seek".into());
+        script.push((t - v.start_s).to_string());
+    }
+    let mut argv = vec![
         exe,
         "viewer",
         "--server",
@@ -1139,6 +1187,7 @@ fn start_viewer(
         "--stats",
         &stats,
     ];
+    argv.extend(script.iter().map(String::as_str));
     let (out, err) = log_pair(&dir.join(format!("viewer{i}.log")))?;
     net.spawn_io(&ns, &argv, out, err)
 }

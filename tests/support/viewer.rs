@@ -374,9 +374,41 @@ pub struct ViewerOpts {
     pub stats: Option<String>,
     /// Source address for every connection (`--bind`), e.g. 127.0.0.2 to look remote.
     pub bind: Option<IpAddr>,
+    /// `--pause AT:FOR`: the viewer pauses at AT seconds after its start for FOR seconds.
+    pub pauses: Vec<(u64, u64)>,
+    /// `--seek AT`: the viewer seeks 2 minutes ahead at AT seconds after its start.
+    pub seeks: Vec<u64>,
     /// `--retry-for S`: keep trying to reach the server for this long, as apps do when the
     /// server does not answer (e.g. while it wakes from sleep). 0 = one attempt.
     pub retry_for: Duration,
+}
+
+/// How far a scripted seek jumps, in media seconds.
+pub const SEEK_JUMP_S: i64 = 120;
+
+/// A scripted user action due at a viewer's second `t` (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    Pause,
+    Resume,
+    Seek,
+}
+
+/// The scripted actions that fall in `(from, to]` seconds after the start, in time order.
+pub fn actions_between(pauses: &[(u64, u64)], seeks: &[u64], from: f64, to: f64) -> Vec<Action> {
+    let mut due: Vec<(u64, u8, Action)> = Vec::new();
+    for &(at, dur) in pauses {
+        due.push((at, 0, Action::Pause));
+        due.push((at.saturating_add(dur), 1, Action::Resume));
+    }
+    for &at in seeks {
+        due.push((at, 2, Action::Seek));
+    }
+    due.sort();
+    due.into_iter()
+        .filter(|(t, _, _)| from < *t as f64 && *t as f64 <= to)
+        .map(|(_, _, a)| a)
+        .collect()
 }
 
 impl ViewerOpts {
@@ -396,6 +428,8 @@ impl ViewerOpts {
             seconds: None,
             stats: None,
             bind: None,
+            pauses: Vec::new(),
+            seeks: Vec::new(),
             retry_for: Duration::ZERO,
         };
         let mut it = args.iter();
@@ -439,6 +473,21 @@ impl ViewerOpts {
                     o.seconds = Some(v.parse().map_err(|_| format!("--seconds: {v:?}"))?)
                 }
                 "--stats" => o.stats = Some(val()?),
+                "--pause" => {
+                    let v = val()?;
+                    let p = v
+                        .split_once(':')
+                        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                        .ok_or(format!("--pause: {v:?} is not AT:FOR (seconds)"))?;
+                    o.pauses.push(p);
+                }
+                "--seek" => {
+                    let v = val()?;
+                    o.seeks.push(
+                        v.parse()
+                            .map_err(|_| format!("--seek: {v:?} is not seconds"))?,
+                    );
+                }
                 "--retry-for" => {
                     let v = val()?;
                     o.retry_for =
@@ -482,6 +531,8 @@ pub struct Summary {
     pub restarts: u64,
     /// DisplayMessage commands received.
     pub messages: u64,
+    /// Scripted seeks done.
+    pub seeks: u64,
     /// Media bitrate of the latest playback.
     pub negotiated_bps: i64,
     /// The session id the server gave at login.
@@ -873,11 +924,52 @@ fn play_loop(
     let mut bytes_at_last_stats = 0u64;
     let mut finished_stalls = 0u64;
     let mut finished_stall_ms = 0u64;
+    let mut script_at = 0.0f64;
     loop {
         if stop.load(Ordering::SeqCst) || opts.seconds.is_some_and(|s| t0.elapsed().as_secs() >= s)
         {
             break;
         }
+        // The user's own actions, as scripted: pause and resume (reported, as a real player
+        // does), and a seek (a new PlaybackInfo and stream further on, like jellyfin-web).
+        let now_s = t0.elapsed().as_secs_f64();
+        for act in actions_between(&opts.pauses, &opts.seeks, script_at, now_s) {
+            match act {
+                Action::Pause | Action::Resume => {
+                    if let Some(p) = pb.as_mut() {
+                        p.paused = act == Action::Pause;
+                        warn(report(c, "/Sessions/Playing/Progress", p));
+                    }
+                }
+                Action::Seek => {
+                    let Some(mut p) = pb.take() else { continue };
+                    p.close();
+                    finished_stalls += p.buffer.stalls;
+                    finished_stall_ms += p.buffer.stall_ms;
+                    let req = PlayRequest {
+                        item_id: p.item_id.clone(),
+                        start_ticks: p
+                            .position()
+                            .saturating_add(SEEK_JUMP_S * TICKS_PER_SECOND as i64),
+                        media_source_id: Some(p.media_source_id.clone()),
+                        audio_index: p.audio_index,
+                        subtitle_index: p.subtitle_index,
+                    };
+                    sum.seeks += 1;
+                    match start_playback(c, user_id, req) {
+                        Ok(n) => {
+                            sum.negotiated_bps = n.rate_bps;
+                            pb = Some(n);
+                        }
+                        Err(e) => {
+                            eprintln!("viewer {}: seek failed: {e}", opts.device_id);
+                            sum.errors += 1;
+                        }
+                    }
+                }
+            }
+        }
+        script_at = now_s;
         let wait = TICK.saturating_sub(last_tick.elapsed());
         match rx.recv_timeout(wait) {
             Ok(msg) => {
@@ -981,6 +1073,7 @@ fn play_loop(
                 "stall_ms": sum.stall_ms,
                 "restarts": sum.restarts,
                 "messages": sum.messages,
+                "seeks": sum.seeks,
                 "errors": sum.errors,
             });
             let _ = writeln!(out, "{line}");
@@ -995,4 +1088,63 @@ fn play_loop(
         warn(report(c, "/Sessions/Playing/Stopped", &p));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod script_tests {
+    use super::*;
+
+    #[test]
+    fn scripted_actions_fire_once_in_order() {
+        let pauses = [(10, 5)];
+        let seeks = [12, 30];
+        assert!(actions_between(&pauses, &seeks, 0.0, 9.9).is_empty());
+        assert_eq!(
+            actions_between(&pauses, &seeks, 9.9, 10.0),
+            vec![Action::Pause]
+        );
+        assert!(actions_between(&pauses, &seeks, 10.0, 11.5).is_empty());
+        assert_eq!(
+            actions_between(&pauses, &seeks, 11.5, 20.0),
+            vec![Action::Seek, Action::Resume]
+        );
+        // A late loop turn catches up on everything it missed, in time order.
+        assert_eq!(
+            actions_between(&pauses, &seeks, 0.0, 40.0),
+            vec![Action::Pause, Action::Seek, Action::Resume, Action::Seek]
+        );
+    }
+
+    #[test]
+    fn pause_and_seek_options_parse() {
+        let args: Vec<String> = [
+            "--server",
+            "a:1",
+            "--user",
+            "u",
+            "--item",
+            "i",
+            "--client",
+            "c",
+            "--device-id",
+            "d",
+            "--pause",
+            "10:5",
+            "--pause",
+            "40:3",
+            "--seek",
+            "25",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let o = ViewerOpts::parse(&args).unwrap();
+        assert_eq!(o.pauses, vec![(10, 5), (40, 3)]);
+        assert_eq!(o.seeks, vec![25]);
+        for bad in [["--pause", "10"], ["--pause", "a:b"], ["--seek", "-1"]] {
+            let mut a = args[..10].to_vec();
+            a.extend(bad.iter().map(|s| s.to_string()));
+            assert!(ViewerOpts::parse(&a).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -58,6 +58,8 @@ function status(now, over) {
 		updated: now,
 		interval: 5,
 		dry_run: false,
+		managing: true,
+		managing_reason: null,
 		jellyfin: { reachable: true, server_version: '10.11.0', error: null },
 		wan: { device: 'eth0', capacity_bps: 40000000, tx_bps: 23500000, jellyfin_bps: 17200000, other_bps: 6300000 },
 		budget_bps: 28000000,

@@ -39,6 +39,7 @@ test('status page with a running daemon', { timeout: TEST_TIMEOUT }, async (s) =
 		const page = t.page;
 
 		assert.equal(await page.locator('#jd-stopped').count(), 0, 'no stopped banner');
+		assert.equal(await page.locator('#jd-unmanaged').count(), 0, 'managing: no banner');
 		assert.match(await page.locator('[data-card=service]').textContent(), /Running.*every 5 s/);
 		assert.match(await page.locator('[data-card=jellyfin]').textContent(), /Reachable.*version 10\.11\.0/);
 		assert.match(await page.locator('[data-card=wan]').textContent(), /40\.00 Mbit\/s.*device eth0, budget 28\.00 Mbit\/s/);
@@ -86,6 +87,8 @@ test('status page with a running daemon', { timeout: TEST_TIMEOUT }, async (s) =
 			if (i == ticks) {
 				st.dry_run = true;
 				st.wan.capacity_bps = null;
+				st.managing = false;
+				st.managing_reason = 'uplink capacity unknown: remote streams pass unlimited';
 				st.shaping = { enabled: true, active: false, error: 'the kernel has no ifb module' };
 				st.streams.pop();
 				st.errors = [];
@@ -109,6 +112,8 @@ test('status page with a running daemon', { timeout: TEST_TIMEOUT }, async (s) =
 		assert.match(await page.locator('[data-card=shaping]').textContent(), /Not working.*the kernel has no ifb module/);
 		assert.match(await page.locator('[data-card=service]').textContent(), /Dry run/);
 		assert.match(await page.locator('#jd-dryrun').textContent(), /changes nothing/);
+		assert.match(await page.locator('#jd-unmanaged').textContent(),
+			/Not managing the uplink.*capacity unknown: remote streams pass unlimited/);
 		const last = status(0);
 		last.wan.jellyfin_bps = Math.round(17200000 + 3000000 * Math.sin(ticks / 2));
 		last.wan.other_bps = Math.round(6300000 - 2500000 * Math.sin(ticks / 2));

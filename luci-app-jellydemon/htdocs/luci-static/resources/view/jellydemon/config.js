@@ -200,7 +200,7 @@ return view.extend({
 			'5', 'and(uinteger,range(1,300))');
 
 		addValue(s, form.Flag, 'dry_run', _('Dry run'),
-			_('Measure and decide, log what would be done, but change nothing in Jellyfin or on the router. Useful to try settings safely.'),
+			_('Measure and decide, log what would be done, but change nothing in Jellyfin or on the router (limits jellydemon had set before are put back). Useful to try settings safely.'),
 			'0');
 
 		o = addValue(s, form.ListValue, 'log_level', _('Log level'),
@@ -257,7 +257,7 @@ return view.extend({
 			'5', 'and(uinteger,range(1,60))');
 
 		addValue(s, form.Flag, 'manage_limits', _('Set viewers\' limits'),
-			_('Set each remote viewer\'s "Internet streaming bitrate limit" in Jellyfin to their share, so Jellyfin transcodes to fit. The original limits are restored when jellydemon stops.'),
+			_('Set each remote viewer\'s "Internet streaming bitrate limit" in Jellyfin to their share, so Jellyfin transcodes to fit. The original limits are restored when jellydemon stops, or at once when this is turned off.'),
 			'1');
 
 		addValue(s, form.Flag, 'restart_playback', _('Restart playback for a new limit'),

@@ -457,6 +457,13 @@ return view.extend({
 				_('Dry run: jellydemon decides and logs, but changes nothing in Jellyfin or on the router.')
 			]));
 
+		// Older daemons have no `managing` field: say nothing rather than guess.
+		if (st && st.managing === false)
+			nodes.push(E('div', { 'class': 'alert-message warning', 'id': 'jd-unmanaged' }, [
+				E('strong', {}, [ _('Not managing the uplink') ]), ' ',
+				st.managing_reason || _('remote streams pass unlimited')
+			]));
+
 		const errors = (st && Array.isArray(st.errors)) ? st.errors : [];
 		if (errors.length)
 			nodes.push(E('div', { 'class': 'alert-message warning', 'id': 'jd-errors' }, [
