@@ -47,6 +47,15 @@ fn run_file(name: &str, daemon: bool) -> Summary {
     s
 }
 
+/// The scenarios measure latency and rates on a 2-core machine: two of them at once (each
+/// already runs with and without the daemon side by side) would measure the CPU, not the
+/// control. The tests of this file take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn worst_loaded_p95(s: &Summary) -> f64 {
     s.phases
         .iter()
@@ -61,6 +70,7 @@ fn jellydemon_keeps_every_control_goal_and_beats_the_baseline() {
         eprintln!("skipped: needs root for network namespaces");
         return;
     }
+    let _turn = turn();
     // Both runs at once: separate namespaces, same machine load, half the wall time.
     let baseline = std::thread::spawn(|| run(false));
     let with = run(true);
@@ -104,6 +114,7 @@ fn unknown_capacity_passes_remote_streams_unthrottled() {
         eprintln!("skipped: needs root for network namespaces");
         return;
     }
+    let _turn = turn();
     let s = run_file("unknown-capacity", true);
     assert!(s.errors.is_empty(), "errors: {:?}", s.errors);
     assert_eq!(s.daemon, Some(true), "the daemon ran and left cleanly");
