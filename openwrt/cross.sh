@@ -3,6 +3,7 @@
 # stripped, built with the release profile of Cargo.toml (opt z, LTO, codegen-units 1, abort).
 #
 #   openwrt/cross.sh [--setup-only] TARGET...
+#   JELLYDEMON_EXTRA_RUSTFLAGS="-C llvm-args=..." openwrt/cross.sh mipsel   (extra flags, to measure)
 #
 # TARGET is a short name (x86_64 aarch64 armv7 mipsel mips), a Rust triple, or an OpenWrt
 # package architecture (mipsel_24kc, aarch64_cortex-a53, arm_cortex-a7_neon-vfpv4, ...).
@@ -174,7 +175,11 @@ build() {
 	rustflags="$rustflags -C link-arg=-Wl,-z,norelro"
 	# MIPS position-independent code goes through the GOT for every global: a static
 	# executable does not need it, and non-PIC code is about 11% smaller.
-	case $TRIPLE in mips*) rustflags="$rustflags -C relocation-model=static" ;; esac
+	# No trap after each division for a zero divisor: Rust checks every divisor itself before
+	# dividing, so the trap could never fire (about 70 instructions).
+	case $TRIPLE in mips*) rustflags="$rustflags -C relocation-model=static -C llvm-args=-mno-check-zero-division" ;; esac
+	# For measuring other code generation options (docs/packaging.md, Sizes); empty for the shipped build.
+	rustflags="$rustflags ${JELLYDEMON_EXTRA_RUSTFLAGS:-}"
 	local -a env=("CARGO_TARGET_${env_triple}_RUSTFLAGS=$rustflags")
 	# One target directory per checkout: cargo does not re-copy a fresh binary to release/, so
 	# two checkouts sharing one would pick up each other's.

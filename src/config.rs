@@ -1202,7 +1202,7 @@ pub fn parse_dec(v: &str, lo: f64, lo_inclusive: bool, hi: f64) -> Option<f64> {
     if v.len() > 32 || (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
         return None;
     }
-    let n: f64 = v.parse().ok()?;
+    let n = crate::decimal::parse(v)?;
     let above = if lo_inclusive { n >= lo } else { n > lo };
     (above && n <= hi).then_some(n)
 }

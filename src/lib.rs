@@ -11,6 +11,7 @@ pub mod config;
 pub mod conntrack;
 pub mod daemon;
 pub mod decide;
+pub mod decimal;
 pub mod firewall;
 pub mod http;
 pub mod jellyfin;
@@ -118,8 +119,13 @@ static LEVEL: AtomicU8 = AtomicU8::new(3);
 /// (`jellydemon status --json | head -c1`) shows up as EPIPE: that ends the verb cleanly with
 /// exit 0, as SIGPIPE would for a C tool, instead of a panic (an abort in the shipped builds).
 pub fn print_out(text: impl AsRef<[u8]>) {
+    write_out(text.as_ref())
+}
+
+// One copy of the writing code, not one per type `print_out` is called with.
+fn write_out(text: &[u8]) {
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_ref()).and_then(|()| out.flush()) {
+    match out.write_all(text).and_then(|()| out.flush()) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => {

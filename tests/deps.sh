@@ -13,6 +13,8 @@ have sysctl || need+=(procps)
 have chromium || need+=(chromium)
 have node || need+=(nodejs)
 have npm || need+=(npm)
+# LuCI translation template check (tests/luci/i18n-scan.sh): xgettext and msguniq
+have xgettext || need+=(gettext)
 # packaging tests (tests/package.sh); cross compilers and qemu come from openwrt/cross.sh
 have shellcheck || need+=(shellcheck)
 have busybox || need+=(busybox)

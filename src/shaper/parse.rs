@@ -134,7 +134,8 @@ pub fn parse_rate(s: &str) -> Option<u64> {
     ];
     for (suffix, mult) in units {
         if let Some(num) = s.strip_suffix(suffix) {
-            let v: f64 = num.parse().ok()?;
+            // tc prints a rate as a plain decimal and a unit: no sign, exponent, inf or nan
+            let v = crate::decimal::parse(num)?;
             if !v.is_finite() || v < 0.0 {
                 return None;
             }
