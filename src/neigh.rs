@@ -10,11 +10,7 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{
-    bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
-    SockProtocol, SockType,
-};
-use nix::sys::time::TimeVal;
+use nix::sys::socket::{recv, send, MsgFlags};
 
 pub type Mac = [u8; 6];
 
@@ -89,14 +85,7 @@ pub fn parse_dump(mut buf: &[u8], out: &mut Vec<Neighbour>) -> io::Result<Option
                 let ifindex = i32::from_ne_bytes(body[4..8].try_into().expect("4 bytes"));
                 let state = u16::from_ne_bytes(body[8..10].try_into().expect("2 bytes"));
                 let (mut ip, mut mac) = (None, None);
-                let mut attrs = &body[12..];
-                while attrs.len() >= 4 {
-                    let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-                    let akind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-                    if alen < 4 || alen > attrs.len() {
-                        break;
-                    }
-                    let payload = &attrs[4..alen];
+                for (akind, payload) in crate::conntrack::nl::attrs(&body[12..]) {
                     match (akind, payload.len()) {
                         (NDA_DST, 16) => {
                             let b: [u8; 16] = payload.try_into().expect("16 bytes");
@@ -105,7 +94,6 @@ pub fn parse_dump(mut buf: &[u8], out: &mut Vec<Neighbour>) -> io::Result<Option
                         (NDA_LLADDR, 6) => mac = Some(payload.try_into().expect("6 bytes")),
                         _ => {}
                     }
-                    attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
                 }
                 if let (Some(ip), Some(mac), true) = (ip, mac, state & NUD_UNUSABLE == 0) {
                     out.push(Neighbour {
@@ -124,14 +112,7 @@ pub fn parse_dump(mut buf: &[u8], out: &mut Vec<Neighbour>) -> io::Result<Option
 
 /// The kernel's IPv6 neighbour table (at most `limit` entries kept).
 pub fn ipv6_neighbours(limit: usize) -> io::Result<Vec<Neighbour>> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )?;
-    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(2, 0))?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+    let fd = crate::shaper::netlink::route_socket_with_timeout(2)?;
     // nlmsghdr + ndmsg { family = AF_INET6 }
     let mut req = Vec::with_capacity(28);
     req.extend_from_slice(&28u32.to_ne_bytes());

@@ -95,6 +95,11 @@ fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
 
 /// A bound route-netlink socket whose reads give up after 5 s.
 fn route_socket() -> io::Result<OwnedFd> {
+    route_socket_with_timeout(5)
+}
+
+/// A bound route-netlink socket whose reads give up after `secs` seconds.
+pub(crate) fn route_socket_with_timeout(secs: i64) -> io::Result<OwnedFd> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -102,7 +107,7 @@ fn route_socket() -> io::Result<OwnedFd> {
         SockProtocol::NetlinkRoute,
     )?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(5, 0))?;
+    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(secs, 0))?;
     Ok(fd)
 }
 
