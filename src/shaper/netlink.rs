@@ -99,7 +99,7 @@ fn route_socket() -> io::Result<OwnedFd> {
 }
 
 /// A bound route-netlink socket whose reads give up after `secs` seconds.
-pub(crate) fn route_socket_with_timeout(secs: i64) -> io::Result<OwnedFd> {
+pub(crate) fn route_socket_with_timeout(secs: u8) -> io::Result<OwnedFd> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -107,7 +107,7 @@ pub(crate) fn route_socket_with_timeout(secs: i64) -> io::Result<OwnedFd> {
         SockProtocol::NetlinkRoute,
     )?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(secs, 0))?;
+    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(secs.into(), 0))?;
     Ok(fd)
 }
 
